@@ -1,0 +1,181 @@
+"""The canonical form of a `.heimdall` bundle (DESIGN §3) as pydantic v2 models.
+
+Every model keeps unknown fields (``extra="allow"``) so that a bundle read and written again loses
+nothing a newer or foreign writer put there. The embedded ONNX model (``model.onnx_model_base64``) is
+deliberately *not* a field here: it is streamed by the reader and writer, never held as a string.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+FORMAT_VERSION = "1.0.0"
+SUPPORTED_MAJOR = 1
+ONNX_FIELD = "onnx_model_base64"
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Text = Annotated[str, StringConstraints(max_length=65_536)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+#: A dimension: a size, -1 for "dynamic", or a symbolic name such as "batch".
+Dim = int | Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Shape = Annotated[list[Dim], Field(max_length=16)]
+
+
+class _Open(BaseModel):
+    """A component that keeps fields it does not know."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class BundleMetadata(_Open):
+    bundle_id: Name
+    created_at: datetime
+    created_by: Text = "system"
+    description: Text | None = None
+    heimdall_version: Text | None = None
+
+
+class ModelInfo(_Open):
+    model_id: Name
+    model_name: Name
+    version: Name
+    architecture: Name
+    framework: Name = "pytorch"
+    onnx_opset: int = Field(ge=1, le=1000)
+    input_shape: Shape
+    #: One shape per graph output, in graph order.
+    output_shape: Annotated[list[Shape], Field(min_length=1, max_length=64)]
+    parameters_count: int | None = Field(default=None, ge=0)
+
+    @field_validator("input_shape", "output_shape")
+    @classmethod
+    def _dims_valid(cls, value: list[Any]) -> list[Any]:
+        shapes = value if value and isinstance(value[0], list) else [value]
+        for shape in shapes:
+            for dim in shape:
+                if isinstance(dim, int) and dim < -1:
+                    raise ValueError(f"dimension {dim} is negative (use -1 or a name for a dynamic axis)")
+        return value
+
+
+class TrainingConfig(_Open):
+    epochs: int | None = Field(default=None, ge=0)
+    batch_size: int | None = Field(default=None, ge=0)
+    learning_rate: float | None = None
+    optimizer: Text | None = None
+    loss_function: Text | None = None
+    validation_split: float | None = Field(default=None, ge=0, le=1)
+    early_stopping: bool | None = None
+    early_stopping_patience: int | None = Field(default=None, ge=0)
+    dataset_ids: list[Text] | None = None
+    dataset_names: list[Text] | None = None
+
+
+class PerformanceMetrics(_Open):
+    final_train_loss: float | None = None
+    final_val_loss: float | None = None
+    final_train_accuracy: float | None = None
+    final_val_accuracy: float | None = None
+    best_epoch: int | None = Field(default=None, ge=0)
+    best_val_loss: float | None = None
+    training_duration_seconds: float | None = Field(default=None, ge=0)
+    inference_latency_ms: float | None = Field(default=None, ge=0)
+    onnx_speedup_factor: float | None = Field(default=None, ge=0)
+    #: Per-epoch history, as the second dialect carries it (entries may be null).
+    train_loss: list[float | None] | None = None
+    val_loss: list[float | None] | None = None
+    train_rmse: list[float | None] | None = None
+    val_rmse: list[float | None] | None = None
+
+
+class NormalizationStats(_Open):
+    feature_means: list[float] = Field(min_length=1, max_length=65_536)
+    feature_stds: list[float] = Field(min_length=1, max_length=65_536)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NormalizationStats:
+        if len(self.feature_means) != len(self.feature_stds):
+            raise ValueError(
+                f"feature_means has {len(self.feature_means)} values but feature_stds has "
+                f"{len(self.feature_stds)}"
+            )
+        if any(std <= 0 for std in self.feature_stds):
+            raise ValueError("feature_stds must all be greater than 0")
+        return self
+
+
+class SamplePrediction(_Open):
+    sample_id: Name
+    input_metadata: dict[str, Any] = Field(default_factory=dict)
+    ground_truth: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    error_meters: float | None = None
+
+
+class Integrity(_Open):
+    onnx_sha256: Sha256Hex
+    onnx_size_bytes: int = Field(ge=0)
+
+
+class Signature(_Open):
+    algorithm: Literal["ed25519"]
+    key_id: Name
+    value: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class Bundle(_Open):
+    """Everything in a bundle except the base64 model itself."""
+
+    format_version: Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+){0,2}$")]
+    bundle_metadata: BundleMetadata
+    model: ModelInfo
+    training_config: TrainingConfig | None = None
+    performance_metrics: PerformanceMetrics | None = None
+    normalization_stats: NormalizationStats | None = None
+    sample_predictions: Annotated[list[SamplePrediction], Field(min_length=1, max_length=10)] | None = None
+    integrity: Integrity | None = None
+    signature: Signature | None = None
+
+    def components(self) -> list[str]:
+        """The optional components present, in canonical order."""
+        return [c.value for c in Component if getattr(self, c.value) is not None]
+
+
+class Component(enum.StrEnum):
+    """The optional, selectable parts of a bundle (``model`` is always included)."""
+
+    TRAINING_CONFIG = "training_config"
+    PERFORMANCE_METRICS = "performance_metrics"
+    NORMALIZATION_STATS = "normalization_stats"
+    SAMPLE_PREDICTIONS = "sample_predictions"
+
+
+class ComponentSelection(BaseModel):
+    """Which optional components an export or import keeps, and how many samples."""
+
+    model_config = ConfigDict(frozen=True)
+
+    training_config: bool = True
+    performance_metrics: bool = True
+    normalization_stats: bool = True
+    sample_predictions: bool = True
+    num_samples: int = Field(default=10, ge=1, le=10)
+
+    @classmethod
+    def only(cls, components: list[str] | set[str], num_samples: int = 10) -> ComponentSelection:
+        """A selection keeping exactly ``components`` (names from :class:`Component`)."""
+        unknown = set(components) - {c.value for c in Component}
+        if unknown:
+            raise ValueError(f"unknown component(s): {', '.join(sorted(unknown))}")
+        return cls(**{c.value: c.value in components for c in Component}, num_samples=num_samples)
+
+    def apply(self, bundle: Bundle) -> Bundle:
+        """A copy of ``bundle`` with only the selected components (and at most ``num_samples``)."""
+        update: dict[str, Any] = {c.value: None for c in Component if not getattr(self, c.value)}
+        if self.sample_predictions and bundle.sample_predictions:
+            update["sample_predictions"] = bundle.sample_predictions[: self.num_samples]
+        return bundle.model_copy(update=update)

@@ -1,0 +1,118 @@
+"""Typed errors with stable codes.
+
+Every rejection the project makes is one of these. The ``code`` is part of the public contract (the
+CLI prints it, the API returns it, ``... Rejected`` events carry it); ``http_status`` is the one place
+where a code meets HTTP, so the resolver maps exceptions to responses without reading message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class HeimdallError(Exception):
+    """Base of every error the project raises on purpose."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the API and ``--json`` outputs show it."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.details:
+            out["details"] = self.details
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class BundleError(HeimdallError):
+    """A `.heimdall` bundle was refused."""
+
+    code = "INVALID_BUNDLE"
+    http_status = 422
+
+
+class InvalidJson(BundleError):
+    """Not JSON, truncated, invalid UTF-8, duplicate keys, NaN/Infinity, too deep, huge numbers."""
+
+    code = "INVALID_JSON"
+    http_status = 400
+
+
+class InvalidBundle(BundleError):
+    """Valid JSON that is not a bundle: wrong types, missing or malformed fields."""
+
+    code = "INVALID_BUNDLE"
+
+
+class UnsupportedVersion(BundleError):
+    """A ``format_version`` whose major version this reader does not understand."""
+
+    code = "UNSUPPORTED_VERSION"
+
+
+class InvalidBase64(BundleError):
+    """The embedded model is not strict standard base64."""
+
+    code = "INVALID_BASE64"
+
+
+class TooLarge(BundleError):
+    """A size cap was exceeded (bundle, decompressed bundle, ONNX model, metadata)."""
+
+    code = "TOO_LARGE"
+    http_status = 413
+
+
+class ChecksumMismatch(BundleError):
+    """Declared sha256 or size disagree with the decoded model."""
+
+    code = "CHECKSUM_MISMATCH"
+
+
+class InvalidOnnx(BundleError):
+    """The decoded model is not a valid ONNX model, or uses something we refuse (unknown domains)."""
+
+    code = "INVALID_ONNX"
+
+
+class ExternalData(BundleError):
+    """A tensor somewhere in the model points at external data."""
+
+    code = "EXTERNAL_DATA"
+
+
+class GraphTooComplex(BundleError):
+    """Node count, subgraph depth, or the memory/time a check needs exceeded its cap."""
+
+    code = "GRAPH_TOO_COMPLEX"
+
+
+class ShapeMismatch(BundleError):
+    """Declared opset, input or output shapes disagree with the graph."""
+
+    code = "SHAPE_MISMATCH"
+
+
+class BadSignature(BundleError):
+    """A signature that does not verify, is from an untrusted key, or is missing when required."""
+
+    code = "BAD_SIGNATURE"
+    http_status = 422
+
+
+class ConfigurationError(HeimdallError):
+    """An environment variable or option has a value we cannot use."""
+
+    code = "CONFIGURATION_ERROR"
+    http_status = 500

@@ -1,0 +1,80 @@
+"""Configuration, read from the environment once and cached.
+
+Everything configurable comes from ``HEIMDALL_*`` environment variables parsed into pydantic models;
+a bad value fails fast with a message naming the variable. Tests call ``get_settings.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from heimdall.errors import ConfigurationError
+
+MIB = 1024 * 1024
+#: The bundle format's hard ceiling: no configuration can raise it.
+HARD_MAX_BUNDLE_BYTES = 2 * 1024 * MIB - 1
+
+#: Operator domains a bundle's model may use. Anything else could need a custom-op library that we
+#: would have to load into the inference process, so it is refused.
+DEFAULT_ALLOWED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+
+
+class BundleLimits(BaseModel):
+    """Caps that keep bundle validation bounded in memory and time, whatever the input."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_onnx_bytes: int = Field(default=100 * MIB, gt=0)
+    max_bundle_bytes: int = Field(default=HARD_MAX_BUNDLE_BYTES, gt=0, le=HARD_MAX_BUNDLE_BYTES)
+    #: Everything in the document except the base64 model (components, descriptions, extras).
+    max_metadata_bytes: int = Field(default=16 * MIB, gt=0)
+    max_json_depth: int = Field(default=64, gt=1)
+    max_samples: int = Field(default=10, ge=1, le=10)
+    max_nodes: int = Field(default=200_000, gt=0)
+    max_subgraph_depth: int = Field(default=8, ge=0)
+    allowed_domains: tuple[str, ...] = DEFAULT_ALLOWED_DOMAINS
+    #: The structural pass runs in a child process held to these.
+    structural_timeout_s: float = Field(default=120.0, gt=0)
+    structural_memory_bytes: int = Field(default=3 * 1024 * MIB, gt=64 * MIB)
+
+
+class Settings(BaseSettings):
+    """The environment as the project reads it (prefix ``HEIMDALL_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HEIMDALL_", extra="ignore")
+
+    stage: str = "local"
+    max_onnx_mb: int = Field(default=100, gt=0, le=HARD_MAX_BUNDLE_BYTES // MIB)
+    max_bundle_mb: int = Field(default=HARD_MAX_BUNDLE_BYTES // MIB, gt=0, le=HARD_MAX_BUNDLE_BYTES // MIB)
+    max_metadata_mb: int = Field(default=16, gt=0, le=1024)
+    max_nodes: int = Field(default=200_000, gt=0)
+    max_subgraph_depth: int = Field(default=8, ge=0)
+    structural_timeout_s: float = Field(default=120.0, gt=0)
+    structural_memory_mb: int = Field(default=3072, gt=64)
+
+    def bundle_limits(self) -> BundleLimits:
+        """The bundle caps these settings describe."""
+        return BundleLimits(
+            max_onnx_bytes=self.max_onnx_mb * MIB,
+            max_bundle_bytes=min(self.max_bundle_mb * MIB, HARD_MAX_BUNDLE_BYTES),
+            max_metadata_bytes=self.max_metadata_mb * MIB,
+            max_nodes=self.max_nodes,
+            max_subgraph_depth=self.max_subgraph_depth,
+            structural_timeout_s=self.structural_timeout_s,
+            structural_memory_bytes=self.structural_memory_mb * MIB,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Parse the environment once; a bad variable raises ``ConfigurationError`` naming it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"HEIMDALL_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
