@@ -1,9 +1,11 @@
 """The two bundle dialects found in the wild, and their normalisation to the canonical form.
 
 ``canonical`` is what this project writes (DESIGN §3). ``legacy`` is the older training service's
-form: ``bundle_metadata.exported_by``, no ``heimdall_version``, an integer ``model.version``, one flat
-``output_shape``, ``framework: "onnx"``, singular ``dataset_id``/``dataset_name``, per-epoch metric
-lists, and samples with ``input`` and ``{"lat", "lon"}``. Normalising is pure and deterministic (the
+form: ``bundle_metadata.exported_by``, no ``heimdall_version``, an integer ``model.version``, one
+flat ``output_shape``, ``framework: "onnx"``, singular ``dataset_id``/``dataset_name``, per-epoch
+metric lists, and samples with ``input`` and ``{"lat", "lon"}``. A document is called legacy when it
+has a field that normalising rewrites (``framework: "onnx"`` and the per-epoch lists are kept as
+they are, so they alone do not make it legacy). Normalising is pure and deterministic (the
 sample ids it invents are derived from the sample's content), so a signature made over the canonical
 form verifies whichever dialect was read.
 """
@@ -20,7 +22,6 @@ Dialect = Literal["canonical", "legacy"]
 #: Namespace for the ids given to legacy samples, which carry none.
 _SAMPLE_NAMESPACE = uuid.UUID("6f1c1c2e-5d0a-4a53-9a35-0e6f3f7d8b11")
 _COORDINATES = {"lat": "latitude", "lon": "longitude"}
-_EPOCH_LISTS = ("train_loss", "val_loss", "train_rmse", "val_rmse")
 
 
 def detect_dialect(doc: dict[str, Any]) -> Dialect:
@@ -28,15 +29,14 @@ def detect_dialect(doc: dict[str, Any]) -> Dialect:
     meta = _obj(doc.get("bundle_metadata"))
     model = _obj(doc.get("model"))
     training = _obj(doc.get("training_config"))
-    metrics = _obj(doc.get("performance_metrics"))
     samples = doc.get("sample_predictions")
+    # Only what normalising rewrites counts: ``framework: "onnx"`` and per-epoch metric lists are
+    # kept as they are in the canonical form, so they do not make a document legacy.
     markers = (
         "exported_by" in meta and "created_by" not in meta,
         isinstance(model.get("version"), int) and not isinstance(model.get("version"), bool),
         _is_flat_shape(model.get("output_shape")),
-        model.get("framework") == "onnx",
         "dataset_id" in training or "dataset_name" in training,
-        any(isinstance(metrics.get(name), list) for name in _EPOCH_LISTS),
         isinstance(samples, list)
         and any(isinstance(s, dict) and ("input" in s or "sample_id" not in s) for s in samples),
     )
@@ -51,8 +51,8 @@ def normalise(doc: dict[str, Any]) -> tuple[dict[str, Any], Dialect]:
     """
     dialect = detect_dialect(doc)
     out = copy.deepcopy(doc)
-    if dialect == "canonical":
-        return out, dialect
+    # Every rule below only fires on its legacy form, so applying them all to a canonical document
+    # changes nothing; running them unconditionally also covers documents that mix the two.
 
     meta = out.get("bundle_metadata")
     if isinstance(meta, dict) and "exported_by" in meta and "created_by" not in meta:

@@ -11,7 +11,16 @@ import enum
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 FORMAT_VERSION = "1.0.0"
 SUPPORTED_MAJOR = 1
@@ -26,9 +35,20 @@ Shape = Annotated[list[Dim], Field(max_length=16)]
 
 
 class _Open(BaseModel):
-    """A component that keeps fields it does not know."""
+    """A component that keeps fields it does not know.
+
+    Serialised, a declared field that is ``None`` is left out (absent and null mean the same for
+    every optional field of the format), while unknown fields are written exactly as read, nulls
+    included.
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _omit_null_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        extra = self.model_extra or {}
+        return {key: value for key, value in data.items() if value is not None or key in extra}
 
 
 class BundleMetadata(_Open):

@@ -1,0 +1,584 @@
+"""The bundle reader and its integrity pass.
+
+A bundle is one JSON document with the ONNX model base64-encoded inside it. Reading it naively
+(``json.load`` then ``b64decode``) holds the document, the base64 string and the decoded model at
+once: about 2.7 times the model, plus Python's overhead. This reader never does. It scans the
+document once, chunk by chunk:
+
+* everything except ``model.onnx_model_base64`` is copied into a small *skeleton* document (capped by
+  ``max_metadata_bytes``) that is parsed with the standard library's strict JSON parser afterwards;
+* the base64 string is validated (strict standard alphabet, padding only at the end, no escapes),
+  decoded with pybase64 and hashed with an incremental sha256 a chunk at a time, and optionally
+  written to a sink (``extract-onnx``, the structural pass), so memory does not grow with the model.
+
+gzip bundles are detected by their magic bytes and decompressed on the fly, with the decompressed
+size capped while decompressing. Every problem raises a :class:`~heimdall.errors.BundleError`
+subclass with a stable code; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import pybase64
+from pydantic import ValidationError
+
+from heimdall.bundle.dialects import Dialect, normalise
+from heimdall.bundle.models import ONNX_FIELD, SUPPORTED_MAJOR, Bundle
+from heimdall.errors import (
+    BundleError,
+    ChecksumMismatch,
+    InvalidBase64,
+    InvalidBundle,
+    InvalidJson,
+    TooLarge,
+    UnsupportedVersion,
+)
+from heimdall.settings import MIB, BundleLimits, get_settings
+
+#: Bytes read from the source at a time. Large enough to amortise Python's per-call overhead,
+#: small enough to keep the pass's memory flat.
+CHUNK_BYTES = 4 * MIB
+GZIP_MAGIC = b"\x1f\x8b"
+_MAX_NUMBER_CHARS = 64
+
+_STRUCTURAL = re.compile(rb'["{}\[\],:]')
+_STRING_SPECIAL = re.compile(rb'["\\]')
+
+
+class OnnxSink(Protocol):
+    """Where decoded ONNX bytes go (a file opened for binary writing will do)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+BundleSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What the integrity pass learned about a bundle."""
+
+    bundle: Bundle
+    dialect: Dialect
+    onnx_sha256: str
+    onnx_size_bytes: int
+    compressed: bool
+    #: Bytes read from the source (compressed size for gzip bundles).
+    source_bytes: int
+    #: Size of the JSON document itself (after decompression).
+    document_bytes: int
+    #: Whether the bundle declared ``integrity`` (older writers did not), which then matched.
+    integrity_declared: bool
+
+
+def read_bundle(
+    source: BundleSource,
+    *,
+    limits: BundleLimits | None = None,
+    onnx_sink: OnnxSink | None = None,
+) -> ReadResult:
+    """Read and normalise a bundle, verifying the embedded model's encoding, size and checksum.
+
+    ``source`` is a path, the bundle's bytes, or a binary file object. Decoded ONNX bytes are
+    written to ``onnx_sink`` as they are decoded (when given); nothing is kept in memory. Raises a
+    :class:`~heimdall.errors.BundleError` subclass for any bundle this project would refuse.
+    """
+    limits = limits or get_settings().bundle_limits()
+    with _open_source(source, limits) as (stream, compressed, counter):
+        scanner = _Scanner(stream.read, limits, onnx_sink)
+        scanner.run()
+        source_bytes = counter()
+    doc = _parse_skeleton(bytes(scanner.skeleton))
+    if not isinstance(doc, dict):
+        raise InvalidBundle(f"a bundle must be a JSON object at the top level, got {_json_type(doc)}")
+    raw_model = doc.get("model")
+    if not scanner.found_model:
+        if isinstance(raw_model, dict) and ONNX_FIELD in raw_model:
+            raise InvalidBundle(
+                f"model.{ONNX_FIELD} must be a base64 string, got {_json_type(raw_model[ONNX_FIELD])}",
+                field=f"model.{ONNX_FIELD}",
+            )
+        raise InvalidBundle(f"model.{ONNX_FIELD} is missing: a bundle must embed its ONNX model",
+                            field=f"model.{ONNX_FIELD}")
+    if scanner.onnx_size == 0:
+        raise InvalidBundle(f"model.{ONNX_FIELD} is empty", field=f"model.{ONNX_FIELD}")
+
+    bundle, dialect = parse_metadata(doc, limits)
+    sha256 = scanner.hasher.hexdigest()
+    if bundle.integrity is not None:
+        if bundle.integrity.onnx_size_bytes != scanner.onnx_size:
+            raise ChecksumMismatch(
+                f"integrity.onnx_size_bytes declares {bundle.integrity.onnx_size_bytes} bytes but the "
+                f"embedded model has {scanner.onnx_size}",
+                field="integrity.onnx_size_bytes",
+            )
+        if bundle.integrity.onnx_sha256 != sha256:
+            raise ChecksumMismatch(
+                f"integrity.onnx_sha256 declares {bundle.integrity.onnx_sha256} but the embedded model "
+                f"hashes to {sha256}",
+                field="integrity.onnx_sha256",
+            )
+    return ReadResult(
+        bundle=bundle,
+        dialect=dialect,
+        onnx_sha256=sha256,
+        onnx_size_bytes=scanner.onnx_size,
+        compressed=compressed,
+        source_bytes=source_bytes,
+        document_bytes=scanner.consumed,
+        integrity_declared=bundle.integrity is not None,
+    )
+
+
+def parse_metadata(doc: Any, limits: BundleLimits | None = None) -> tuple[Bundle, Dialect]:
+    """Validate a bundle document (without its base64 model) and normalise it to canonical form."""
+    limits = limits or get_settings().bundle_limits()
+    if not isinstance(doc, dict):
+        raise InvalidBundle(f"a bundle must be a JSON object at the top level, got {_json_type(doc)}")
+    _check_format_version(doc.get("format_version", _MISSING))
+    model = doc.get("model")
+    if isinstance(model, dict) and ONNX_FIELD in model:
+        doc = {**doc, "model": {k: v for k, v in model.items() if k != ONNX_FIELD}}
+    canonical, dialect = normalise(doc)
+    try:
+        bundle = Bundle.model_validate(canonical)
+    except ValidationError as exc:
+        raise _invalid_from(exc) from None
+    samples = bundle.sample_predictions or []
+    if len(samples) > limits.max_samples:
+        raise InvalidBundle(
+            f"sample_predictions has {len(samples)} entries; at most {limits.max_samples} are allowed",
+            field="sample_predictions",
+        )
+    return bundle, dialect
+
+
+_MISSING = object()
+
+
+def _check_format_version(value: Any) -> None:
+    if value is _MISSING:
+        raise InvalidBundle("format_version is missing", field="format_version")
+    if not isinstance(value, str) or not re.fullmatch(r"\d+(\.\d+){0,2}", value):
+        raise InvalidBundle(
+            f"format_version must be a version string such as '1.0.0', got {value!r:.40}",
+            field="format_version",
+        )
+    major = int(value.split(".")[0])
+    if major != SUPPORTED_MAJOR:
+        raise UnsupportedVersion(
+            f"format_version {value} is not supported: this reader understands {SUPPORTED_MAJOR}.x bundles",
+            field="format_version",
+        )
+
+
+def _invalid_from(exc: ValidationError) -> InvalidBundle:
+    errors = exc.errors(include_url=False)
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(document)"
+        parts.append(f"{where}: {err['msg']}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    first = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
+    return InvalidBundle("; ".join(parts) + more, field=first)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+# --- the source: files, bytes, gzip, caps ------------------------------------------------------------
+
+
+class _CountingReader:
+    """Counts the bytes read from a stream and refuses to read past ``cap``."""
+
+    def __init__(self, read: Callable[[int], bytes], cap: int, what: str) -> None:
+        self._read = read
+        self._cap = cap
+        self._what = what
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        # Ask for one byte more than allowed so that reaching the cap exactly is not an error.
+        budget = self._cap + 1 - self.count
+        data = self._read(min(size, budget) if size >= 0 else budget)
+        self.count += len(data)
+        if self.count > self._cap:
+            raise TooLarge(f"{self._what} is larger than the limit of {_fmt_bytes(self._cap)}")
+        return data
+
+
+class _PrefixedReader:
+    """A stream whose first bytes were already read (to sniff the gzip magic)."""
+
+    def __init__(self, prefix: bytes, read: Callable[[int], bytes]) -> None:
+        self._prefix = prefix
+        self._read = read
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._prefix:
+            return self._read(size)
+        head, self._prefix = self._prefix, b""
+        if size < 0:
+            return head + self._read(-1)
+        return head + self._read(size - len(head)) if size > len(head) else head
+
+
+@contextmanager
+def _open_source(
+    source: BundleSource, limits: BundleLimits
+) -> Iterator[tuple[_CountingReader, bool, Callable[[], int]]]:
+    """Yield (document stream, compressed?, bytes-read-from-source) for any accepted source."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        fileobj: BinaryIO = io.BytesIO(source)
+        owned = True
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise InvalidBundle(f"cannot read {path}: {exc.strerror or exc}") from None
+        if size > limits.max_bundle_bytes:
+            # Refused before a single byte is read.
+            raise TooLarge(
+                f"bundle is {_fmt_bytes(size)}, over the limit of {_fmt_bytes(limits.max_bundle_bytes)}"
+            )
+        try:
+            fileobj = path.open("rb")
+        except OSError as exc:
+            raise InvalidBundle(f"cannot read {path}: {exc.strerror or exc}") from None
+        owned = True
+    else:
+        fileobj = source
+        owned = False
+    try:
+        raw = _CountingReader(fileobj.read, limits.max_bundle_bytes, "bundle")
+        head = raw.read(2)
+        if head == GZIP_MAGIC:
+            gz = gzip.GzipFile(fileobj=_PrefixedReader(head, raw.read), mode="rb")  # type: ignore[call-overload]
+            doc = _CountingReader(_gzip_read(gz), limits.max_bundle_bytes, "decompressed bundle")
+            yield doc, True, lambda: raw.count
+        else:
+            doc = _CountingReader(_PrefixedReader(head, raw.read).read, limits.max_bundle_bytes, "bundle")
+            yield doc, False, lambda: raw.count
+    finally:
+        if owned:
+            fileobj.close()
+
+
+def _gzip_read(gz: gzip.GzipFile) -> Callable[[int], bytes]:
+    def read(size: int) -> bytes:
+        try:
+            return gz.read(size)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InvalidBundle(f"the gzip stream is corrupt or truncated: {exc}") from None
+
+    return read
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / MIB:.1f} MiB" if n >= MIB else f"{n} bytes"
+
+
+# --- the scanner ----------------------------------------------------------------------------------
+
+
+class _Frame:
+    __slots__ = ("expect_key", "is_object", "key")
+
+    def __init__(self, is_object: bool) -> None:
+        self.is_object = is_object
+        self.expect_key = is_object
+        self.key: str | None = None
+
+
+class _Scanner:
+    """One pass over the document: copies the skeleton, streams the embedded model."""
+
+    def __init__(self, read: Callable[[int], bytes], limits: BundleLimits, sink: OnnxSink | None) -> None:
+        self._read = read
+        self._limits = limits
+        self._sink = sink
+        self._buf = b""
+        self._pos = 0
+        self.consumed = 0
+        self.skeleton = bytearray()
+        self.hasher = hashlib.sha256()
+        self.onnx_size = 0
+        self.found_model = False
+        self._hashing: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+
+    def _fill(self) -> bool:
+        """Replace the consumed buffer with the next chunk, keeping unconsumed bytes. False at EOF."""
+        chunk = self._read(CHUNK_BYTES)
+        if not chunk:
+            return False
+        self.consumed += len(chunk)
+        rest = self._buf[self._pos :]
+        self._buf = rest + chunk if rest else chunk
+        self._pos = 0
+        return True
+
+    def _emit(self, data: bytes) -> None:
+        if len(self.skeleton) + len(data) > self._limits.max_metadata_bytes:
+            raise TooLarge(
+                "the bundle's metadata (everything except the embedded model) is larger than the limit "
+                f"of {_fmt_bytes(self._limits.max_metadata_bytes)}"
+            )
+        self.skeleton += data
+
+    def run(self) -> None:
+        stack: list[_Frame] = []
+        while True:
+            match = _STRUCTURAL.search(self._buf, self._pos)
+            if match is None:
+                self._emit(self._buf[self._pos :])
+                self._pos = len(self._buf)
+                if not self._fill():
+                    return
+                continue
+            at = match.start()
+            self._emit(self._buf[self._pos : at])
+            char = self._buf[at : at + 1]
+            self._pos = at + 1
+            top = stack[-1] if stack else None
+            if char == b'"':
+                if top is not None and top.is_object and top.expect_key:
+                    top.key = self._read_key()
+                elif self._at_model_field(stack):
+                    if self.found_model:
+                        raise InvalidJson(f"duplicate key 'model.{ONNX_FIELD}'")
+                    self.found_model = True
+                    self._emit(b'""')
+                    self._stream_base64()
+                else:
+                    self._read_string()
+                continue
+            self._emit(char)
+            if char in (b"{", b"["):
+                stack.append(_Frame(is_object=char == b"{"))
+                if len(stack) > self._limits.max_json_depth:
+                    raise InvalidJson(f"the document nests deeper than {self._limits.max_json_depth} levels")
+            elif char in (b"}", b"]"):
+                if not stack:
+                    raise InvalidJson(f"unbalanced {char.decode()} in the document")
+                stack.pop()
+            elif char == b"," and top is not None and top.is_object:
+                top.expect_key = True
+            elif char == b":" and top is not None:
+                top.expect_key = False
+
+    def _at_model_field(self, stack: list[_Frame]) -> bool:
+        return (
+            len(stack) == 2
+            and stack[0].is_object
+            and stack[0].key == "model"
+            and stack[1].is_object
+            and stack[1].key == ONNX_FIELD
+        )
+
+    def _read_string(self) -> bytes:
+        """Copy a JSON string (the opening quote already consumed) into the skeleton; return it."""
+        start = len(self.skeleton)
+        self._emit(b'"')
+        while True:
+            match = _STRING_SPECIAL.search(self._buf, self._pos)
+            if match is None:
+                self._emit(self._buf[self._pos :])
+                self._pos = len(self._buf)
+                if not self._fill():
+                    raise InvalidJson("the document ends inside a string (truncated?)")
+                continue
+            at = match.start()
+            if self._buf[at : at + 1] == b'"':
+                self._emit(self._buf[self._pos : at + 1])
+                self._pos = at + 1
+                return bytes(self.skeleton[start:])
+            # A backslash: keep it and the character it escapes together.
+            if at + 1 >= len(self._buf):
+                self._emit(self._buf[self._pos : at])
+                self._pos = at
+                if not self._fill():
+                    raise InvalidJson("the document ends inside a string (truncated?)")
+                continue
+            self._emit(self._buf[self._pos : at + 2])
+            self._pos = at + 2
+
+    def _read_key(self) -> str:
+        raw = self._read_string()
+        try:
+            key = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidJson(f"an object key is not a valid JSON string: {exc}") from None
+        return str(key)
+
+    def _stream_base64(self) -> None:
+        """Decode, hash and sink the base64 model string (opening quote consumed), chunk by chunk.
+
+        pybase64's strict mode rejects anything outside the standard alphabet, including escapes,
+        whitespace and '=' before the end of the data it is given; so each chunk handed to it ends
+        on a quartet boundary and the last quartet is held back until we know whether it ends the
+        string (only the string's final quartet may carry padding).
+        """
+        carry = b""
+        chars = 0
+        max_chars = 4 * math.ceil(self._limits.max_onnx_bytes / 3)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="heimdall-hash") as hashing:
+            self._hashing = hashing
+            while True:
+                buf, start = self._buf, self._pos
+                quote = buf.find(b'"', start)
+                final = quote >= 0
+                stop = quote if final else len(buf)
+                chars += stop - start
+                if chars > max_chars:
+                    # Checked on the encoded length, before decoding what would go over.
+                    raise TooLarge(
+                        "the embedded ONNX model is larger than the limit of "
+                        f"{_fmt_bytes(self._limits.max_onnx_bytes)}"
+                    )
+                if carry:
+                    take = min((4 - len(carry)) % 4, stop - start)
+                    carry += buf[start : start + take]
+                    start += take
+                    if len(carry) == 4 and (start < stop or final):
+                        self._decode(carry, final=final and start == stop)
+                        carry = b""
+                    elif final:
+                        raise _base64_error(carry, f"model.{ONNX_FIELD} length is not a multiple of 4")
+                if not carry:
+                    count = stop - start
+                    if final and count % 4:
+                        raise _base64_error(
+                            buf[start:stop], f"model.{ONNX_FIELD} length is not a multiple of 4"
+                        )
+                    end = stop if final else start + (max(count - 1, 0) // 4) * 4
+                    if end > start:
+                        self._decode(memoryview(buf)[start:end], final=final)
+                    carry = b"" if final else buf[end:stop]
+                if final:
+                    self._pos = quote + 1
+                    break
+                self._pos = len(buf)
+                if not self._fill():
+                    raise InvalidJson(f"the document ends inside model.{ONNX_FIELD} (truncated?)")
+            self._drain()
+
+    def _decode(self, data: bytes | memoryview, *, final: bool) -> None:
+        if not final and bytes(data[-1:]) == b"=":
+            raise InvalidBase64(f"model.{ONNX_FIELD} has '=' padding before its end")
+        try:
+            decoded = pybase64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise _base64_error(bytes(data), "") from None
+        # Hash (and sink) the previous chunk in the background while this thread decodes the next:
+        # sha256 releases the GIL, so the two cores overlap. One chunk in flight bounds memory.
+        self._drain()
+        assert self._hashing is not None
+        self._pending = self._hashing.submit(self._consume, decoded)
+
+    def _consume(self, decoded: bytes) -> None:
+        self.hasher.update(decoded)
+        self.onnx_size += len(decoded)
+        if self._sink is not None:
+            self._sink.write(decoded)
+
+    def _drain(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
+
+
+def _base64_error(data: bytes, fallback: str) -> InvalidBase64:
+    """The most useful explanation of why ``data`` (part of the model string) is not strict base64."""
+    if b"\\" in data:
+        return InvalidBase64(f"model.{ONNX_FIELD} contains a JSON escape; strict base64 has none")
+    if _NOT_BASE64.search(data) or not fallback:
+        return InvalidBase64(
+            f"model.{ONNX_FIELD} is not strict standard base64 (alphabet A-Z a-z 0-9 + /, "
+            "'=' padding only at the end, no whitespace or line breaks)"
+        )
+    return InvalidBase64(fallback)
+
+
+# --- the skeleton's strict parse ------------------------------------------------------------------
+
+
+class _Reject(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Reject(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or len(text) > _MAX_NUMBER_CHARS:
+        raise _Reject(f"number {text[:20]}... is out of range")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise _Reject(f"number {text[:20]}... has more than {_MAX_NUMBER_CHARS} digits")
+    return int(text)
+
+
+def _parse_constant(name: str) -> Any:
+    raise _Reject(f"{name} is not valid JSON")
+
+
+def _parse_skeleton(data: bytes) -> Any:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJson(f"the document is not valid UTF-8 (byte {exc.start} of the metadata)") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip():
+        raise InvalidJson("the document is empty")
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+            parse_constant=_parse_constant,
+        )
+    except _Reject as exc:
+        raise InvalidJson(f"the document is not acceptable JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJson(f"the document is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJson(f"the document is not valid JSON: {exc}") from None
+
+
+__all__ = ["CHUNK_BYTES", "BundleError", "BundleSource", "OnnxSink", "ReadResult", "parse_metadata",
+           "read_bundle"]
