@@ -38,7 +38,7 @@ class BundleLimits(BaseModel):
     allowed_domains: tuple[str, ...] = DEFAULT_ALLOWED_DOMAINS
     #: The structural pass runs in a child process held to these.
     structural_timeout_s: float = Field(default=120.0, gt=0)
-    structural_memory_bytes: int = Field(default=3 * 1024 * MIB, gt=64 * MIB)
+    structural_memory_bytes: int = Field(default=1024 * MIB, gt=64 * MIB)
 
 
 class Settings(BaseSettings):
@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     max_nodes: int = Field(default=200_000, gt=0)
     max_subgraph_depth: int = Field(default=8, ge=0)
     structural_timeout_s: float = Field(default=120.0, gt=0)
-    structural_memory_mb: int = Field(default=3072, gt=64)
+    structural_memory_mb: int = Field(default=1024, gt=64)
 
     def bundle_limits(self) -> BundleLimits:
         """The bundle caps these settings describe."""
