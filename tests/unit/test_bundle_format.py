@@ -230,7 +230,7 @@ def valid_doc() -> dict[str, Any]:
         (b"", "empty"),
         (b"   \n", "empty"),
         (b"not json at all", "not valid JSON"),
-        (b"{\"format_version\": \"1.0.0\",", "not valid JSON"),
+        (b"{\"format_version\": \"1.0.0\",", "truncated"),
         (b"\xff\xfe{}", "UTF-8"),
         (b"{\"a\": NaN}", "NaN"),
         (b"{\"a\": Infinity}", "Infinity"),
@@ -239,8 +239,13 @@ def valid_doc() -> dict[str, Any]:
         (b"{\"a\": " + b"9" * 5000 + b"}", "digits"),
         (b"{\"a\": 1, \"a\": 2}", "duplicate key 'a'"),
         (b"[" * 100_000 + b"]" * 100_000, "deeper"),
-        (b"{\"a\": \"unterminated", "ends inside a string"),
-        (b"]", "unbalanced"),
+        (b"{\"a\": \"unterminated", "Unterminated string"),
+        (b"]", "not valid JSON"),
+        (b"{\"a\": 1} trailing", "not valid JSON"),
+        (b"{\"a\": 1,}", "not valid JSON"),
+        (b"{\"a\" 1}", "not valid JSON"),
+        (b"{\"model\": {\"x\": [" * 40 + b"]}" * 40, "not valid JSON"),
+        (b"{\"a\": " + b"[" * 100 + b"]" * 100 + b"}", "deeper"),
     ],
 )
 def test_not_json_is_invalid_json(data: bytes, message: str) -> None:
@@ -410,7 +415,7 @@ def test_bundle_over_the_limit_is_refused_without_reading(tmp_path: Path) -> Non
 def test_gzip_bomb_is_refused_while_decompressing() -> None:
     bomb = gzip.compress(b'{"a": "' + b"A" * (64 * 1024 * 1024) + b'"}', compresslevel=9)
     assert len(bomb) < 200_000
-    limits = BundleLimits(max_bundle_bytes=8 * 1024 * 1024)
+    limits = BundleLimits(max_bundle_bytes=8 * 1024 * 1024, max_metadata_bytes=32 * 1024 * 1024)
     with pytest.raises(TooLarge, match="decompressed bundle"):
         read_bundle(bomb, limits=limits)
 
@@ -443,3 +448,36 @@ def test_declared_checksum_and_size_must_match() -> None:
 def test_unreadable_path_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidBundle, match="cannot read"):
         read_bundle(tmp_path / "missing.heimdall")
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        [0] * 200_000,  # millions of tiny tokens are skipped by the C scanner, not walked in Python
+        [{}] * 100_000,
+        [[0]] * 100_000,
+        {f"k{i}": i for i in range(50_000)},
+    ],
+)
+def test_bulky_unknown_fields_are_read_and_kept(junk: Any) -> None:
+    meta = sample_bundle_metadata()
+    meta["x_bulk"] = junk
+    meta["model"]["x_bulk"] = junk
+    result = read_bundle(encode(raw_document(meta)))
+    extra = result.bundle.model_extra
+    assert extra is not None and extra["x_bulk"] == junk
+    assert result.bundle.model.model_extra == {"x_bulk": junk}
+
+
+def test_too_many_top_level_fields_are_refused() -> None:
+    meta = sample_bundle_metadata()
+    meta.update({f"x_{i}": i for i in range(10_001)})
+    with pytest.raises(InvalidBundle, match="more than 10000 fields"):
+        read_bundle(encode(raw_document(meta)))
+
+
+def test_numbers_inside_strings_are_not_numbers() -> None:
+    meta = sample_bundle_metadata()
+    meta["bundle_metadata"]["description"] = "9" * 100 + " 1e999 [[[[[[[[[["
+    result = read_bundle(encode(raw_document(meta)))
+    assert result.bundle.bundle_metadata.description == meta["bundle_metadata"]["description"]

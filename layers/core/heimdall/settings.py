@@ -30,7 +30,7 @@ class BundleLimits(BaseModel):
     max_onnx_bytes: int = Field(default=100 * MIB, gt=0)
     max_bundle_bytes: int = Field(default=HARD_MAX_BUNDLE_BYTES, gt=0, le=HARD_MAX_BUNDLE_BYTES)
     #: Everything in the document except the base64 model (components, descriptions, extras).
-    max_metadata_bytes: int = Field(default=16 * MIB, gt=0)
+    max_metadata_bytes: int = Field(default=4 * MIB, gt=0)
     max_json_depth: int = Field(default=64, gt=1)
     max_samples: int = Field(default=10, ge=1, le=10)
     max_nodes: int = Field(default=200_000, gt=0)
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     stage: str = "local"
     max_onnx_mb: int = Field(default=100, gt=0, le=HARD_MAX_BUNDLE_BYTES // MIB)
     max_bundle_mb: int = Field(default=HARD_MAX_BUNDLE_BYTES // MIB, gt=0, le=HARD_MAX_BUNDLE_BYTES // MIB)
-    max_metadata_mb: int = Field(default=16, gt=0, le=1024)
+    max_metadata_mb: int = Field(default=4, gt=0, le=1024)
     max_nodes: int = Field(default=200_000, gt=0)
     max_subgraph_depth: int = Field(default=8, ge=0)
     structural_timeout_s: float = Field(default=120.0, gt=0)

@@ -12,7 +12,6 @@ form verifies whichever dialect was read.
 
 from __future__ import annotations
 
-import copy
 import json
 import uuid
 from typing import Any, Literal
@@ -50,7 +49,12 @@ def normalise(doc: dict[str, Any]) -> tuple[dict[str, Any], Dialect]:
     left for the pydantic models to reject with a message naming the field.
     """
     dialect = detect_dialect(doc)
-    out = copy.deepcopy(doc)
+    # Copy only the containers the rules below write to: a deep copy would cost as much as the
+    # whole document, however large its unknown fields are.
+    out = dict(doc)
+    for component in ("bundle_metadata", "model", "training_config", "performance_metrics"):
+        if isinstance(out.get(component), dict):
+            out[component] = dict(out[component])
     # Every rule below only fires on its legacy form, so applying them all to a canonical document
     # changes nothing; running them unconditionally also covers documents that mix the two.
 

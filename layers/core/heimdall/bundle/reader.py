@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import io
 import json
+import json.scanner
 import math
 import os
 import re
@@ -54,10 +55,22 @@ from heimdall.settings import MIB, BundleLimits, get_settings
 #: small enough to keep the pass's memory flat.
 CHUNK_BYTES = 4 * MIB
 GZIP_MAGIC = b"\x1f\x8b"
-_MAX_NUMBER_CHARS = 64
+_MAX_NUMBER_DIGITS = 64
+#: Text that may hold a number the strict parse must refuse (a long digit run, a 3-digit exponent).
+_SUSPECT_NUMBER = re.compile(rb"[0-9]{%d}|[eE][+-]?[0-9]{3}" % (_MAX_NUMBER_DIGITS + 1))
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_MAX_INT_BITS = math.ceil(_MAX_NUMBER_DIGITS * math.log2(10))
 
 _STRUCTURAL = re.compile(rb'["{}\[\],:]')
 _STRING_SPECIAL = re.compile(rb'["\\]')
+_NON_SPACE = re.compile(rb"[^ \t\r\n]")
+_QUOTE, _BRACE, _CLOSE_BRACE, _COMMA, _COLON = (ord(c) for c in '"{},:')
+#: Caps on what the scanner follows key by key (the top-level object and ``model``).
+_MAX_FOLLOWED_KEYS = 10_000
+_MAX_KEY_BYTES = 64 * 1024
+#: Decoded pieces at least this large are hashed on the worker thread; smaller ones inline.
+_HASH_IN_BACKGROUND_BYTES = 256 * 1024
 
 
 class OnnxSink(Protocol):
@@ -103,7 +116,7 @@ def read_bundle(
         scanner = _Scanner(stream.read, limits, onnx_sink)
         scanner.run()
         source_bytes = counter()
-    doc = _parse_skeleton(bytes(scanner.skeleton))
+    doc = _parse_skeleton(bytes(scanner.skeleton), limits.max_json_depth)
     if not isinstance(doc, dict):
         raise InvalidBundle(f"a bundle must be a JSON object at the top level, got {_json_type(doc)}")
     raw_model = doc.get("model")
@@ -301,16 +314,27 @@ def _fmt_bytes(n: int) -> str:
 
 
 class _Frame:
-    __slots__ = ("expect_key", "is_object", "key")
+    """An object whose keys we follow: the top-level object, and the ``model`` object in it."""
 
-    def __init__(self, is_object: bool) -> None:
-        self.is_object = is_object
-        self.expect_key = is_object
-        self.key: str | None = None
+    __slots__ = ("key", "keys", "state")
+
+    #: What the frame waits for: a key (or "}"), the colon after a key, "," or "}" after a value.
+    KEY, COLON, AFTER_VALUE = 0, 1, 2
+
+    def __init__(self) -> None:
+        self.state = _Frame.KEY
+        self.key = ""
+        self.keys = 0
 
 
 class _Scanner:
-    """One pass over the document: copies the skeleton, streams the embedded model."""
+    """One pass over the document: copies the skeleton, streams the embedded model.
+
+    Only two objects have their keys followed (the top-level one, and ``model`` in it); every other
+    value is skipped whole by the standard library's C JSON scanner, and bytes are copied into the
+    skeleton in bulk. So the Python-level work is per key of those two objects (capped), not per
+    token, and hostile metadata made of millions of tiny tokens costs what the C parser costs.
+    """
 
     def __init__(self, read: Callable[[int], bytes], limits: BundleLimits, sink: OnnxSink | None) -> None:
         self._read = read
@@ -318,114 +342,173 @@ class _Scanner:
         self._sink = sink
         self._buf = b""
         self._pos = 0
+        #: Bytes of ``_buf`` before this index are in the skeleton (or deliberately left out).
+        self._copied = 0
         self.consumed = 0
         self.skeleton = bytearray()
         self.hasher = hashlib.sha256()
         self.onnx_size = 0
         self.found_model = False
+        self._scan_value: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+            json.JSONDecoder()  # type: ignore[arg-type]  # typeshed types the C scanner's context oddly
+        )
         self._hashing: ThreadPoolExecutor | None = None
-        self._pending: Future[None] | None = None
+        self._pending: list[Future[None]] = []
 
     def _fill(self) -> bool:
-        """Replace the consumed buffer with the next chunk, keeping unconsumed bytes. False at EOF."""
+        """Copy what was consumed, then read the next chunk after the unconsumed bytes. False at EOF."""
+        self._emit(self._buf[self._copied : self._pos])
+        if len(self._buf) - self._pos > self._limits.max_metadata_bytes:
+            raise self._too_large()  # one value bigger than all metadata may be
         chunk = self._read(CHUNK_BYTES)
+        rest = self._buf[self._pos :]
+        self._copied = self._pos = 0
         if not chunk:
+            self._buf = rest
             return False
         self.consumed += len(chunk)
-        rest = self._buf[self._pos :]
         self._buf = rest + chunk if rest else chunk
-        self._pos = 0
         return True
 
     def _emit(self, data: bytes) -> None:
+        if not data:
+            return
         if len(self.skeleton) + len(data) > self._limits.max_metadata_bytes:
-            raise TooLarge(
-                "the bundle's metadata (everything except the embedded model) is larger than the limit "
-                f"of {_fmt_bytes(self._limits.max_metadata_bytes)}"
-            )
+            raise self._too_large()
         self.skeleton += data
 
+    def _too_large(self) -> TooLarge:
+        return TooLarge(
+            "the bundle's metadata (everything except the embedded model) is larger than the limit "
+            f"of {_fmt_bytes(self._limits.max_metadata_bytes)}"
+        )
+
     def run(self) -> None:
-        stack: list[_Frame] = []
+        if self._peek() != _BRACE:
+            # Not an object, so not a bundle: copy it whole (capped) and let the strict parse say
+            # what it is (another JSON type, invalid UTF-8, not JSON at all).
+            self._finish()
+            return
+        frames: list[_Frame] = []
         while True:
             match = _STRUCTURAL.search(self._buf, self._pos)
             if match is None:
-                self._emit(self._buf[self._pos :])
                 self._pos = len(self._buf)
                 if not self._fill():
+                    raise InvalidJson("the document ends before its top-level object does (truncated?)")
+                continue
+            char = self._buf[match.start()]
+            self._pos = match.end()
+            top = frames[-1] if frames else None
+            if char == _BRACE and top is None:
+                frames.append(_Frame())
+            elif top is None:
+                raise InvalidJson("the document is not valid JSON")
+            elif char == _QUOTE and top.state == _Frame.KEY:
+                top.key = self._read_key()
+                top.state = _Frame.COLON
+                top.keys += 1
+                if top.keys > _MAX_FOLLOWED_KEYS:
+                    where = "the top-level object" if len(frames) == 1 else "model"
+                    raise InvalidBundle(f"{where} has more than {_MAX_FOLLOWED_KEYS} fields")
+            elif char == _COLON and top.state == _Frame.COLON:
+                top.state = _Frame.AFTER_VALUE
+                self._value(frames, top.key)
+            elif char == _COMMA and top.state == _Frame.AFTER_VALUE:
+                top.state = _Frame.KEY
+            elif char == _CLOSE_BRACE and top.state != _Frame.COLON:
+                frames.pop()
+                if not frames:
+                    self._finish()
                     return
-                continue
-            at = match.start()
-            self._emit(self._buf[self._pos : at])
-            char = self._buf[at : at + 1]
-            self._pos = at + 1
-            top = stack[-1] if stack else None
-            if char == b'"':
-                if top is not None and top.is_object and top.expect_key:
-                    top.key = self._read_key()
-                elif self._at_model_field(stack):
-                    if self.found_model:
-                        raise InvalidJson(f"duplicate key 'model.{ONNX_FIELD}'")
-                    self.found_model = True
-                    self._emit(b'""')
-                    self._stream_base64()
-                else:
-                    self._read_string()
-                continue
-            self._emit(char)
-            if char in (b"{", b"["):
-                stack.append(_Frame(is_object=char == b"{"))
-                if len(stack) > self._limits.max_json_depth:
-                    raise InvalidJson(f"the document nests deeper than {self._limits.max_json_depth} levels")
-            elif char in (b"}", b"]"):
-                if not stack:
-                    raise InvalidJson(f"unbalanced {char.decode()} in the document")
-                stack.pop()
-            elif char == b"," and top is not None and top.is_object:
-                top.expect_key = True
-            elif char == b":" and top is not None:
-                top.expect_key = False
+            else:
+                raise InvalidJson(f"the document is not valid JSON: unexpected {chr(char)!r}")
 
-    def _at_model_field(self, stack: list[_Frame]) -> bool:
-        return (
-            len(stack) == 2
-            and stack[0].is_object
-            and stack[0].key == "model"
-            and stack[1].is_object
-            and stack[1].key == ONNX_FIELD
-        )
+    def _value(self, frames: list[_Frame], key: str) -> None:
+        """Handle the value after ``key:`` in a followed object."""
+        nxt = self._peek()
+        if len(frames) == 1 and key == "model" and nxt == _BRACE:
+            self._pos += 1
+            frames.append(_Frame())
+        elif len(frames) == 2 and key == ONNX_FIELD and nxt == _QUOTE:
+            if self.found_model:
+                raise InvalidJson(f"duplicate key 'model.{ONNX_FIELD}'")
+            self.found_model = True
+            self._pos += 1
+            self._stream_base64()
+        else:
+            self._skip_value()
 
-    def _read_string(self) -> bytes:
-        """Copy a JSON string (the opening quote already consumed) into the skeleton; return it."""
-        start = len(self.skeleton)
-        self._emit(b'"')
+    def _finish(self) -> None:
+        """After the top-level value only whitespace may follow (the strict parse checks it)."""
+        while self._fill():
+            self._pos = len(self._buf)
+        self._emit(self._buf[self._copied :])
+        self._copied = self._pos = len(self._buf)
+
+    def _peek(self) -> int | None:
+        """The next non-whitespace byte (not consumed), or None at the end of the document."""
         while True:
-            match = _STRING_SPECIAL.search(self._buf, self._pos)
-            if match is None:
-                self._emit(self._buf[self._pos :])
-                self._pos = len(self._buf)
-                if not self._fill():
-                    raise InvalidJson("the document ends inside a string (truncated?)")
-                continue
-            at = match.start()
-            if self._buf[at : at + 1] == b'"':
-                self._emit(self._buf[self._pos : at + 1])
-                self._pos = at + 1
-                return bytes(self.skeleton[start:])
-            # A backslash: keep it and the character it escapes together.
-            if at + 1 >= len(self._buf):
-                self._emit(self._buf[self._pos : at])
-                self._pos = at
-                if not self._fill():
-                    raise InvalidJson("the document ends inside a string (truncated?)")
-                continue
-            self._emit(self._buf[self._pos : at + 2])
-            self._pos = at + 2
+            match = _NON_SPACE.search(self._buf, self._pos)
+            if match is not None:
+                self._pos = match.start()
+                return self._buf[self._pos]
+            self._pos = len(self._buf)
+            if not self._fill():
+                return None
+
+    def _skip_value(self) -> None:
+        """Move past one JSON value with the C scanner.
+
+        The scanner gets a window of the buffer that grows fourfold while the value is cut short by it
+        (reading more chunks once the window is the whole buffer), so skipping costs about the
+        value's own size, whatever is left in the chunk.
+        """
+        window = 4096
+        problem = "it ends too soon (truncated?)"
+        while True:
+            available = len(self._buf) - self._pos
+            text = self._buf[self._pos : self._pos + window].decode("utf-8", "surrogateescape")
+            try:
+                _, end = self._scan_value(text, 0)
+                complete = end < len(text)
+            except json.JSONDecodeError as exc:
+                end, complete, problem = 0, False, exc.msg
+            except StopIteration:
+                end, complete, problem = 0, False, "expecting a value"
+            except (ValueError, RecursionError) as exc:  # e.g. Python's cap on integer digits
+                end, complete, problem = 0, False, str(exc)
+            if complete:
+                self._pos += len(text[:end].encode("utf-8", "surrogateescape"))
+                return
+            # Cut short (or invalid): widen the window, then read on; at the end it is invalid for good.
+            if window < available:
+                window *= 4
+            elif not self._fill():
+                if end:  # a value running to the very end of the document, e.g. a bare number
+                    self._pos += len(text[:end].encode("utf-8", "surrogateescape"))
+                    return
+                raise InvalidJson(f"the document is not valid JSON: {problem}")
 
     def _read_key(self) -> str:
-        raw = self._read_string()
+        """Read an object key (opening quote consumed)."""
+        start = self._pos - 1
+        while True:
+            match = _STRING_SPECIAL.search(self._buf, self._pos)
+            if match is None or (match.group() == b"\\" and match.start() + 1 >= len(self._buf)):
+                if len(self._buf) - start > _MAX_KEY_BYTES:
+                    raise InvalidBundle(f"an object key is longer than {_MAX_KEY_BYTES} bytes")
+                self._pos = start  # keep the whole key in the buffer
+                if not self._fill():
+                    raise InvalidJson("the document ends inside a string (truncated?)")
+                start, self._pos = 0, 1
+                continue
+            if match.group() == b'"':
+                self._pos = match.end()
+                break
+            self._pos = match.start() + 2  # a backslash and the character it escapes
         try:
-            key = json.loads(raw)
+            key = json.loads(self._buf[start : self._pos])
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidJson(f"an object key is not a valid JSON string: {exc}") from None
         return str(key)
@@ -438,11 +521,13 @@ class _Scanner:
         on a quartet boundary and the last quartet is held back until we know whether it ends the
         string (only the string's final quartet may carry padding).
         """
+        # The skeleton keeps the opening quote and, below, the closing one: the field reads as "".
+        self._emit(self._buf[self._copied : self._pos])
+        self._copied = self._pos
         carry = b""
         chars = 0
         max_chars = 4 * math.ceil(self._limits.max_onnx_bytes / 3)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="heimdall-hash") as hashing:
-            self._hashing = hashing
+        try:
             while True:
                 buf, start = self._buf, self._pos
                 quote = buf.find(b'"', start)
@@ -475,12 +560,16 @@ class _Scanner:
                         self._decode(memoryview(buf)[start:end], final=final)
                     carry = b"" if final else buf[end:stop]
                 if final:
-                    self._pos = quote + 1
+                    self._copied, self._pos = quote, quote + 1
                     break
-                self._pos = len(buf)
+                self._copied = self._pos = len(buf)
                 if not self._fill():
                     raise InvalidJson(f"the document ends inside model.{ONNX_FIELD} (truncated?)")
             self._drain()
+        finally:
+            if self._hashing is not None:
+                self._hashing.shutdown(wait=True, cancel_futures=True)
+                self._hashing = None
 
     def _decode(self, data: bytes | memoryview, *, final: bool) -> None:
         if not final and bytes(data[-1:]) == b"=":
@@ -489,11 +578,18 @@ class _Scanner:
             decoded = pybase64.b64decode(data, validate=True)
         except (binascii.Error, ValueError, TypeError):
             raise _base64_error(bytes(data), "") from None
-        # Hash (and sink) the previous chunk in the background while this thread decodes the next:
-        # sha256 releases the GIL, so the two cores overlap. One chunk in flight bounds memory.
-        self._drain()
-        assert self._hashing is not None
-        self._pending = self._hashing.submit(self._consume, decoded)
+        if len(decoded) < _HASH_IN_BACKGROUND_BYTES and not self._pending:
+            self._consume(decoded)
+            return
+        # Hash (and sink) in the background while this thread decodes the next chunk: sha256 and
+        # pybase64 both release the GIL, so the two cores overlap. The single worker keeps the order;
+        # waiting only before a large piece keeps one large chunk in flight (bounded memory), and a
+        # few carried-over characters never wait for the hash of the chunk before them.
+        if self._hashing is None:
+            self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heimdall-hash")
+        if len(decoded) >= _HASH_IN_BACKGROUND_BYTES:
+            self._drain()
+        self._pending.append(self._hashing.submit(self._consume, decoded))
 
     def _consume(self, decoded: bytes) -> None:
         self.hasher.update(decoded)
@@ -502,9 +598,9 @@ class _Scanner:
             self._sink.write(decoded)
 
     def _drain(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
@@ -538,24 +634,64 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or len(text) > _MAX_NUMBER_CHARS:
-        raise _Reject(f"number {text[:20]}... is out of range")
-    return value
+def _too_deep(bare: bytes, max_depth: int) -> bool:
+    """Whether the JSON text ``bare`` (strings cut out) nests arrays/objects deeper than ``max_depth``.
+
+    Innermost ``[]``/``{}`` pairs are peeled off one level per round, with C-speed bytes operations:
+    cheap even for metadata of millions of tokens.
+    """
+    brackets = bare.translate(None, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        peeled = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if not peeled or peeled == brackets:
+            return False
+        brackets = peeled
+    return bool(brackets)
 
 
-def _parse_int(text: str) -> int:
-    if len(text) > _MAX_NUMBER_CHARS:
-        raise _Reject(f"number {text[:20]}... has more than {_MAX_NUMBER_CHARS} digits")
-    return int(text)
+def _check_numbers(doc: Any) -> None:
+    """Refuse non-finite floats (``1e999``) and integers past 64 digits anywhere in ``doc``.
+
+    Done as a walk after parsing rather than with ``parse_int``/``parse_float`` hooks, which the C
+    parser would call once per number; and only when the text has a digit run or exponent that
+    could be such a number (see :func:`_parse_skeleton`).
+    """
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                raise InvalidJson("the document is not acceptable JSON: a number is out of range")
+        elif kind is int:
+            if value.bit_length() > _MAX_INT_BITS:
+                raise InvalidJson(
+                    f"the document is not acceptable JSON: a number has more than {_MAX_NUMBER_DIGITS} digits"
+                )
+        elif kind is list:
+            stack.extend(value)
+        elif kind is dict:
+            stack.extend(value.values())
 
 
 def _parse_constant(name: str) -> Any:
     raise _Reject(f"{name} is not valid JSON")
 
 
-def _parse_skeleton(data: bytes) -> Any:
+def parse_json(data: bytes, limits: BundleLimits | None = None) -> Any:
+    """Parse a small JSON document (a metadata file, a request body) by the bundle's strict rules.
+
+    Invalid UTF-8, duplicate keys, NaN/Infinity, out-of-range numbers and nesting past
+    ``max_json_depth`` are refused with :class:`~heimdall.errors.InvalidJson`; a document over
+    ``max_metadata_bytes`` with :class:`~heimdall.errors.TooLarge`.
+    """
+    limits = limits or get_settings().bundle_limits()
+    if len(data) > limits.max_metadata_bytes:
+        raise TooLarge(f"the document is larger than the limit of {_fmt_bytes(limits.max_metadata_bytes)}")
+    return _parse_skeleton(data, limits.max_json_depth)
+
+
+def _parse_skeleton(data: bytes, max_depth: int) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -564,21 +700,28 @@ def _parse_skeleton(data: bytes) -> Any:
         text = text[1:]
     if not text.strip():
         raise InvalidJson("the document is empty")
+    bare = _JSON_STRING.sub(b'""', data)  # what is left outside strings
+    if _too_deep(bare, max_depth):
+        raise InvalidJson(f"the document nests deeper than {max_depth} levels")
     try:
-        return json.loads(
+        doc = json.loads(
             text,
             object_pairs_hook=_no_duplicates,
-            parse_float=_parse_float,
-            parse_int=_parse_int,
             parse_constant=_parse_constant,
         )
     except _Reject as exc:
         raise InvalidJson(f"the document is not acceptable JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise InvalidJson(f"the document is not valid JSON: {exc.msg} (line {exc.lineno})") from None
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise InvalidJson(f"the document nests deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        # Includes Python's own cap on integer digits (ValueError from int parsing).
         raise InvalidJson(f"the document is not valid JSON: {exc}") from None
+    if _SUSPECT_NUMBER.search(bare):
+        _check_numbers(doc)
+    return doc
 
 
-__all__ = ["CHUNK_BYTES", "BundleError", "BundleSource", "OnnxSink", "ReadResult", "parse_metadata",
-           "read_bundle"]
+__all__ = ["CHUNK_BYTES", "BundleError", "BundleSource", "OnnxSink", "ReadResult", "parse_json",
+           "parse_metadata", "read_bundle"]

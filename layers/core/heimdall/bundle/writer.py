@@ -181,6 +181,7 @@ def _open_output(
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle is not a secret
             with os.fdopen(fd, "wb") as raw:
                 counter = _Counter(raw)
                 with _maybe_gzip(counter, compress) as sink:
