@@ -119,6 +119,8 @@ def read_bundle(
     doc = _parse_skeleton(bytes(scanner.skeleton), limits.max_json_depth)
     if not isinstance(doc, dict):
         raise InvalidBundle(f"a bundle must be a JSON object at the top level, got {_json_type(doc)}")
+    # A bundle of another major version may not even embed its model the same way: say so first.
+    _check_format_version(doc.get("format_version", _MISSING))
     raw_model = doc.get("model")
     if not scanner.found_model:
         if isinstance(raw_model, dict) and ONNX_FIELD in raw_model:
