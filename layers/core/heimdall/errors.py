@@ -116,3 +116,58 @@ class ConfigurationError(HeimdallError):
 
     code = "CONFIGURATION_ERROR"
     http_status = 500
+
+
+class ConversionError(HeimdallError):
+    """The conversion job refused its input or failed. ``exit_code`` follows DESIGN §5."""
+
+    code = "CONVERSION_FAILED"
+    http_status = 422
+    #: 3: invalid input (terminal), 4: unsupported architecture/format (terminal), other: retryable.
+    exit_code: ClassVar[int] = 1
+
+
+class InvalidCheckpoint(ConversionError):
+    """The checkpoint is malformed, unsafe to load, or not a plain state_dict."""
+
+    code = "INVALID_CHECKPOINT"
+    exit_code = 3
+
+
+class UnsafeCheckpoint(InvalidCheckpoint):
+    """The checkpoint would run code or load non-allow-listed objects when unpickled."""
+
+    code = "UNSAFE_CHECKPOINT"
+
+
+class InvalidManifest(ConversionError):
+    """The manifest is missing, not JSON, or does not validate."""
+
+    code = "INVALID_MANIFEST"
+    exit_code = 3
+
+
+class UnsupportedArchitecture(ConversionError):
+    """No registered architecture has that name, or the state_dict does not fit it."""
+
+    code = "UNSUPPORTED_ARCHITECTURE"
+    exit_code = 4
+
+
+class StateDictMismatch(UnsupportedArchitecture):
+    """The state_dict's keys or tensor shapes do not match the architecture."""
+
+    code = "SHAPE_MISMATCH"
+
+
+class ParityError(ConversionError):
+    """A converted model's outputs differ from PyTorch's beyond the tolerance (or are NaN/Inf)."""
+
+    code = "PARITY_FAILED"
+
+
+class UnsafeEnvironment(ConversionError):
+    """The job was started in an environment that would weaken safe loading."""
+
+    code = "UNSAFE_ENVIRONMENT"
+    exit_code = 3
