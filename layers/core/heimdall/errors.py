@@ -166,8 +166,29 @@ class ParityError(ConversionError):
     code = "PARITY_FAILED"
 
 
+class ExportParityFailed(ParityError):
+    """The FP32 ONNX model itself is not faithful to PyTorch: terminal, a retry gives the same numbers."""
+
+    code = "EXPORT_PARITY_FAILED"
+    exit_code = 4
+
+
 class UnsafeEnvironment(ConversionError):
     """The job was started in an environment that would weaken safe loading."""
 
     code = "UNSAFE_ENVIRONMENT"
     exit_code = 3
+
+
+class StorageError(HeimdallError):
+    """Object storage failed (throttling, 5xx, network) after retries: retryable."""
+
+    code = "STORAGE_ERROR"
+    http_status = 503
+
+
+class ObjectNotFound(HeimdallError):
+    """The object named does not exist."""
+
+    code = "NOT_FOUND"
+    http_status = 404

@@ -1,0 +1,105 @@
+"""Object storage on S3 (or an emulator: boto3 honours ``AWS_ENDPOINT_URL``).
+
+No client is created at import time; the first call creates one, with bounded retries in botocore's
+``standard`` mode, so throttling and 5xx are retried a few times and then surface as
+:class:`~heimdall.errors.StorageError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from heimdall.errors import ObjectNotFound, StorageError, TooLarge
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.*)$")
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` → (bucket, key)."""
+    match = _S3_URI.match(uri)
+    if match is None:
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    return match["bucket"], match["key"]
+
+
+def join_uri(prefix: str, name: str) -> str:
+    """``prefix`` (ending in / or not) joined with ``name``."""
+    return prefix if not name else f"{prefix.rstrip('/')}/{name}"
+
+
+class S3ObjectStore:
+    """Download, upload and list objects by ``s3://`` URI."""
+
+    def __init__(self, client: S3Client | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            import boto3  # noqa: PLC0415 - created on first use, never at import time
+            from botocore.config import Config  # noqa: PLC0415 - with the client, on first use
+
+            self._client = boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+        return self._client
+
+    def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int:
+        """Download ``uri`` to ``path``; refuses objects over ``max_bytes``. Returns the size."""
+        bucket, key = parse_s3_uri(uri)
+        with _translated(uri):
+            head = self.client.head_object(Bucket=bucket, Key=key)
+            size = int(head["ContentLength"])
+            if max_bytes is not None and size > max_bytes:
+                raise TooLarge(f"{uri} is {size} bytes, over the limit of {max_bytes}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.client.download_file(bucket, key, str(path))
+        return size
+
+    def get_bytes(self, uri: str, *, max_bytes: int) -> bytes:
+        """The object's bytes (small objects only)."""
+        bucket, key = parse_s3_uri(uri)
+        with _translated(uri):
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            if int(response["ContentLength"]) > max_bytes:
+                raise TooLarge(f"{uri} is over the limit of {max_bytes} bytes")
+            data: bytes = response["Body"].read(max_bytes + 1)
+        return data
+
+    def upload(self, path: Path, uri: str, *, content_type: str | None = None) -> None:
+        """Upload ``path`` to ``uri`` (overwriting: keys are deterministic, retries overwrite)."""
+        bucket, key = parse_s3_uri(uri)
+        extra: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+        with _translated(uri):
+            self.client.upload_file(str(path), bucket, key, ExtraArgs=extra or None)
+
+    def list_keys(self, prefix_uri: str) -> list[str]:
+        """Every key under ``prefix_uri``."""
+        bucket, prefix = parse_s3_uri(prefix_uri)
+        keys: list[str] = []
+        with _translated(prefix_uri):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return keys
+
+
+@contextmanager
+def _translated(uri: str) -> Iterator[None]:
+    """Turn botocore's exceptions into ObjectNotFound / StorageError."""
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _NOT_FOUND:
+            raise ObjectNotFound(f"{uri} does not exist") from None
+        raise StorageError(f"S3 refused {uri}: {code or exc}") from None
+    except BotoCoreError as exc:
+        raise StorageError(f"S3 failed for {uri}: {exc}") from None
