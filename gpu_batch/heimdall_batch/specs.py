@@ -6,7 +6,7 @@ the wrappers and the Triton configuration all read the same :class:`IOSpec`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +40,16 @@ class IOSpec:
         if not self.dynamic_batch:
             return {}
         return {t.name: {0: BATCH_AXIS} for t in (*self.inputs, *self.outputs)}
+
+    @property
+    def fixed_batch_size(self) -> int:
+        """The batch size a model without a dynamic batch axis was exported with (else 1)."""
+        first = self.inputs[0].shape[0]
+        return first if isinstance(first, int) else 1
+
+    def batch_sizes(self, wanted: Iterable[int]) -> tuple[int, ...]:
+        """``wanted`` with a dynamic batch axis; only the fixed batch size otherwise."""
+        return tuple(wanted) if self.dynamic_batch else (self.fixed_batch_size,)
 
     def input_shape(self, batch_size: int, index: int = 0) -> tuple[int, ...]:
         """The concrete shape of input ``index`` at ``batch_size``."""

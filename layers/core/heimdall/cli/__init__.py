@@ -31,6 +31,7 @@ from typer.core import TyperGroup
 
 from heimdall import __version__
 from heimdall.cli.bundle import bundle_app
+from heimdall.cli.convert import convert
 from heimdall.errors import HeimdallError
 
 #: Set to 1 to see the traceback of an unexpected error.
@@ -100,6 +101,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(bundle_app, name="bundle")
+app.command("convert")(convert)
 
 
 def _show_version(value: bool) -> None:

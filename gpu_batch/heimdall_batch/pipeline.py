@@ -1,0 +1,299 @@
+"""The conversion pipeline: runs the stages in order, times each, records every outcome.
+
+safe load → build model → export ONNX → parity → benchmark → FP16 / INT8 / TorchScript / TensorRT →
+export package → bundle → ``result.json`` (always written, and written last).
+
+The FP32 ONNX model is the product: if loading, building, exporting or its parity check fails, the
+job fails with the error's exit code (3 invalid input, 4 unsupported, 1 anything else). An optional
+format that fails is recorded as failed with its reason and the job goes on; one that cannot run
+here (TensorRT without a GPU) is recorded as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heimdall.conversion import (
+    PACKAGE_FILE_NAME,
+    RESULT_FILE_NAME,
+    BenchmarkReport,
+    ConversionResult,
+    FormatOutcome,
+    FormatStatus,
+    StageRecord,
+)
+from heimdall.errors import ConversionError, ExportParityFailed, HeimdallError, InvalidManifest, ParityError
+from heimdall.manifest import EMBEDDED_MANIFEST_KEY, ExportFormat, Manifest, parse_manifest, read_manifest
+from heimdall_batch import architectures, bundling, loading
+from heimdall_batch.benchmark import benchmark
+from heimdall_batch.export_onnx import OnnxExport, export_onnx
+from heimdall_batch.outputs import file_record
+from heimdall_batch.parity import Runner, check_parity, onnx_runner, torch_runner
+from heimdall_batch.specs import IOSpec, io_spec
+
+#: ``progress(stage, state)`` with state "start", "ok", "failed" or "skipped".
+Progress = Callable[[str, str], None]
+
+
+@dataclass
+class ConversionOptions:
+    """How to run one conversion."""
+
+    job_id: str
+    #: Overrides the manifest's ``formats`` (the FP32 ONNX is always built).
+    formats: list[ExportFormat] | None = None
+    #: Folder of TensorRT timing caches (one file per GPU and TensorRT version), read and updated.
+    timing_cache_dir: Path | None = None
+    run_benchmark: bool = True
+    progress: Progress | None = None
+
+
+@dataclass
+class _Run:
+    """What the stages produce, gathered for ``result.json``."""
+
+    options: ConversionOptions
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    stages: list[StageRecord] = field(default_factory=list)
+    outcomes: list[FormatOutcome] = field(default_factory=list)
+    manifest: Manifest | None = None
+    benchmark: BenchmarkReport | None = None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage and record how it ended (its exception propagates)."""
+        self._report(name, "start")
+        start = time.perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            message = exc.message if isinstance(exc, HeimdallError) else f"{type(exc).__name__}: {exc}"
+            self.stages.append(StageRecord(name=name, status="failed", seconds=_since(start), error=message))
+            self._report(name, "failed")
+            raise
+        self.stages.append(StageRecord(name=name, status="ok", seconds=_since(start)))
+        self._report(name, "ok")
+
+    def skipped(self, name: str, reason: str) -> None:
+        self.stages.append(StageRecord(name=name, status="skipped", seconds=0.0, error=reason))
+        self._report(name, "skipped")
+
+    def _report(self, name: str, state: str) -> None:
+        if self.options.progress is not None:
+            self.options.progress(name, state)
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 4)
+
+
+def run_conversion(
+    checkpoint: Path,
+    out_dir: Path,
+    options: ConversionOptions,
+    *,
+    manifest: Manifest | bytes | None = None,
+) -> ConversionResult:
+    """Convert ``checkpoint`` into ``out_dir``; always writes ``out_dir/result.json`` last.
+
+    ``manifest`` is the sidecar manifest (parsed, or the bytes of ``heimdall.json``) when there is
+    one; otherwise the checkpoint must embed it.
+    Returns the result (also on failure: ``status`` is then ``FAILED`` with the error's code, message
+    and exit code); never raises for a bad checkpoint or model.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RESULT_FILE_NAME).unlink(missing_ok=True)  # a retried attempt starts without one
+    run = _Run(options=options)
+    try:
+        _convert(checkpoint, out_dir, run, manifest)
+    except HeimdallError as exc:
+        exit_code = getattr(exc, "exit_code", 1)
+        return _finish(run, out_dir, error=(exc.code, exc.message, exit_code))
+    except Exception as exc:  # a bug or a native failure: retryable, reported, never a traceback only
+        return _finish(run, out_dir, error=("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}", 1))
+    return _finish(run, out_dir, error=None)
+
+
+def failed_result(out_dir: Path, options: ConversionOptions, error: HeimdallError) -> ConversionResult:
+    """Write and return the ``result.json`` of a job that failed before it could convert anything."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exit_code = int(getattr(error, "exit_code", 1))
+    return _finish(_Run(options=options), out_dir, error=(error.code, error.message, exit_code))
+
+
+def _convert(checkpoint: Path, out_dir: Path, run: _Run, sidecar: Manifest | bytes | None) -> None:
+    with run.stage("load"):
+        if isinstance(sidecar, bytes):
+            sidecar = read_manifest(sidecar)
+        loaded = loading.load_checkpoint(checkpoint)
+        manifest = sidecar or _embedded_manifest(loaded.embedded_manifest)
+        if run.options.formats is not None:
+            requested = [f.value for f in run.options.formats]
+            manifest = parse_manifest({**manifest.model_dump(mode="json"), "formats": requested})
+        run.manifest = manifest
+    with run.stage("build_model"):
+        model = architectures.build_model(manifest, loaded.state_dict)
+        spec = io_spec(manifest, model)
+    with run.stage("export_onnx"):
+        exported = export_onnx(model, manifest, spec, out_dir)
+    reference = torch_runner(model)
+    with run.stage("parity_onnx"):
+        try:
+            fp32 = onnx_runner(exported.path)
+            checks = check_parity(
+                reference, fp32, spec, tolerance=manifest.tolerances.onnx, label="onnx", manifest=manifest
+            )
+        except ParityError as exc:
+            # The FP32 model is the product: without parity there is nothing faithful to ship, and
+            # retrying will not change the numbers, so this is terminal.
+            raise ExportParityFailed(exc.message, **exc.details) from None
+    record = file_record(exported.path)
+    onnx_outcome = FormatOutcome(
+        format=ExportFormat.ONNX,
+        status=FormatStatus.BUILT,
+        file=exported.path.name,
+        sha256=record.sha256,
+        size_bytes=record.size_bytes,
+        parity=checks,
+        details={"opset": exported.opset, "ir_version": exported.ir_version},
+    )
+    run.outcomes.append(onnx_outcome)
+    if run.options.run_benchmark:
+        with run.stage("benchmark"):
+            run.benchmark = benchmark(reference, fp32, spec, manifest=manifest)
+            onnx_outcome.latency_ms = dict(run.benchmark.onnx_ms)
+    else:
+        run.skipped("benchmark", "disabled")
+    done = _Converted(model, manifest, spec, exported, reference, fp32, out_dir)
+    for fmt in manifest.formats:
+        if fmt is not ExportFormat.ONNX:
+            run.outcomes.append(_optional_format(fmt, run, done))
+    with run.stage("package"):
+        from heimdall_batch.package import write_export_package  # noqa: PLC0415 - keeps import order simple
+
+        write_export_package(
+            out_dir,
+            manifest,
+            spec,
+            run.outcomes,
+            run.benchmark,
+            job_id=run.options.job_id,
+            onnx_metadata=exported.compatibility(),
+        )
+    with run.stage("bundle"):
+        bundle = bundling.build_bundle_metadata(
+            manifest, spec, model, job_id=run.options.job_id, opset=exported.opset, benchmark=run.benchmark
+        )
+        bundling.write_job_bundle(bundle, exported.path, out_dir, manifest)
+
+
+def _embedded_manifest(embedded: dict[str, Any] | None) -> Manifest:
+    if embedded is None:
+        raise InvalidManifest(
+            "no manifest: give heimdall.json beside the checkpoint, or embed it in a dict checkpoint "
+            f"under the key {EMBEDDED_MANIFEST_KEY!r}"
+        )
+    return parse_manifest(embedded, source="the embedded manifest")
+
+
+@dataclass(frozen=True)
+class _Converted:
+    """What the optional formats are built from."""
+
+    model: torch.nn.Module
+    manifest: Manifest
+    spec: IOSpec
+    exported: OnnxExport
+    reference: Runner  # PyTorch
+    fp32: Runner  # ONNX Runtime on the FP32 model
+    out_dir: Path
+
+
+def _optional_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutcome:
+    """Build one optional format; its failure is recorded, never raised."""
+    try:
+        with run.stage(fmt.value):
+            outcome = _build_format(fmt, run, done)
+    except HeimdallError as exc:
+        reason = f"{exc.code}: {exc.message}"
+        return FormatOutcome(format=fmt, status=FormatStatus.FAILED, reason=reason, details=exc.details)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        return FormatOutcome(format=fmt, status=FormatStatus.FAILED, reason=reason)
+    if outcome.status is FormatStatus.SKIPPED:
+        last = run.stages[-1]
+        run.stages[-1] = last.model_copy(update={"status": "skipped", "error": outcome.reason})
+    return outcome
+
+
+def _build_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutcome:
+    # Each optional stage imports what it needs (onnxconverter-common, quantisation, TensorRT).
+    manifest, spec, out_dir = done.manifest, done.spec, done.out_dir
+    if fmt is ExportFormat.ONNX_FP16:
+        from heimdall_batch.fp16 import build_fp16  # noqa: PLC0415
+
+        return build_fp16(done.exported.path, out_dir, spec, manifest, done.reference)
+    if fmt is ExportFormat.ONNX_INT8:
+        from heimdall_batch.int8 import build_int8  # noqa: PLC0415
+
+        return build_int8(done.exported.path, out_dir, spec, manifest, done.reference)
+    if fmt is ExportFormat.TORCHSCRIPT:
+        from heimdall_batch.torchscript import build_torchscript  # noqa: PLC0415
+
+        return build_torchscript(done.model, out_dir, spec, manifest, done.reference)
+    if fmt is ExportFormat.TENSORRT:
+        from heimdall_batch.tensorrt import build_tensorrt  # noqa: PLC0415
+
+        caches = run.options.timing_cache_dir
+        return build_tensorrt(
+            done.exported.path,
+            out_dir,
+            spec,
+            manifest,
+            done.fp32,
+            timing_cache_in=caches,
+            timing_cache_out=caches,
+        )
+    raise ConversionError(f"unknown format {fmt}")
+
+
+def _finish(run: _Run, out_dir: Path, *, error: tuple[str, str, int] | None) -> ConversionResult:
+    manifest = run.manifest
+    outputs = {
+        path.name: file_record(path)
+        for path in sorted(out_dir.iterdir())
+        if path.is_file() and path.name != RESULT_FILE_NAME
+    }
+    bundle_name = bundling.bundle_file_name(manifest) if manifest is not None else None
+    result = ConversionResult(
+        job_id=run.options.job_id,
+        status="FAILED" if error else "SUCCEEDED",
+        error_code=error[0] if error else None,
+        error_message=error[1] if error else None,
+        exit_code=error[2] if error else 0,
+        model_name=manifest.model_name if manifest else None,
+        version=manifest.version if manifest else None,
+        architecture=manifest.architecture if manifest else None,
+        formats=run.outcomes,
+        benchmark=run.benchmark,
+        stages=run.stages,
+        outputs=outputs,
+        bundle_file=bundle_name if bundle_name in outputs else None,
+        package_file=PACKAGE_FILE_NAME if PACKAGE_FILE_NAME in outputs else None,
+        started_at=run.started_at,
+        finished_at=datetime.now(UTC),
+    )
+    # Written last, atomically: its presence means every output listed in it is complete.
+    tmp = out_dir / f".{RESULT_FILE_NAME}.tmp"
+    tmp.write_text(json.dumps(result.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / RESULT_FILE_NAME)
+    return result

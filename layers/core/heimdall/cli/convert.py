@@ -1,0 +1,133 @@
+"""``heimdall convert``: run the conversion job locally, with progress and a result table."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from heimdall.conversion import RESULT_FILE_NAME, FormatStatus
+from heimdall.manifest import MANIFEST_FILE_NAME, ExportFormat
+
+if TYPE_CHECKING:
+    from heimdall.conversion import ConversionResult
+
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+_STATE_STYLE = {"ok": "[green]✓[/]", "failed": "[red]✗[/]", "skipped": "[yellow]–[/]"}
+
+
+def _parse_formats(value: str | None) -> list[ExportFormat] | None:
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    known = ", ".join(f.value for f in ExportFormat)
+    try:
+        return [ExportFormat(name) for name in names]
+    except ValueError:
+        raise typer.BadParameter(f"unknown format in {value!r}; choose from {known}") from None
+
+
+def convert(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="A .safetensors or .pt/.pth state_dict."
+        ),
+    ],
+    *,
+    output: Annotated[Path, typer.Option("--output", "-o", file_okay=False, help="Folder for the outputs.")],
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            exists=True,
+            dir_okay=False,
+            help=f"The manifest; default: {MANIFEST_FILE_NAME} beside the checkpoint, else the embedded one.",
+        ),
+    ] = None,
+    formats: Annotated[
+        str | None,
+        typer.Option("--formats", help="Comma-separated: onnx,torchscript,onnx_fp16,onnx_int8,tensorrt."),
+    ] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Job id (default: a new local id).")] = None,
+    no_benchmark: Annotated[bool, typer.Option("--no-benchmark", help="Skip the latency benchmark.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print result.json on stdout.")] = False,
+) -> None:
+    """Convert a checkpoint: ONNX (+ TorchScript, FP16, INT8, TensorRT), parity, benchmark, package, bundle.
+
+    Exit codes: 0 every requested format built or skipped with a reason; 1 a format failed or the job
+    failed for another reason; 3 invalid input (checkpoint or manifest); 4 unsupported architecture.
+    """
+    requested = _parse_formats(formats)
+    sidecar = manifest or (checkpoint.parent / MANIFEST_FILE_NAME)
+    manifest_bytes = sidecar.read_bytes() if sidecar.is_file() else None
+
+    from heimdall_batch.pipeline import ConversionOptions, run_conversion  # noqa: PLC0415 - loads torch
+
+    def progress(stage: str, state: str) -> None:
+        if state == "start":
+            _err.print(f"[dim]… {stage}[/]")
+        else:
+            _err.print(f"{_STATE_STYLE.get(state, state)} {stage}")
+
+    options = ConversionOptions(
+        job_id=job_id or f"local-{uuid.uuid4().hex[:12]}",
+        formats=requested,
+        run_benchmark=not no_benchmark,
+        progress=None if as_json else progress,
+    )
+    result = run_conversion(checkpoint, output, options, manifest=manifest_bytes)
+    if as_json:
+        _out.print_json(json.dumps(result.model_dump(mode="json")))
+    else:
+        _render(result, output)
+    if result.status == "FAILED":
+        _err.print(f"[red]error {result.error_code}: {result.error_message}[/]", soft_wrap=True)
+        raise typer.Exit(result.exit_code or 1)
+    if any(o.status is FormatStatus.FAILED for o in result.formats):
+        raise typer.Exit(1)
+
+
+def _render(result: ConversionResult, output: Path) -> None:
+    table = Table(title=f"{result.model_name} {result.version} → {output}", title_justify="left")
+    for column in ("format", "status", "file", "size", "max abs err", "tolerance", "b1 ms", "note"):
+        table.add_column(column)
+    for o in result.formats:
+        worst = max((c.max_abs_err for c in o.parity), default=None)
+        tolerance = o.parity[0].tolerance if o.parity else None
+        style = {"built": "green", "failed": "red", "skipped": "yellow"}[o.status.value]
+        table.add_row(
+            o.format.value,
+            f"[{style}]{o.status.value}[/]",
+            o.file or "",
+            f"{o.size_bytes / 1024:.1f} KiB" if o.size_bytes else "",
+            f"{worst:.2e}" if worst is not None else "",
+            f"{tolerance:.0e}" if tolerance is not None else "",
+            f"{o.latency_ms['1']:.3f}" if "1" in o.latency_ms else "",
+            o.reason or "",
+        )
+    _out.print(table)
+    bench = result.benchmark
+    if bench is not None:
+        speed = Table(title=f"benchmark on {bench.hardware}", title_justify="left")
+        for column in ("batch", "PyTorch ms", "ONNX Runtime ms", "speedup"):
+            speed.add_column(column, justify="right")
+        for batch in bench.torch_ms:
+            speed.add_row(
+                batch,
+                f"{bench.torch_ms[batch]:.3f}",
+                f"{bench.onnx_ms[batch]:.3f}",
+                f"{bench.speedup[batch]:.2f}x",
+            )
+        _out.print(speed)
+    if result.bundle_file:
+        _out.print(f"bundle: {output / result.bundle_file}")
+    if result.package_file:
+        _out.print(f"package: {output / result.package_file}")
+    _out.print(f"result: {output / RESULT_FILE_NAME} ({result.status})")

@@ -1,0 +1,146 @@
+"""The Batch entry point against the emulator's real S3 endpoint, run as `python -m heimdall_batch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from heimdall.conversion import ConversionResult
+from heimdall_batch.architectures import resolve
+
+MANIFEST = {
+    "model_name": "localization-net",
+    "version": "1.0.0",
+    "architecture": "localization_net",
+    "input_shape": [1, 3, 128, 32],
+    "output_names": ["positions", "uncertainties"],
+    "formats": ["onnx", "tensorrt"],
+    "normalization_stats": {"feature_means": [0.485, 0.456, 0.406], "feature_stds": [0.229, 0.224, 0.225]},
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in resolve("localization_net")().state_dict().items()}, str(path))
+    return path.read_bytes()
+
+
+def run_job(env: dict[str, str], spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    job_env = {**os.environ, **env, "HEIMDALL_JOB_SPEC": json.dumps(spec)}
+    job_env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    return subprocess.run(
+        [sys.executable, "-m", "heimdall_batch"],
+        env=job_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_job_reads_s3_converts_and_writes_deterministic_keys(
+    s3: Any, aws_env: dict[str, str], checkpoint_bytes: bytes
+) -> None:
+    ingest, artifacts = f"ingest-{uuid.uuid4().hex[:8]}", f"artifacts-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=ingest)
+    s3.create_bucket(Bucket=artifacts)
+    prefix = "checkpoints/localization-net/1.0.0/"
+    s3.put_object(Bucket=ingest, Key=prefix + "model.safetensors", Body=checkpoint_bytes)
+    s3.put_object(Bucket=ingest, Key=prefix + "heimdall.json", Body=json.dumps(MANIFEST).encode())
+    spec = {
+        "job_id": "job-1",
+        "checkpoint_uri": f"s3://{ingest}/{prefix}model.safetensors",
+        "manifest_uri": f"s3://{ingest}/{prefix}heimdall.json",
+        "output_uri": f"s3://{artifacts}/exports/job-1/",
+        "timing_cache_uri": f"s3://{artifacts}/timing-cache/",
+    }
+    first = run_job(aws_env, spec)
+    assert first.returncode == 0, first.stderr[-3000:]
+    listing = s3.list_objects_v2(Bucket=artifacts, Prefix="exports/job-1/")
+    keys = sorted(o["Key"] for o in listing["Contents"])
+    assert "exports/job-1/result.json" in keys
+    assert "exports/job-1/model.onnx" in keys
+    assert "exports/job-1/export-package.zip" in keys
+    assert "exports/job-1/localization-net-v1.0.0.heimdall" in keys
+    result = ConversionResult.model_validate_json(
+        s3.get_object(Bucket=artifacts, Key="exports/job-1/result.json")["Body"].read()
+    )
+    assert result.status == "SUCCEEDED" and result.exit_code == 0
+    tensorrt = result.formats[-1]
+    assert tensorrt.format.value == "tensorrt" and tensorrt.status.value == "skipped"
+    assert tensorrt.reason
+    # Every output listed in result.json is in S3 with the recorded hash.
+    onnx_bytes = s3.get_object(Bucket=artifacts, Key="exports/job-1/model.onnx")["Body"].read()
+    import hashlib
+
+    assert hashlib.sha256(onnx_bytes).hexdigest() == result.outputs["model.onnx"].sha256
+    assert set(result.outputs) | {"result.json"} == {k.removeprefix("exports/job-1/") for k in keys}
+
+    # A retried attempt overwrites the same keys: nothing is added.
+    second = run_job(aws_env, spec)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = sorted(
+        o["Key"] for o in s3.list_objects_v2(Bucket=artifacts, Prefix="exports/job-1/")["Contents"]
+    )
+    assert again == keys
+
+
+@pytest.mark.parametrize(
+    ("case", "exit_code", "error_code"),
+    [
+        ("missing-checkpoint", 3, "INVALID_INPUT"),
+        ("bad-manifest", 3, "INVALID_MANIFEST"),
+        ("unknown-architecture", 4, "UNSUPPORTED_ARCHITECTURE"),
+    ],
+)
+def test_failures_are_terminal_with_a_result(
+    s3: Any, aws_env: dict[str, str], checkpoint_bytes: bytes, case: str, exit_code: int, error_code: str
+) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    manifest = dict(MANIFEST, formats=["onnx"])
+    if case == "bad-manifest":
+        manifest["input_shape"] = "big"
+    if case == "unknown-architecture":
+        manifest["architecture"] = "resnet9000"
+    if case != "missing-checkpoint":
+        s3.put_object(Bucket=bucket, Key="c/model.safetensors", Body=checkpoint_bytes)
+    s3.put_object(Bucket=bucket, Key="c/heimdall.json", Body=json.dumps(manifest).encode())
+    spec = {
+        "job_id": f"job-{case}",
+        "checkpoint_uri": f"s3://{bucket}/c/model.safetensors",
+        "manifest_uri": f"s3://{bucket}/c/heimdall.json",
+        "output_uri": f"s3://{bucket}/exports/job-{case}/",
+    }
+    done = run_job(aws_env, spec)
+    assert done.returncode == exit_code, done.stderr[-2000:]
+    body = s3.get_object(Bucket=bucket, Key=f"exports/job-{case}/result.json")["Body"].read()
+    result = ConversionResult.model_validate_json(body)
+    assert (result.status, result.error_code, result.exit_code) == ("FAILED", error_code, exit_code)
+    assert "Traceback" not in done.stderr
+
+
+def test_an_invalid_job_spec_exits_3_naming_the_variable(aws_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**os.environ, **aws_env, "HEIMDALL_JOB_ID": "j", "HEIMDALL_CHECKPOINT_URI": "not-a-uri"}
+    env.pop("HEIMDALL_JOB_SPEC", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "heimdall_batch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert "HEIMDALL_CHECKPOINT_URI" in done.stderr and "HEIMDALL_OUTPUT_URI" in done.stderr
