@@ -144,3 +144,27 @@ def test_an_invalid_job_spec_exits_3_naming_the_variable(aws_env: dict[str, str]
     )
     assert done.returncode == 3
     assert "HEIMDALL_CHECKPOINT_URI" in done.stderr and "HEIMDALL_OUTPUT_URI" in done.stderr
+
+
+def test_the_job_refuses_to_start_with_unsafe_loading_forced(aws_env: dict[str, str]) -> None:
+    spec = {
+        "job_id": "job-unsafe",
+        "checkpoint_uri": "s3://any-bucket/c/model.safetensors",
+        "output_uri": "s3://any-bucket/exports/job-unsafe/",
+    }
+    env = {
+        **os.environ,
+        **aws_env,
+        "HEIMDALL_JOB_SPEC": json.dumps(spec),
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "heimdall_batch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert "UNSAFE_ENVIRONMENT" in done.stderr and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in done.stderr
