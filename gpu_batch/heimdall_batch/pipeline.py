@@ -58,6 +58,11 @@ class ConversionOptions:
 
 
 @dataclass
+class _StageMark:
+    skipped: str | None = None
+
+
+@dataclass
 class _Run:
     """What the stages produce, gathered for ``result.json``."""
 
@@ -69,19 +74,24 @@ class _Run:
     benchmark: BenchmarkReport | None = None
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time a stage and record how it ended (its exception propagates)."""
+    def stage(self, name: str) -> Iterator[_StageMark]:
+        """Time a stage and record how it ended (its exception propagates).
+
+        The body may set ``mark.skipped`` to a reason: the stage then ends as skipped.
+        """
         self._report(name, "start")
         start = time.perf_counter()
+        mark = _StageMark()
         try:
-            yield
+            yield mark
         except BaseException as exc:
             message = exc.message if isinstance(exc, HeimdallError) else f"{type(exc).__name__}: {exc}"
             self.stages.append(StageRecord(name=name, status="failed", seconds=_since(start), error=message))
             self._report(name, "failed")
             raise
-        self.stages.append(StageRecord(name=name, status="ok", seconds=_since(start)))
-        self._report(name, "ok")
+        status = "skipped" if mark.skipped is not None else "ok"
+        self.stages.append(StageRecord(name=name, status=status, seconds=_since(start), error=mark.skipped))
+        self._report(name, status)
 
     def skipped(self, name: str, reason: str) -> None:
         self.stages.append(StageRecord(name=name, status="skipped", seconds=0.0, error=reason))
@@ -221,17 +231,16 @@ class _Converted:
 def _optional_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutcome:
     """Build one optional format; its failure is recorded, never raised."""
     try:
-        with run.stage(fmt.value):
+        with run.stage(fmt.value) as mark:
             outcome = _build_format(fmt, run, done)
+            if outcome.status is FormatStatus.SKIPPED:
+                mark.skipped = outcome.reason or "skipped"
     except HeimdallError as exc:
         reason = f"{exc.code}: {exc.message}"
         return FormatOutcome(format=fmt, status=FormatStatus.FAILED, reason=reason, details=exc.details)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         return FormatOutcome(format=fmt, status=FormatStatus.FAILED, reason=reason)
-    if outcome.status is FormatStatus.SKIPPED:
-        last = run.stages[-1]
-        run.stages[-1] = last.model_copy(update={"status": "skipped", "error": outcome.reason})
     return outcome
 
 

@@ -70,19 +70,21 @@ def convert(
 
     from heimdall_batch.pipeline import ConversionOptions, run_conversion  # noqa: PLC0415 - loads torch
 
-    def progress(stage: str, state: str) -> None:
-        if state == "start":
-            _err.print(f"[dim]… {stage}[/]")
-        else:
-            _err.print(f"{_STATE_STYLE.get(state, state)} {stage}")
+    with _err.status("converting…") as status:
 
-    options = ConversionOptions(
-        job_id=job_id or f"local-{uuid.uuid4().hex[:12]}",
-        formats=requested,
-        run_benchmark=not no_benchmark,
-        progress=None if as_json else progress,
-    )
-    result = run_conversion(checkpoint, output, options, manifest=manifest_bytes)
+        def progress(stage: str, state: str) -> None:
+            if state == "start":
+                status.update(f"{stage}…")
+            else:
+                _err.print(f"{_STATE_STYLE.get(state, state)} {stage}")
+
+        options = ConversionOptions(
+            job_id=job_id or f"local-{uuid.uuid4().hex[:12]}",
+            formats=requested,
+            run_benchmark=not no_benchmark,
+            progress=None if as_json else progress,
+        )
+        result = run_conversion(checkpoint, output, options, manifest=manifest_bytes)
     if as_json:
         _out.print_json(json.dumps(result.model_dump(mode="json")))
     else:
@@ -96,8 +98,8 @@ def convert(
 
 def _render(result: ConversionResult, output: Path) -> None:
     table = Table(title=f"{result.model_name} {result.version} → {output}", title_justify="left")
-    for column in ("format", "status", "file", "size", "max abs err", "tolerance", "b1 ms", "note"):
-        table.add_column(column)
+    for column in ("format", "status", "size", "max abs err", "tolerance", "b1 ms", "note"):
+        table.add_column(column, overflow="fold")
     for o in result.formats:
         worst = max((c.max_abs_err for c in o.parity), default=None)
         tolerance = o.parity[0].tolerance if o.parity else None
@@ -105,7 +107,6 @@ def _render(result: ConversionResult, output: Path) -> None:
         table.add_row(
             o.format.value,
             f"[{style}]{o.status.value}[/]",
-            o.file or "",
             f"{o.size_bytes / 1024:.1f} KiB" if o.size_bytes else "",
             f"{worst:.2e}" if worst is not None else "",
             f"{tolerance:.0e}" if tolerance is not None else "",
