@@ -75,6 +75,8 @@ def test_convert_every_format_then_verify_the_bundle(
     tensorrt = result.formats[-1]
     assert tensorrt.reason and ("CUDA" in tensorrt.reason or "TensorRT" in tensorrt.reason)
     assert not list(out.glob("*.engine"))  # skipped means no engine, not a pretend one
+    stages = {s.name: s.status for s in result.stages}
+    assert stages["tensorrt"] == "skipped" and stages["onnx_int8"] == "ok" and stages["bundle"] == "ok"
     onnx = result.formats[0]
     assert {c.batch_size for c in onnx.parity} == {1, 8}
     assert max(c.max_abs_err for c in onnx.parity) <= 1e-5
