@@ -31,3 +31,17 @@ def test_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: s
     get_settings.cache_clear()
     with pytest.raises(ConfigurationError, match=name):
         get_settings()
+
+
+def test_resource_names_follow_the_stage_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEIMDALL_STAGE", "dev")
+    monkeypatch.setenv("HEIMDALL_TABLE_NAME", "registry-from-template")
+    get_settings.cache_clear()
+    names = get_settings().resource_names()
+    assert names.ingest_bucket == "heimdall-dev-ingest"
+    assert names.artifacts_bucket == "heimdall-dev-artifacts"
+    assert names.table_name == "registry-from-template"
+    monkeypatch.setenv("HEIMDALL_STAGE", "Dev Stage")
+    get_settings.cache_clear()
+    with pytest.raises(ConfigurationError, match="HEIMDALL_STAGE"):
+        get_settings()

@@ -41,12 +41,33 @@ class BundleLimits(BaseModel):
     structural_memory_bytes: int = Field(default=1024 * MIB, gt=64 * MIB)
 
 
+class ResourceNames(BaseModel):
+    """Where things live: buckets, the registry table, the event bus, the Batch queue and definition."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ingest_bucket: str
+    artifacts_bucket: str
+    table_name: str
+    event_bus_name: str
+    job_queue: str
+    job_definition: str
+
+
 class Settings(BaseSettings):
     """The environment as the project reads it (prefix ``HEIMDALL_``)."""
 
     model_config = SettingsConfigDict(env_prefix="HEIMDALL_", extra="ignore")
 
-    stage: str = "local"
+    stage: str = Field(default="local", pattern=r"^[a-z0-9][a-z0-9-]{0,20}$")
+    #: Resource names. In AWS the template sets each variable to the resource it created; locally the
+    #: defaults (derived from the stage) are what the local stack creates. One naming rule, one place.
+    ingest_bucket: str | None = None
+    artifacts_bucket: str | None = None
+    table_name: str | None = None
+    event_bus_name: str | None = None
+    job_queue: str | None = None
+    job_definition: str | None = None
     max_onnx_mb: int = Field(default=100, gt=0, le=HARD_MAX_BUNDLE_BYTES // MIB)
     max_bundle_mb: int = Field(default=HARD_MAX_BUNDLE_BYTES // MIB, gt=0, le=HARD_MAX_BUNDLE_BYTES // MIB)
     max_metadata_mb: int = Field(default=4, gt=0, le=1024)
@@ -54,6 +75,18 @@ class Settings(BaseSettings):
     max_subgraph_depth: int = Field(default=8, ge=0)
     structural_timeout_s: float = Field(default=120.0, gt=0)
     structural_memory_mb: int = Field(default=1024, gt=64)
+
+    def resource_names(self) -> ResourceNames:
+        """The names of the project's AWS resources for this stage."""
+        prefix = f"heimdall-{self.stage}"
+        return ResourceNames(
+            ingest_bucket=self.ingest_bucket or f"{prefix}-ingest",
+            artifacts_bucket=self.artifacts_bucket or f"{prefix}-artifacts",
+            table_name=self.table_name or f"{prefix}-registry",
+            event_bus_name=self.event_bus_name or f"{prefix}-events",
+            job_queue=self.job_queue or f"{prefix}-conversion",
+            job_definition=self.job_definition or f"{prefix}-conversion",
+        )
 
     def bundle_limits(self) -> BundleLimits:
         """The bundle caps these settings describe."""

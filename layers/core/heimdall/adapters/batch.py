@@ -1,0 +1,81 @@
+"""AWS Batch: submitting a conversion job.
+
+The job spec travels as one JSON environment variable (``HEIMDALL_JOB_SPEC``), which the Batch entry
+point (``python -m heimdall_batch``) reads. The Batch job name is derived from the Heimdall job id, so
+the job-state function can map Batch's state changes back to the export job.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from heimdall.conversion import JobSpec
+from heimdall.errors import StorageError
+
+if TYPE_CHECKING:
+    from mypy_boto3_batch import BatchClient
+
+SPEC_VARIABLE = "HEIMDALL_JOB_SPEC"
+JOB_NAME_PREFIX = "heimdall-"
+_JOB_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class JobSubmitter(Protocol):
+    """Starts a conversion job somewhere (AWS Batch, or a local subprocess runner)."""
+
+    def submit(self, spec: JobSpec) -> str:
+        """Start the job; returns the runner's own job id."""
+        ...
+
+
+def batch_job_name(job_id: str) -> str:
+    """The Batch job name for a Heimdall job id (Batch allows 128 letters, digits, - and _)."""
+    return (JOB_NAME_PREFIX + _JOB_NAME_UNSAFE.sub("-", job_id))[:128]
+
+
+def job_id_from_batch_name(name: str) -> str | None:
+    """The Heimdall job id a Batch job name was made from, or None for a foreign job."""
+    return name.removeprefix(JOB_NAME_PREFIX) if name.startswith(JOB_NAME_PREFIX) else None
+
+
+class BatchJobSubmitter:
+    """Submits conversion jobs to an AWS Batch queue with a job definition."""
+
+    def __init__(self, job_queue: str, job_definition: str, client: BatchClient | None = None) -> None:
+        self._queue = job_queue
+        self._definition = job_definition
+        self._client = client
+
+    @property
+    def client(self) -> BatchClient:
+        if self._client is None:
+            import boto3  # noqa: PLC0415 - created on first use, never at import time
+            from botocore.config import Config  # noqa: PLC0415 - with the client, on first use
+
+            self._client = boto3.client(
+                "batch", config=Config(retries={"max_attempts": 5, "mode": "standard"})
+            )
+        return self._client
+
+    def submit(self, spec: JobSpec) -> str:
+        """Submit the job; returns the Batch job id. Throttling/5xx are retried, then StorageError."""
+        try:
+            response = self.client.submit_job(
+                jobName=batch_job_name(spec.job_id),
+                jobQueue=self._queue,
+                jobDefinition=self._definition,
+                containerOverrides={
+                    "environment": [{"name": SPEC_VARIABLE, "value": spec.model_dump_json()}]
+                },
+                tags={"heimdall:job_id": spec.job_id},
+                propagateTags=True,
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            raise StorageError(f"AWS Batch refused the job {spec.job_id}: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"AWS Batch failed for the job {spec.job_id}: {exc}") from None
+        return str(response["jobId"])
