@@ -25,7 +25,9 @@ def client():  # type: ignore[no-untyped-def]
 def test_submit_carries_the_spec_and_a_derived_name() -> None:
     batch = client()
     sent: dict = {}
-    batch.meta.events.register("provide-client-params.batch.SubmitJob", lambda params, **_: sent.update(params))
+    batch.meta.events.register(
+        "provide-client-params.batch.SubmitJob", lambda params, **_: sent.update(params)
+    )
     with Stubber(batch) as stub:
         stub.add_response(
             "submit_job",

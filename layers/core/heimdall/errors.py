@@ -192,3 +192,50 @@ class ObjectNotFound(HeimdallError):
 
     code = "NOT_FOUND"
     http_status = 404
+
+
+class RecordNotFound(ObjectNotFound):
+    """A registry record does not exist, or belongs to another owner (the two are indistinguishable)."""
+
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+class ConflictError(HeimdallError):
+    """The write collides with the registry's current state (an id that exists, a concurrent change)."""
+
+    code = "CONFLICT"
+    http_status = 409
+
+
+class InvalidTransition(ConflictError):
+    """An export-job state change the state machine cannot make from the current state."""
+
+    code = "INVALID_TRANSITION"
+
+
+class InvalidPagination(HeimdallError):
+    """A page request the registry cannot serve (a page size out of range)."""
+
+    code = "INVALID_PAGINATION"
+    http_status = 400
+
+
+class InvalidCursor(InvalidPagination):
+    """A pagination cursor that is malformed, tampered with, or from another listing."""
+
+    code = "INVALID_CURSOR"
+
+
+class RegistryUnavailable(StorageError):
+    """The registry's database failed (throttling, 5xx, network) after retries: retryable."""
+
+    code = "REGISTRY_UNAVAILABLE"
+    http_status = 503
+
+
+class RegistryError(HeimdallError):
+    """The registry's database refused a request or returned a record it cannot read: not retryable."""
+
+    code = "REGISTRY_ERROR"
+    http_status = 500
