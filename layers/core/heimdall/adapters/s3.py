@@ -81,6 +81,20 @@ class S3ObjectStore:
         with _translated(uri):
             self.client.upload_file(str(path), bucket, key, ExtraArgs=extra or None)
 
+    def put_bytes(self, uri: str, data: bytes, *, content_type: str | None = None) -> None:
+        """Write ``data`` to ``uri`` (small objects: reasons, results)."""
+        bucket, key = parse_s3_uri(uri)
+        extra: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+        with _translated(uri):
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        """Server-side copy (managed: multipart for large objects)."""
+        source_bucket, source_key = parse_s3_uri(source_uri)
+        bucket, key = parse_s3_uri(target_uri)
+        with _translated(source_uri):
+            self.client.copy({"Bucket": source_bucket, "Key": source_key}, bucket, key)
+
     def list_keys(self, prefix_uri: str) -> list[str]:
         """Every key under ``prefix_uri``."""
         bucket, prefix = parse_s3_uri(prefix_uri)

@@ -1,0 +1,80 @@
+"""The object-storage port used by logic, and an in-memory fake of it for unit tests.
+
+:class:`heimdall.adapters.s3.S3ObjectStore` is the real implementation. Logic names objects by
+``s3://bucket/key`` URIs and never imports boto3.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from heimdall.errors import ObjectNotFound, TooLarge
+
+
+class ObjectStore(Protocol):
+    """What logic needs from S3."""
+
+    def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int: ...
+
+    def get_bytes(self, uri: str, *, max_bytes: int) -> bytes: ...
+
+    def upload(self, path: Path, uri: str, *, content_type: str | None = None) -> None: ...
+
+    def put_bytes(self, uri: str, data: bytes, *, content_type: str | None = None) -> None: ...
+
+    def copy(self, source_uri: str, target_uri: str) -> None: ...
+
+    def list_keys(self, prefix_uri: str) -> list[str]: ...
+
+
+def _split(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+class InMemoryObjectStore:
+    """A dict of ``(bucket, key) → bytes`` behaving like :class:`ObjectStore` (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, uri: str) -> bytes:
+        with self._lock:
+            data = self.objects.get(_split(uri))
+        if data is None:
+            raise ObjectNotFound(f"{uri} does not exist")
+        return data
+
+    def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int:
+        data = self._get(uri)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise TooLarge(f"{uri} is {len(data)} bytes, over the limit of {max_bytes}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return len(data)
+
+    def get_bytes(self, uri: str, *, max_bytes: int) -> bytes:
+        data = self._get(uri)
+        if len(data) > max_bytes:
+            raise TooLarge(f"{uri} is over the limit of {max_bytes} bytes")
+        return data
+
+    def upload(self, path: Path, uri: str, *, content_type: str | None = None) -> None:
+        self.put_bytes(uri, path.read_bytes(), content_type=content_type)
+
+    def put_bytes(self, uri: str, data: bytes, *, content_type: str | None = None) -> None:
+        with self._lock:
+            self.objects[_split(uri)] = bytes(data)
+
+    def copy(self, source_uri: str, target_uri: str) -> None:
+        self.put_bytes(target_uri, self._get(source_uri))
+
+    def list_keys(self, prefix_uri: str) -> list[str]:
+        bucket, prefix = _split(prefix_uri)
+        with self._lock:
+            return sorted(k for b, k in self.objects if b == bucket and k.startswith(prefix))
