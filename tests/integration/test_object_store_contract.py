@@ -50,3 +50,16 @@ def test_missing_and_oversized_objects_are_typed_errors(
     with pytest.raises(TooLarge):
         objects.get_bytes(f"s3://{bucket}/big", max_bytes=10)
     assert not (tmp_path / "big").exists()
+
+
+def test_head_and_ranges(store: tuple[ObjectStore, str]) -> None:
+    objects, bucket = store
+    objects.put_bytes(f"s3://{bucket}/r", b"0123456789")
+    info = objects.head(f"s3://{bucket}/r")
+    assert info.size == 10 and info.etag and info.revision == info.etag
+    assert objects.read_range(f"s3://{bucket}/r", 2, 3) == b"234"
+    assert objects.read_range(f"s3://{bucket}/r", 8, 10) == b"89"
+    objects.put_bytes(f"s3://{bucket}/r", b"changed")
+    assert objects.head(f"s3://{bucket}/r").etag != info.etag
+    with pytest.raises(ObjectNotFound):
+        objects.head(f"s3://{bucket}/missing")

@@ -37,6 +37,7 @@ def test_submit_carries_the_spec_and_a_derived_name() -> None:
                 "jobQueue": "q",
                 "jobDefinition": "d",
                 "containerOverrides": ANY,
+                "parameters": {"job_id": "job-42"},
                 "tags": {"heimdall:job_id": "job-42"},
                 "propagateTags": True,
             },

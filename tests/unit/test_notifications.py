@@ -65,7 +65,7 @@ def test_classic_shape_and_etag_revision() -> None:
 
 
 def test_s3_test_event_is_recognised() -> None:
-    event = parse_notification({"Service": "Amazon S3", "Event": "s3:S3TestEvent", "Bucket": "b"})
+    event = parse_notification({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"})
     assert isinstance(event, S3TestEvent) and event.bucket == "b"
 
 
@@ -128,3 +128,20 @@ def test_artifacts_keys() -> None:
     assert classify_artifacts_key("exports/job-1/model.onnx").kind is KeyKind.IGNORED
     assert classify_artifacts_key("bundles/m/x-v1.heimdall").kind is KeyKind.IGNORED  # written by us
     assert classify_artifacts_key("exports/../x.heimdall").kind is KeyKind.UNKNOWN
+
+
+def test_the_committed_samples_parse() -> None:
+    import json
+    from pathlib import Path
+
+    events = Path(__file__).resolve().parents[2] / "events"
+    test_event = json.loads((events / "s3-test-event.json").read_text())
+    assert isinstance(parse_notification(json.loads(test_event["Records"][0]["body"])), S3TestEvent)
+    batch = json.loads((events / "sqs-s3-notifications.json").read_text())
+    parsed = [parse_notification(json.loads(r["body"])) for r in batch["Records"]]
+    assert all(isinstance(p, ObjectCreated) for p in parsed)
+    first = parsed[0]
+    assert (
+        isinstance(first, ObjectCreated)
+        and first.key == "checkpoints/localization-net/1.0.0/best model.safetensors"
+    )

@@ -4,7 +4,7 @@ S3 delivers object keys URL-encoded (a space as ``+``, other bytes as ``%XX``; s
 ``/`` too). :func:`decode_key` is the only place that decodes them. Two shapes reach the ingest
 function, and both are accepted: the EventBridge "Object Created" event (the production path: S3 →
 EventBridge → SQS) and the classic S3 notification record (``Records[].s3``), plus S3's
-``s3:S3TestEvent``, which is acknowledged and ignored.
+``s3:TestEvent``, which is acknowledged and ignored.
 
 Key layout (DESIGN §6):
 
@@ -54,7 +54,7 @@ class ObjectCreated:
 
 @dataclass(frozen=True)
 class S3TestEvent:
-    """S3's ``s3:S3TestEvent``, sent when a notification configuration is saved: ignored."""
+    """S3's ``s3:TestEvent``, sent when a notification configuration is saved: ignored."""
 
     bucket: str
 
@@ -65,10 +65,10 @@ def decode_key(raw: str) -> str:
 
 
 def parse_notification(body: Any) -> ObjectCreated | S3TestEvent:
-    """Parse an EventBridge "Object Created" event, a classic S3 record, or an ``s3:S3TestEvent``."""
+    """Parse an EventBridge "Object Created" event, a classic S3 record, or an ``s3:TestEvent``."""
     if not isinstance(body, dict):
         raise NotificationError("the notification is not a JSON object")
-    if body.get("Event") == "s3:S3TestEvent":
+    if body.get("Event") == "s3:TestEvent":
         return S3TestEvent(bucket=str(body.get("Bucket", "")))
     if body.get("source") == "aws.s3" and isinstance(body.get("detail"), dict):
         if body.get("detail-type") != "Object Created":

@@ -6,15 +6,34 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from heimdall.errors import ObjectNotFound, TooLarge
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD tells: size, and the revision that makes this write unique."""
+
+    size: int
+    etag: str
+    version_id: str | None
+
+    @property
+    def revision(self) -> str:
+        return self.version_id or self.etag
+
+
 class ObjectStore(Protocol):
     """What logic needs from S3."""
+
+    def head(self, uri: str) -> ObjectInfo: ...
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes: ...
 
     def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int: ...
 
@@ -49,6 +68,15 @@ class InMemoryObjectStore:
         if data is None:
             raise ObjectNotFound(f"{uri} does not exist")
         return data
+
+    def head(self, uri: str) -> ObjectInfo:
+        data = self._get(uri)
+        return ObjectInfo(
+            size=len(data), etag=hashlib.md5(data, usedforsecurity=False).hexdigest(), version_id=None
+        )
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        return self._get(uri)[start : start + length]
 
     def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int:
         data = self._get(uri)

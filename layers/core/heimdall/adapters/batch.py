@@ -70,6 +70,7 @@ class BatchJobSubmitter:
                 containerOverrides={
                     "environment": [{"name": SPEC_VARIABLE, "value": spec.model_dump_json()}]
                 },
+                parameters={"job_id": spec.job_id},
                 tags={"heimdall:job_id": spec.job_id},
                 propagateTags=True,
             )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from heimdall.errors import ObjectNotFound, StorageError, TooLarge
+from heimdall.storage import ObjectInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -51,6 +52,29 @@ class S3ObjectStore:
 
             self._client = boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
         return self._client
+
+    def head(self, uri: str) -> ObjectInfo:
+        """Size, ETag (unquoted) and version id of ``uri``."""
+        bucket, key = parse_s3_uri(uri)
+        with _translated(uri):
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        return ObjectInfo(
+            size=int(head["ContentLength"]),
+            etag=str(head.get("ETag", "")).strip('"'),
+            version_id=head.get("VersionId") if head.get("VersionId") not in (None, "null") else None,
+        )
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end of the object)."""
+        bucket, key = parse_s3_uri(uri)
+        if length <= 0:
+            return b""
+        with _translated(uri):
+            response = self.client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+            )
+            data: bytes = response["Body"].read(length)
+        return data
 
     def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int:
         """Download ``uri`` to ``path``; refuses objects over ``max_bytes``. Returns the size."""

@@ -1,0 +1,717 @@
+"""The model registry on one DynamoDB table (single-table design).
+
+Item layout (every key attribute is a string; key components are escaped so that ``#`` and ``%`` in
+owners or names cannot forge another partition: ``%`` → ``%25``, ``#`` → ``%23``)::
+
+    model           PK MODEL#{id}              SK META
+                    GSI1 OWNER#{o}#NAME#{n} / MODEL#{t}#{id}      (by owner and name)
+                    GSI3 OWNER#{o} / MODEL#{t}#{id}               (by owner)
+    export job      PK JOB#{id}                SK META
+                    GSI1 OWNER#{o}#NAME#{n} / JOB#{t}#{id}        (by owner and model name)
+                    GSI2 STATUS#{s} / OWNER#{o}#{t}#{id}          (by status, owner-scoped by prefix)
+                    GSI3 OWNER#{o} / JOB#{t}#{id}                 (by owner)
+    import          PK IMPORT#{id}             SK META
+    default export  PK DEFAULT#{o}#{n}#{v}     SK EXPORT          (attribute job_id)
+    claim           PK IDEMPOTENCY#{sha256}    SK CLAIM           (expires_at: the table's TTL attribute)
+
+``{t}`` is :func:`heimdall.registry.chronological_key`'s fixed-width UTC time, so sort keys order by
+creation; listings query with ``ScanIndexForward=False`` (newest first). Models and jobs are looked up
+by id alone (``PK``), which is what the job-state Lambda needs: Batch events carry no owner. Owner
+scoping of reads is a check of the ``owner`` attribute (``get``) or the owner in the partition key of
+the index queried (listings).
+
+``GSI2PK`` is ``STATUS#{status}`` without the owner, so that a transition can move a job between
+status partitions in one conditional ``UpdateItem`` without first reading the owner; the owner leads
+``GSI2SK`` instead and listings use ``begins_with``. (The partition per status is shared by every owner;
+export jobs arrive at human rates, far below a partition's throughput.) The GSIs are eventually
+consistent: a record is readable by id at once, in listings a moment later.
+
+Writes are conditional where the contract needs it: create (``attribute_not_exists``), transitions
+(``#status IN (:allowed sources)``), imports (never over a terminal one), claims (absent or expired),
+the default export (a transaction guarded by the previous pointer). A failed condition is followed by
+a consistent read that decides between "ignore" and an error.
+
+Throttling and 5xx are retried by botocore (``standard`` mode) and then raise
+:class:`~heimdall.errors.RegistryUnavailable`; other refusals raise :class:`~heimdall.errors.RegistryError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ValidationError
+
+from heimdall.errors import (
+    ConflictError,
+    InvalidCursor,
+    RecordNotFound,
+    RegistryError,
+    RegistryUnavailable,
+)
+from heimdall.registry import (
+    DEFAULT_PAGE_SIZE,
+    IMPORT_TERMINAL,
+    MAX_PAGE_SIZE,
+    ExportJob,
+    ImportRecord,
+    ImportStatus,
+    JobStatus,
+    ModelRecord,
+    Page,
+    check_limit,
+    check_ttl,
+    chronological_key,
+    decode_cursor,
+    dump_job_field_json,
+    encode_cursor,
+    epoch_seconds,
+    plan_transition,
+    sources_of,
+    utcnow,
+    validate_job_updates,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+__all__ = ["INDEXES", "TTL_ATTRIBUTE", "DynamoRegistry", "create_registry_table", "table_definition"]
+
+TTL_ATTRIBUTE = "expires_at"
+#: Secondary indexes: name → (partition key attribute, sort key attribute).
+INDEXES: Mapping[str, tuple[str, str]] = {
+    "GSI1": ("GSI1PK", "GSI1SK"),  # by owner and model name
+    "GSI2": ("GSI2PK", "GSI2SK"),  # export jobs by status (owner-scoped with begins_with)
+    "GSI3": ("GSI3PK", "GSI3SK"),  # by owner
+}
+#: Attributes that are storage, not part of a record.
+_STORAGE_ATTRIBUTES = frozenset(
+    {"PK", "SK", "entity", TTL_ATTRIBUTE, *(attr for pair in INDEXES.values() for attr in pair)}
+)
+_META = "META"
+#: How often a conditional write is retried when a concurrent writer moved the state under it.
+_MAX_RACES = 5
+_THROTTLED = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "TransactionConflictException",
+        "TransactionInProgressException",
+    }
+)
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def table_definition(table_name: str) -> dict[str, Any]:
+    """``CreateTable`` arguments for the registry table (``template.yaml`` declares the same table).
+
+    TTL is not part of ``CreateTable``: :func:`create_registry_table` enables it on ``expires_at``.
+    """
+    attributes = ["PK", "SK", *(attr for pair in INDEXES.values() for attr in pair)]
+    return {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"} for name in attributes],
+        "KeySchema": [
+            {"AttributeName": "PK", "KeyType": "HASH"},
+            {"AttributeName": "SK", "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": index,
+                "KeySchema": [
+                    {"AttributeName": pk, "KeyType": "HASH"},
+                    {"AttributeName": sk, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+            for index, (pk, sk) in INDEXES.items()
+        ],
+    }
+
+
+def create_registry_table(client: DynamoDBClient, table_name: str) -> None:
+    """Create the registry table with its TTL if it does not exist (the local stack and tests)."""
+    try:
+        client.create_table(**table_definition(table_name))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+            raise
+    client.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig={"Delay": 1})
+    try:
+        client.update_time_to_live(
+            TableName=table_name, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
+        )
+    except ClientError as exc:  # "TimeToLive is already enabled" on a second run
+        if exc.response.get("Error", {}).get("Code") != "ValidationException":
+            raise
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys
+
+
+def _esc(part: str) -> str:
+    """A key component that cannot contain the ``#`` separator."""
+    return part.replace("%", "%25").replace("#", "%23")
+
+
+def _model_key(model_id: str) -> dict[str, Any]:
+    return {"PK": {"S": f"MODEL#{_esc(model_id)}"}, "SK": {"S": _META}}
+
+
+def _job_key(job_id: str) -> dict[str, Any]:
+    return {"PK": {"S": f"JOB#{_esc(job_id)}"}, "SK": {"S": _META}}
+
+
+def _import_key(import_id: str) -> dict[str, Any]:
+    return {"PK": {"S": f"IMPORT#{_esc(import_id)}"}, "SK": {"S": _META}}
+
+
+def _default_key(owner: str, model_name: str, version: str) -> dict[str, Any]:
+    return {"PK": {"S": f"DEFAULT#{_esc(owner)}#{_esc(model_name)}#{_esc(version)}"}, "SK": {"S": "EXPORT"}}
+
+
+def _claim_key(key: str) -> dict[str, Any]:
+    # Hashed: S3 keys can be 1 KiB and more once escaped, and a partition key is capped at 2 KiB.
+    return {"PK": {"S": f"IDEMPOTENCY#{hashlib.sha256(key.encode()).hexdigest()}"}, "SK": {"S": "CLAIM"}}
+
+
+def _owner_pk(owner: str) -> str:
+    return f"OWNER#{_esc(owner)}"
+
+
+def _name_pk(owner: str, name: str) -> str:
+    return f"OWNER#{_esc(owner)}#NAME#{_esc(name)}"
+
+
+def _status_pk(status: JobStatus) -> str:
+    return f"STATUS#{status}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Items
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def _to_attribute(value: Any) -> dict[str, Any]:
+    """A JSON-compatible value (numbers as Decimal) as a DynamoDB attribute value."""
+    attribute: dict[str, Any] = dict(_serializer.serialize(value))
+    return attribute
+
+
+def _record_attributes(record: BaseModel) -> dict[str, Any]:
+    # Through JSON so that floats become Decimals (DynamoDB numbers) and NaN/Infinity become null.
+    data = json.loads(record.model_dump_json(), parse_float=Decimal)
+    return {name: _to_attribute(value) for name, value in data.items()}
+
+
+def _plain(value: Any) -> Any:
+    """Deserialised DynamoDB data with Decimals turned back into ints and floats."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | set | frozenset):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _decode(item: Mapping[str, Any], model: type[R]) -> R:
+    data = {
+        name: _plain(_deserializer.deserialize(value))
+        for name, value in item.items()
+        if name not in _STORAGE_ATTRIBUTES
+    }
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RegistryError(f"the registry holds an unreadable {model.__name__}: {exc}") from None
+
+
+def _model_item(record: ModelRecord) -> dict[str, Any]:
+    order = chronological_key(record.created_at, record.model_id)
+    return {
+        **_record_attributes(record),
+        **_model_key(record.model_id),
+        "entity": {"S": "MODEL"},
+        "GSI1PK": {"S": _name_pk(record.owner, record.model_name)},
+        "GSI1SK": {"S": f"MODEL#{order}"},
+        "GSI3PK": {"S": _owner_pk(record.owner)},
+        "GSI3SK": {"S": f"MODEL#{order}"},
+    }
+
+
+def _job_item(job: ExportJob) -> dict[str, Any]:
+    order = chronological_key(job.created_at, job.job_id)
+    return {
+        **_record_attributes(job),
+        **_job_key(job.job_id),
+        "entity": {"S": "JOB"},
+        "GSI1PK": {"S": _name_pk(job.owner, job.model_name)},
+        "GSI1SK": {"S": f"JOB#{order}"},
+        "GSI2PK": {"S": _status_pk(job.status)},
+        "GSI2SK": {"S": f"{_owner_pk(job.owner)}#{order}"},
+        "GSI3PK": {"S": _owner_pk(job.owner)},
+        "GSI3SK": {"S": f"JOB#{order}"},
+    }
+
+
+def _import_item(record: ImportRecord) -> dict[str, Any]:
+    return {**_record_attributes(record), **_import_key(record.import_id), "entity": {"S": "IMPORT"}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class _ConditionFailed(Exception):
+    """A ``ConditionExpression`` did not hold (internal: callers decide what it means)."""
+
+
+class _TransactionCancelled(Exception):
+    """A transaction was cancelled; ``reasons`` are the per-item codes."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__(", ".join(reasons))
+        self.reasons = reasons
+
+
+def _call(operation: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call a client operation, translating botocore's errors."""
+    try:
+        return operation(**kwargs)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        if code == "ConditionalCheckFailedException":
+            raise _ConditionFailed from None
+        if code == "TransactionCanceledException":
+            reasons = [str(r.get("Code", "None")) for r in exc.response.get("CancellationReasons", [])]
+            raise _TransactionCancelled(reasons) from None
+        if code in _THROTTLED:
+            raise RegistryUnavailable(f"DynamoDB is unavailable: {code}") from None
+        raise RegistryError(f"DynamoDB refused the request: {code}: {error.get('Message', '')}") from None
+    except BotoCoreError as exc:
+        raise RegistryUnavailable(f"DynamoDB failed: {exc}") from None
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """One query of one index partition, restricted to sort keys starting with ``prefix``."""
+
+    index: str
+    partition: str
+    prefix: str
+    #: Optional ``FilterExpression`` with its names and values.
+    filter: str | None = None
+    names: Mapping[str, str] | None = None
+    values: Mapping[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# The repository
+
+
+class DynamoRegistry:
+    """:class:`heimdall.registry.Registry` on one DynamoDB table.
+
+    No client is created at import or construction time; the first call creates one with bounded
+    retries (botocore ``standard`` mode), honouring ``AWS_ENDPOINT_URL`` for an emulator. ``now`` is the
+    clock (``updated_at``, claim expiry).
+    """
+
+    def __init__(
+        self, table_name: str, client: DynamoDBClient | None = None, *, now: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.table_name = table_name
+        self._client = client
+        self._now = now
+
+    @property
+    def client(self) -> DynamoDBClient:
+        """The DynamoDB client (created on first use)."""
+        if self._client is None:
+            import boto3  # noqa: PLC0415 - created on first use, never at import time
+            from botocore.config import Config  # noqa: PLC0415 - with the client, on first use
+
+            retries = Config(retries={"max_attempts": 5, "mode": "standard"})
+            self._client = boto3.client("dynamodb", config=retries)
+        return self._client
+
+    # low-level ----------------------------------------------------------------------------------
+
+    def _get(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        response = _call(self.client.get_item, TableName=self.table_name, Key=key, ConsistentRead=True)
+        item: dict[str, Any] | None = response.get("Item")
+        return item
+
+    def _put(self, item: dict[str, Any], condition: str | None = None, **expression: Any) -> None:
+        kwargs: dict[str, Any] = {"TableName": self.table_name, "Item": item, **expression}
+        if condition is not None:
+            kwargs["ConditionExpression"] = condition
+        _call(self.client.put_item, **kwargs)
+
+    def _query(
+        self, listing: _Listing, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` items of ``listing``, newest first, after ``cursor``; and the next cursor.
+
+        The next cursor is made from the last item returned (not from ``LastEvaluatedKey``), and only
+        when one more matching item exists, so the last page never comes with a cursor to an empty one.
+        """
+        check_limit(limit)
+        pk_attr, sk_attr = INDEXES[listing.index]
+        fields = ("PK", "SK", pk_attr, sk_attr)
+        start: dict[str, Any] | None = None
+        if cursor is not None:
+            position = decode_cursor(cursor, fields=fields)
+            if position[pk_attr] != listing.partition or not position[sk_attr].startswith(listing.prefix):
+                raise InvalidCursor("the cursor belongs to another listing", field="cursor")
+            start = {name: {"S": value} for name, value in position.items()}
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": listing.index,
+            "KeyConditionExpression": "#ipk = :ipk AND begins_with(#isk, :prefix)",
+            "ExpressionAttributeNames": {"#ipk": pk_attr, "#isk": sk_attr, **(listing.names or {})},
+            "ExpressionAttributeValues": {
+                ":ipk": {"S": listing.partition},
+                ":prefix": {"S": listing.prefix},
+                **(listing.values or {}),
+            },
+            "ScanIndexForward": False,
+        }
+        if listing.filter is not None:
+            kwargs["FilterExpression"] = listing.filter
+        found: list[dict[str, Any]] = []
+        while len(found) <= limit:
+            wanted = limit + 1 - len(found)
+            # A filter discards items after the limit is applied: read bigger pages to need fewer calls.
+            kwargs["Limit"] = min(MAX_PAGE_SIZE, wanted if listing.filter is None else max(wanted, 100))
+            if start is not None:
+                kwargs["ExclusiveStartKey"] = start
+            response = _call(self.client.query, **kwargs)
+            found.extend(response.get("Items", []))
+            start = response.get("LastEvaluatedKey")
+            if start is None:
+                break
+        if len(found) <= limit:
+            return found, None
+        page = found[:limit]
+        return page, encode_cursor({name: page[-1][name]["S"] for name in fields})
+
+    # models -------------------------------------------------------------------------------------
+
+    def put_model(self, record: ModelRecord) -> ModelRecord:
+        """Create or replace a model record. Another owner's id raises ConflictError."""
+        try:
+            self._put(
+                _model_item(record),
+                "attribute_not_exists(PK) OR #owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": record.owner}},
+            )
+        except _ConditionFailed:
+            raise ConflictError(f"model id {record.model_id} is taken", field="model_id") from None
+        return record
+
+    def get_model(self, owner: str, model_id: str) -> ModelRecord:
+        """The model, if ``owner`` has it; else RecordNotFound."""
+        item = self._get(_model_key(model_id))
+        record = None if item is None else _decode(item, ModelRecord)
+        if record is None or record.owner != owner:
+            raise RecordNotFound(f"model {model_id} not found", field="model_id")
+        return record
+
+    def delete_model(self, owner: str, model_id: str) -> None:
+        """Delete the model; RecordNotFound if ``owner`` has no such model."""
+        try:
+            _call(
+                self.client.delete_item,
+                TableName=self.table_name,
+                Key=_model_key(model_id),
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": owner}},
+            )
+        except _ConditionFailed:
+            raise RecordNotFound(f"model {model_id} not found", field="model_id") from None
+
+    def list_models(
+        self,
+        owner: str,
+        *,
+        name: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[ModelRecord]:
+        """The owner's models (of one ``name`` if given), newest first."""
+        if name is None:
+            listing = _Listing("GSI3", _owner_pk(owner), "MODEL#")
+        else:
+            listing = _Listing("GSI1", _name_pk(owner, name), "MODEL#")
+        items, next_cursor = self._query(listing, limit, cursor)
+        return Page(items=[_decode(item, ModelRecord) for item in items], cursor=next_cursor)
+
+    def find_model_by_name_version(self, owner: str, name: str, version: str) -> ModelRecord | None:
+        """The newest of the owner's models with this name and version, or None."""
+        listing = _Listing(
+            "GSI1",
+            _name_pk(owner, name),
+            "MODEL#",
+            filter="#version = :version",
+            names={"#version": "version"},
+            values={":version": {"S": version}},
+        )
+        items, _ = self._query(listing, 1, None)
+        return _decode(items[0], ModelRecord) if items else None
+
+    # export jobs --------------------------------------------------------------------------------
+
+    def create_export_job(self, job: ExportJob) -> ExportJob:
+        """Record a new job; ConflictError if the id exists (whoever owns it)."""
+        try:
+            self._put(_job_item(job), "attribute_not_exists(PK)")
+        except _ConditionFailed:
+            raise ConflictError(f"export job {job.job_id} already exists", field="job_id") from None
+        return job
+
+    def get_export_job(self, owner: str, job_id: str) -> ExportJob:
+        """The job, if ``owner`` has it; else RecordNotFound."""
+        job = self.get_export_job_any_owner(job_id)
+        if job.owner != owner:
+            raise RecordNotFound(f"export job {job_id} not found", field="job_id")
+        return job
+
+    def get_export_job_any_owner(self, job_id: str) -> ExportJob:
+        """The job whoever owns it (the job-state Lambda: Batch events carry no owner)."""
+        item = self._get(_job_key(job_id))
+        if item is None:
+            raise RecordNotFound(f"export job {job_id} not found", field="job_id")
+        return _decode(item, ExportJob)
+
+    def list_export_jobs(
+        self,
+        owner: str,
+        *,
+        model_name: str | None = None,
+        status: JobStatus | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[ExportJob]:
+        """The owner's jobs, optionally of one model name and/or in one status, newest first."""
+        if model_name is not None:
+            # By name (GSI1); a status narrows it with a filter.
+            status_filter: dict[str, Any] = {}
+            if status is not None:
+                status_filter = {
+                    "filter": "#status = :status",
+                    "names": {"#status": "status"},
+                    "values": {":status": {"S": str(JobStatus(status))}},
+                }
+            listing = _Listing("GSI1", _name_pk(owner, model_name), "JOB#", **status_filter)
+        elif status is not None:
+            listing = _Listing("GSI2", _status_pk(JobStatus(status)), f"{_owner_pk(owner)}#")
+        else:
+            listing = _Listing("GSI3", _owner_pk(owner), "JOB#")
+        items, next_cursor = self._query(listing, limit, cursor)
+        return Page(items=[_decode(item, ExportJob) for item in items], cursor=next_cursor)
+
+    def transition_export_job(
+        self, job_id: str, target: JobStatus, *, updates: Mapping[str, Any] | None = None
+    ) -> ExportJob | None:
+        """Move the job to ``target`` if the state machine allows it at the moment of the write.
+
+        One ``UpdateItem`` conditioned on ``#status IN (states with an edge to target)``; when the
+        condition fails, a consistent read decides: stale → ``None``, invalid → InvalidTransition,
+        moved meanwhile to a state that allows it → try again.
+        """
+        target = JobStatus(target)
+        fields = validate_job_updates(updates or {})
+        sources = sorted(sources_of(target))
+        names = {"#status": "status", "#gsi2pk": "GSI2PK", "#updated_at": "updated_at"}
+        values: dict[str, Any] = {
+            ":target": {"S": str(target)},
+            ":gsi2pk": {"S": _status_pk(target)},
+        }
+        assignments = ["#status = :target", "#gsi2pk = :gsi2pk", "#updated_at = :updated_at"]
+        for i, (name, value) in enumerate(fields.items()):
+            names[f"#f{i}"] = name
+            as_json = json.loads(dump_job_field_json(name, value), parse_float=Decimal)
+            values[f":f{i}"] = _to_attribute(as_json)
+            assignments.append(f"#f{i} = :f{i}")
+        for i, source in enumerate(sources):
+            values[f":s{i}"] = {"S": str(source)}
+        condition = f"#status IN ({', '.join(f':s{i}' for i in range(len(sources)))})"
+        for _ in range(_MAX_RACES):
+            if sources:
+                values[":updated_at"] = {"S": json.loads(dump_job_field_json("updated_at", self._now()))}
+                try:
+                    response = _call(
+                        self.client.update_item,
+                        TableName=self.table_name,
+                        Key=_job_key(job_id),
+                        UpdateExpression="SET " + ", ".join(assignments),
+                        ConditionExpression=condition,
+                        ExpressionAttributeNames=names,
+                        ExpressionAttributeValues=values,
+                        ReturnValues="ALL_NEW",
+                    )
+                    return _decode(response["Attributes"], ExportJob)
+                except _ConditionFailed:
+                    pass
+            current = self.get_export_job_any_owner(job_id)
+            if plan_transition(current.status, target) == "ignore":
+                return None
+        raise ConflictError(f"export job {job_id} kept changing; {target} not applied", field="job_id")
+
+    def set_default_export(self, owner: str, job_id: str) -> ExportJob:
+        """Make a SUCCEEDED job the default export of its (model_name, version), atomically.
+
+        One transaction: the pointer item (guarded by its previous value), the new default's flag
+        (guarded by ``status = SUCCEEDED``) and the previous default's flag.
+        """
+        for _ in range(_MAX_RACES):
+            job = self.get_export_job(owner, job_id)
+            if job.status is not JobStatus.SUCCEEDED:
+                raise ConflictError(
+                    f"export job {job_id} is {job.status}; only a succeeded export can be the default",
+                    field="job_id",
+                )
+            pointer_key = _default_key(owner, job.model_name, job.version)
+            pointer = self._get(pointer_key)
+            previous = None if pointer is None else str(pointer["job_id"]["S"])
+            if previous == job_id and job.is_default:
+                return job
+            now = {"S": json.loads(dump_job_field_json("updated_at", self._now()))}
+            pointer_put: dict[str, Any] = {
+                "TableName": self.table_name,
+                "Item": {**pointer_key, "entity": {"S": "DEFAULT_EXPORT"}, "job_id": {"S": job_id}},
+            }
+            if previous is None:
+                pointer_put["ConditionExpression"] = "attribute_not_exists(PK)"
+            else:
+                pointer_put["ConditionExpression"] = "job_id = :previous"
+                pointer_put["ExpressionAttributeValues"] = {":previous": {"S": previous}}
+            items: list[dict[str, Any]] = [
+                {"Put": pointer_put},
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": _job_key(job_id),
+                        "UpdateExpression": "SET is_default = :true, updated_at = :now",
+                        "ConditionExpression": "#status = :succeeded AND #owner = :owner",
+                        "ExpressionAttributeNames": {"#status": "status", "#owner": "owner"},
+                        "ExpressionAttributeValues": {
+                            ":true": {"BOOL": True},
+                            ":now": now,
+                            ":succeeded": {"S": str(JobStatus.SUCCEEDED)},
+                            ":owner": {"S": owner},
+                        },
+                    }
+                },
+            ]
+            if previous is not None and previous != job_id:
+                items.append(
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": _job_key(previous),
+                            "UpdateExpression": "SET is_default = :false, updated_at = :now",
+                            "ConditionExpression": "attribute_exists(PK)",
+                            "ExpressionAttributeValues": {":false": {"BOOL": False}, ":now": now},
+                        }
+                    }
+                )
+            try:
+                _call(self.client.transact_write_items, TransactItems=items)
+            except _TransactionCancelled:
+                continue  # the default changed under us: read again
+            return self.get_export_job(owner, job_id)
+        raise ConflictError(f"the default export of job {job_id}'s model kept changing", field="job_id")
+
+    def get_default_export(self, owner: str, model_name: str, version: str) -> ExportJob | None:
+        """The default export of the owner's (model_name, version), if one was set."""
+        pointer = self._get(_default_key(owner, model_name, version))
+        if pointer is None:
+            return None
+        job = self.get_export_job_any_owner(str(pointer["job_id"]["S"]))
+        return job if job.owner == owner else None
+
+    # imports ------------------------------------------------------------------------------------
+
+    def put_import(self, record: ImportRecord) -> ImportRecord:
+        """Create or update an import; a terminal import is never overwritten (it is returned instead)."""
+        for _ in range(_MAX_RACES):
+            try:
+                self._put(
+                    _import_item(record),
+                    "attribute_not_exists(PK) OR (#owner = :owner AND #status = :pending)",
+                    ExpressionAttributeNames={"#owner": "owner", "#status": "status"},
+                    ExpressionAttributeValues={
+                        ":owner": {"S": record.owner},
+                        ":pending": {"S": str(ImportStatus.PENDING)},
+                    },
+                )
+                return record
+            except _ConditionFailed:
+                item = self._get(_import_key(record.import_id))
+                if item is None:
+                    continue
+                stored = _decode(item, ImportRecord)
+                if stored.owner != record.owner:
+                    raise ConflictError(f"import id {record.import_id} is taken", field="import_id") from None
+                if stored.status in IMPORT_TERMINAL:
+                    return stored
+        raise ConflictError(f"import {record.import_id} kept changing", field="import_id")
+
+    def get_import(self, owner: str, import_id: str) -> ImportRecord:
+        """The import, if ``owner`` has it; else RecordNotFound."""
+        item = self._get(_import_key(import_id))
+        record = None if item is None else _decode(item, ImportRecord)
+        if record is None or record.owner != owner:
+            raise RecordNotFound(f"import {import_id} not found", field="import_id")
+        return record
+
+    # idempotency --------------------------------------------------------------------------------
+
+    def claim_once(self, key: str, ttl_s: int) -> bool:
+        """True the first time ``key`` is claimed, False while the claim is held (conditional put).
+
+        A claim past ``expires_at`` counts as free even before DynamoDB's TTL sweeper (which can lag by
+        days) deletes it.
+        """
+        check_ttl(ttl_s)
+        now = epoch_seconds(self._now())
+        try:
+            self._put(
+                {
+                    **_claim_key(key),
+                    "entity": {"S": "CLAIM"},
+                    "claim_key": {"S": key[:1024]},
+                    TTL_ATTRIBUTE: {"N": str(now + ttl_s)},
+                },
+                "attribute_not_exists(PK) OR #expires_at <= :now",
+                ExpressionAttributeNames={"#expires_at": TTL_ATTRIBUTE},
+                ExpressionAttributeValues={":now": {"N": str(now)}},
+            )
+        except _ConditionFailed:
+            return False
+        return True
+
+    def release_claim(self, key: str) -> None:
+        """Give a claim back (the work it guarded failed and should be retried)."""
+        _call(self.client.delete_item, TableName=self.table_name, Key=_claim_key(key))

@@ -1,0 +1,198 @@
+"""Use case: index a `.heimdall` bundle — an upload (an import) or a conversion job's own bundle.
+
+Both validation passes run before anything is recorded. A valid bundle gets a registry record, its ONNX
+model copied to its place in the artifacts bucket, a canonical copy of the bundle stored, and a
+``Bundle Indexed`` event. A bad one is copied to ``quarantine/{date}/{id}/original`` with a
+``reason.json`` beside it (the original is never deleted) and a ``Bundle Rejected`` event goes out.
+
+Idempotent per (bucket, key, version id or etag): the same notification delivered twice, concurrently
+or an hour later is indexed once, and the ids derived from that identity are the same on a retry. A
+storage or event failure releases the claim and propagates, so SQS delivers the message again.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from heimdall.bundle.verify import verify_bundle
+from heimdall.bundle.writer import write_bundle
+from heimdall.events import BundleIndexed, BundleRejected, EventSink, idempotency_key_for, make_event
+from heimdall.notifications import ObjectCreated
+from heimdall.registry import MetricsSummary, ModelRecord, Registry, utcnow
+from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.storage import ObjectStore
+
+#: How long a processed notification is remembered (SQS redeliveries and S3 duplicates come sooner).
+CLAIM_TTL_S = 7 * 24 * 3600
+_ID_NAMESPACE = uuid.UUID("5d8d3a8e-3f43-4b9c-8c2e-6a9f0f1e2d4b")
+
+
+@dataclass(frozen=True)
+class BundleDeps:
+    """The collaborators of bundle indexing (ports: real adapters in Lambda, fakes in unit tests)."""
+
+    registry: Registry
+    store: ObjectStore
+    events: EventSink
+    names: ResourceNames
+    limits: BundleLimits
+    now: Callable[[], datetime] = utcnow
+    workdir: Path | None = None  # where bundles are downloaded (Lambda: /tmp)
+
+
+@dataclass(frozen=True)
+class IndexOutcome:
+    status: Literal["indexed", "rejected", "duplicate"]
+    model: ModelRecord | None = None
+    code: str | None = None
+    message: str | None = None
+    quarantine_key: str | None = None
+
+
+def index_bundle(
+    obj: ObjectCreated, deps: BundleDeps, *, owner: str, job_id: str | None = None
+) -> IndexOutcome:
+    """Validate and index the bundle ``obj``; ``job_id`` marks a conversion job's own bundle."""
+    claim = idempotency_key_for("index-bundle", obj.bucket, obj.key, obj.revision)
+    if not deps.registry.claim_once(claim, CLAIM_TTL_S):
+        return IndexOutcome(status="duplicate")
+    try:
+        return _index(obj, deps, owner=owner, job_id=job_id, claim=claim)
+    except BaseException:
+        deps.registry.release_claim(claim)  # retryable: the next delivery tries again
+        raise
+
+
+def _index(
+    obj: ObjectCreated, deps: BundleDeps, *, owner: str, job_id: str | None, claim: str
+) -> IndexOutcome:
+    imported = job_id is None
+    source_uri = f"s3://{obj.bucket}/{obj.key}"
+    artifacts = deps.names.artifacts_bucket
+    with tempfile.TemporaryDirectory(prefix="heimdall-index-", dir=deps.workdir) as tmp:
+        local = Path(tmp) / "bundle"
+        onnx_path = Path(tmp) / "model.onnx"
+        deps.store.download(source_uri, local, max_bytes=deps.limits.max_bundle_bytes)
+        report = verify_bundle(local, limits=deps.limits, onnx_out=onnx_path)
+        if not report.valid or report.read is None:
+            return reject_bundle(
+                obj,
+                deps,
+                owner=owner,
+                job_id=job_id,
+                code=report.code or "INVALID_BUNDLE",
+                message=report.message or "the bundle is invalid",
+            )
+        read = report.read
+        bundle = read.bundle
+        # Derived from the object's identity: a retried delivery produces the same ids and keys.
+        model_id = str(uuid.uuid5(_ID_NAMESPACE, claim))
+        name, version = bundle.model.model_name, bundle.model.version
+        onnx_key = (
+            f"imported/{model_id}/{name}-{version}.onnx" if imported else f"models/{model_id}/model.onnx"
+        )
+        bundle_key = f"bundles/{model_id}/{name}-v{version}.heimdall"
+        deps.store.upload(onnx_path, f"s3://{artifacts}/{onnx_key}", content_type="application/octet-stream")
+        # The stored copy carries this registry's id; an import also keeps the sender's id.
+        renamed = {"model_id": model_id} | ({"original_model_id": bundle.model.model_id} if imported else {})
+        stored = bundle.model_copy(update={"model": bundle.model.model_copy(update=renamed)})
+        canonical = Path(tmp) / "canonical.heimdall"
+        write_bundle(stored, onnx_path, canonical)
+        deps.store.upload(canonical, f"s3://{artifacts}/{bundle_key}", content_type="application/json")
+    metrics = bundle.performance_metrics
+    record = ModelRecord(
+        model_id=model_id,
+        owner=owner,
+        model_name=name,
+        version=version,
+        architecture=bundle.model.architecture,
+        source="import" if imported else "export",
+        original_model_id=bundle.model.model_id if imported else None,
+        onnx_key=onnx_key,
+        onnx_sha256=read.onnx_sha256,
+        onnx_size_bytes=read.onnx_size_bytes,
+        bundle_key=bundle_key,
+        opset=bundle.model.onnx_opset,
+        input_shape=bundle.model.input_shape,
+        output_shape=bundle.model.output_shape,
+        components=bundle.components(),
+        metrics=MetricsSummary.model_validate(metrics.model_dump() if metrics else {}),
+        export_job_id=job_id,
+    )
+    deps.registry.put_model(record)
+    detail = BundleIndexed(
+        idempotency_key=BundleIndexed.key_for(obj.bucket, obj.key, obj.revision),
+        occurred_at=deps.now(),
+        owner=owner,
+        model_id=model_id,
+        original_model_id=record.original_model_id,
+        model_name=record.display_name or name,
+        version=version,
+        imported=imported,
+        onnx_sha256=read.onnx_sha256,
+        onnx_size_bytes=read.onnx_size_bytes,
+        bucket=artifacts,
+        bundle_key=bundle_key,
+        onnx_key=onnx_key,
+        source_bucket=obj.bucket,
+        source_key=obj.key,
+        job_id=job_id,
+    )
+    deps.events.publish([make_event(detail)])
+    return IndexOutcome(status="indexed", model=record)
+
+
+def quarantine(obj: ObjectCreated, deps: BundleDeps, *, code: str, message: str) -> str:
+    """Copy the rejected object to ``quarantine/{date}/{id}/original`` with a ``reason.json``.
+
+    Returns the quarantine key of the original. The object where it was dropped is left as it is.
+    """
+    now = deps.now()
+    folder = (
+        f"quarantine/{now:%Y-%m-%d}/{uuid.uuid5(_ID_NAMESPACE, f'{obj.bucket}/{obj.key}/{obj.revision}')}"
+    )
+    artifacts = deps.names.artifacts_bucket
+    original = f"{folder}/original"
+    deps.store.copy(f"s3://{obj.bucket}/{obj.key}", f"s3://{artifacts}/{original}")
+    reason = {
+        "code": code,
+        "message": message,
+        "source_bucket": obj.bucket,
+        "source_key": obj.key,
+        "revision": obj.revision,
+        "quarantined_at": now.isoformat(),
+    }
+    deps.store.put_bytes(
+        f"s3://{artifacts}/{folder}/reason.json",
+        json.dumps(reason, indent=2).encode(),
+        content_type="application/json",
+    )
+    return original
+
+
+def reject_bundle(
+    obj: ObjectCreated, deps: BundleDeps, *, owner: str, job_id: str | None, code: str, message: str
+) -> IndexOutcome:
+    """Quarantine a bundle upload and announce ``Bundle Rejected``."""
+    key = quarantine(obj, deps, code=code, message=message)
+    detail = BundleRejected(
+        idempotency_key=BundleRejected.key_for(obj.bucket, obj.key, obj.revision),
+        occurred_at=deps.now(),
+        owner=owner,
+        source_bucket=obj.bucket,
+        source_key=obj.key,
+        job_id=job_id,
+        code=code,
+        message=message[:1000],
+        quarantine_bucket=deps.names.artifacts_bucket,
+        quarantine_key=key,
+    )
+    deps.events.publish([make_event(detail)])
+    return IndexOutcome(status="rejected", code=code, message=message, quarantine_key=key)

@@ -1,0 +1,320 @@
+"""Use case: a checkpoint or manifest arrived under ``checkpoints/{model_name}/{version}/``.
+
+Whichever of checkpoint and manifest arrives second starts the export job; a ``.safetensors`` checkpoint
+whose header metadata embeds the manifest (key ``heimdall``) starts it alone. The ingest function never
+loads torch, so a ``.pt``/``.pth`` checkpoint's embedded manifest (inside its pickle) cannot be read
+here: those need the sidecar ``heimdall.json``.
+
+Both notifications of a pair may see both objects (they often arrive together), so the job is keyed by
+the pair — (checkpoint key and revision, manifest key and revision) — and claimed once: one job, one
+``Export Job Submitted``, whatever the delivery order or duplication. An invalid manifest or an
+unsupported file is quarantined with a reason and announced with ``Checkpoint Rejected``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from heimdall.adapters.batch import JobSubmitter
+from heimdall.conversion import JobSpec
+from heimdall.errors import BundleError, ConflictError, InvalidManifest
+from heimdall.events import (
+    CheckpointReceived,
+    CheckpointRejected,
+    EventSink,
+    ExportJobSubmitted,
+    idempotency_key_for,
+    make_event,
+)
+from heimdall.logic.bundles import BundleDeps, quarantine
+from heimdall.manifest import (
+    EMBEDDED_MANIFEST_KEY,
+    MANIFEST_FILE_NAME,
+    Manifest,
+    parse_manifest,
+    read_manifest,
+)
+from heimdall.notifications import ClassifiedKey, KeyKind, ObjectCreated, classify_ingest_key
+from heimdall.registry import ExportJob, JobStatus, Registry, utcnow
+from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.storage import ObjectStore
+
+CLAIM_TTL_S = 7 * 24 * 3600
+MAX_MANIFEST_BYTES = 1024 * 1024
+#: A safetensors header larger than this is not read by the ingest function (the job still can).
+MAX_HEADER_BYTES = 1024 * 1024
+_JOB_NAMESPACE = uuid.UUID("9a5b8f0e-2d7c-4c61-8f3e-5b1d6c0a7e21")
+
+
+@dataclass(frozen=True)
+class CheckpointDeps:
+    registry: Registry
+    store: ObjectStore
+    events: EventSink
+    jobs: JobSubmitter
+    names: ResourceNames
+    limits: BundleLimits
+    now: Callable[[], datetime] = utcnow
+
+
+@dataclass(frozen=True)
+class CheckpointOutcome:
+    status: Literal["submitted", "waiting", "rejected", "duplicate"]
+    job_id: str | None = None
+    reason: str | None = None
+
+
+def handle_checkpoint_object(
+    obj: ObjectCreated, classified: ClassifiedKey, deps: CheckpointDeps, *, owner: str
+) -> CheckpointOutcome:
+    """React to a checkpoint or manifest upload (``classified`` from :func:`classify_ingest_key`)."""
+    claim = idempotency_key_for("checkpoint-object", obj.bucket, obj.key, obj.revision)
+    if not deps.registry.claim_once(claim, CLAIM_TTL_S):
+        return CheckpointOutcome(status="duplicate")
+    try:
+        return _handle(obj, classified, deps, owner=owner)
+    except BaseException:
+        deps.registry.release_claim(claim)
+        raise
+
+
+def reject_upload(
+    obj: ObjectCreated,
+    deps: CheckpointDeps,
+    *,
+    owner: str,
+    code: str,
+    message: str,
+    model_name: str | None = None,
+    version: str | None = None,
+) -> CheckpointOutcome:
+    """Quarantine an upload under ``checkpoints/`` and announce ``Checkpoint Rejected``."""
+    key = quarantine(obj, _bundle_deps(deps), code=code, message=message)
+    detail = CheckpointRejected(
+        idempotency_key=CheckpointRejected.key_for(obj.bucket, obj.key, obj.revision),
+        occurred_at=deps.now(),
+        owner=owner,
+        bucket=obj.bucket,
+        key=obj.key,
+        version_id=obj.version_id,
+        etag=obj.etag or "unknown",
+        model_name=model_name,
+        version=version,
+        code=code,
+        message=message[:1000],
+        quarantine_bucket=deps.names.artifacts_bucket,
+        quarantine_key=key,
+    )
+    deps.events.publish([make_event(detail)])
+    return CheckpointOutcome(status="rejected", reason=f"{code}: {message}")
+
+
+def _handle(
+    obj: ObjectCreated, classified: ClassifiedKey, deps: CheckpointDeps, *, owner: str
+) -> CheckpointOutcome:
+    prefix = classified.prefix
+    if prefix is None or classified.kind not in (KeyKind.CHECKPOINT, KeyKind.MANIFEST):
+        raise ValueError(f"not a checkpoint or manifest key: {obj.key}")
+    bucket = obj.bucket
+    manifest_key = prefix + MANIFEST_FILE_NAME
+    keys = deps.store.list_keys(f"s3://{bucket}/{prefix}")
+    checkpoints = sorted(k for k in keys if classify_ingest_key(k).kind is KeyKind.CHECKPOINT)
+
+    manifest: Manifest | None = None
+    if manifest_key in keys:
+        try:
+            manifest = read_manifest(
+                deps.store.get_bytes(f"s3://{bucket}/{manifest_key}", max_bytes=MAX_MANIFEST_BYTES),
+                source=manifest_key,
+            )
+        except (InvalidManifest, BundleError) as exc:
+            if classified.kind is KeyKind.MANIFEST:
+                return reject_upload(
+                    obj,
+                    deps,
+                    owner=owner,
+                    code=InvalidManifest.code,
+                    message=exc.message,
+                    model_name=classified.model_name,
+                    version=classified.version,
+                )
+            return CheckpointOutcome(status="waiting", reason="the manifest beside it is invalid")
+    if manifest is not None and (manifest.model_name, manifest.version) != (
+        classified.model_name,
+        classified.version,
+    ):
+        message = (
+            f"the manifest names {manifest.model_name} {manifest.version} but lies under {prefix}; "
+            "the folder must match the manifest"
+        )
+        if classified.kind is KeyKind.MANIFEST:
+            return reject_upload(
+                obj,
+                deps,
+                owner=owner,
+                code=InvalidManifest.code,
+                message=message,
+                model_name=classified.model_name,
+                version=classified.version,
+            )
+        return CheckpointOutcome(status="waiting", reason=message)
+    if not checkpoints:
+        return CheckpointOutcome(status="waiting", reason="no checkpoint yet")
+    checkpoint_key = obj.key if classified.kind is KeyKind.CHECKPOINT else checkpoints[-1]
+    sidecar = manifest_key if manifest is not None else None
+    if manifest is None:
+        try:
+            manifest = _embedded_manifest(deps.store, f"s3://{bucket}/{checkpoint_key}")
+        except InvalidManifest as exc:
+            return reject_upload(
+                obj,
+                deps,
+                owner=owner,
+                code=exc.code,
+                message=exc.message,
+                model_name=classified.model_name,
+                version=classified.version,
+            )
+        if manifest is None:
+            return CheckpointOutcome(status="waiting", reason=f"waiting for {MANIFEST_FILE_NAME}")
+
+    checkpoint = deps.store.head(f"s3://{bucket}/{checkpoint_key}")
+    manifest_revision = deps.store.head(f"s3://{bucket}/{sidecar}").revision if sidecar else ""
+    pair = idempotency_key_for(
+        "export-job", bucket, checkpoint_key, checkpoint.revision, sidecar or "", manifest_revision
+    )
+    if not deps.registry.claim_once(pair, CLAIM_TTL_S):
+        return CheckpointOutcome(status="duplicate", reason="the other half of the pair started the job")
+    try:
+        return _start_job(
+            deps,
+            owner=owner,
+            bucket=bucket,
+            checkpoint_key=checkpoint_key,
+            checkpoint_revision=checkpoint.revision,
+            checkpoint_size=checkpoint.size,
+            checkpoint_etag=checkpoint.etag,
+            checkpoint_version=checkpoint.version_id,
+            manifest=manifest,
+            manifest_key=sidecar,
+            pair=pair,
+        )
+    except BaseException:
+        deps.registry.release_claim(pair)
+        raise
+
+
+def _start_job(
+    deps: CheckpointDeps,
+    *,
+    owner: str,
+    bucket: str,
+    checkpoint_key: str,
+    checkpoint_revision: str,
+    checkpoint_size: int,
+    checkpoint_etag: str,
+    checkpoint_version: str | None,
+    manifest: Manifest,
+    manifest_key: str | None,
+    pair: str,
+) -> CheckpointOutcome:
+    job_id = str(uuid.uuid5(_JOB_NAMESPACE, pair))
+    artifacts = deps.names.artifacts_bucket
+    output_prefix = f"s3://{artifacts}/exports/{job_id}/"
+    job = ExportJob(
+        job_id=job_id,
+        owner=owner,
+        model_name=manifest.model_name,
+        version=manifest.version,
+        checkpoint_bucket=bucket,
+        checkpoint_key=checkpoint_key,
+        manifest_key=manifest_key,
+        formats=list(manifest.formats),
+        output_prefix=output_prefix,
+    )
+    try:
+        deps.registry.create_export_job(job)
+    except ConflictError:
+        job = deps.registry.get_export_job(owner, job_id)  # a retry after a failed submission
+        if job.status is not JobStatus.PENDING:
+            return CheckpointOutcome(status="duplicate", job_id=job_id)
+    received = CheckpointReceived(
+        idempotency_key=CheckpointReceived.key_for(bucket, checkpoint_key, checkpoint_revision),
+        occurred_at=deps.now(),
+        owner=owner,
+        bucket=bucket,
+        key=checkpoint_key,
+        version_id=checkpoint_version,
+        etag=checkpoint_etag or "unknown",
+        size_bytes=checkpoint_size,
+        manifest_key=manifest_key,
+        model_name=manifest.model_name,
+        version=manifest.version,
+        architecture=manifest.architecture,
+    )
+    spec = JobSpec(
+        job_id=job_id,
+        checkpoint_uri=f"s3://{bucket}/{checkpoint_key}",
+        manifest_uri=f"s3://{bucket}/{manifest_key}" if manifest_key else None,
+        output_uri=output_prefix,
+        timing_cache_uri=f"s3://{artifacts}/timing-cache/",
+        formats=list(manifest.formats),
+    )
+    batch_job_id = deps.jobs.submit(spec)
+    deps.registry.transition_export_job(job_id, JobStatus.SUBMITTED, updates={"batch_job_id": batch_job_id})
+    submitted = ExportJobSubmitted(
+        idempotency_key=ExportJobSubmitted.key_for(job_id),
+        occurred_at=deps.now(),
+        owner=owner,
+        job_id=job_id,
+        model_name=manifest.model_name,
+        version=manifest.version,
+        batch_job_id=batch_job_id,
+        checkpoint_uri=spec.checkpoint_uri,
+        formats=[f.value for f in manifest.formats],
+    )
+    deps.events.publish([make_event(received), make_event(submitted)])
+    return CheckpointOutcome(status="submitted", job_id=job_id)
+
+
+def _embedded_manifest(store: ObjectStore, uri: str) -> Manifest | None:
+    """The manifest in a safetensors header's ``__metadata__["heimdall"]``, if there is one."""
+    if not uri.lower().endswith(".safetensors"):
+        return None
+    head = store.read_range(uri, 0, 8)
+    if len(head) < 8:
+        return None
+    (length,) = struct.unpack("<Q", head)
+    if length > MAX_HEADER_BYTES:
+        return None  # too large to read here; the sidecar is needed
+    try:
+        header = json.loads(store.read_range(uri, 8, length))
+        text = header.get("__metadata__", {}).get(EMBEDDED_MANIFEST_KEY)
+    except (ValueError, AttributeError):
+        return None  # not a safetensors header we can read: the job will refuse the file itself
+    if not isinstance(text, str):
+        return None
+    try:
+        return parse_manifest(json.loads(text), source="the embedded manifest")
+    except ValueError as exc:
+        raise InvalidManifest(f"the embedded manifest is not JSON: {exc}") from None
+
+
+def _bundle_deps(deps: CheckpointDeps) -> BundleDeps:
+    return BundleDeps(
+        registry=deps.registry,
+        store=deps.store,
+        events=deps.events,
+        names=deps.names,
+        limits=deps.limits,
+        now=deps.now,
+    )
+
+
+__all__ = ["CheckpointDeps", "CheckpointOutcome", "handle_checkpoint_object", "reject_upload"]

@@ -1,0 +1,193 @@
+"""Use case: AWS Batch reported a job state change; move the export job along its state machine.
+
+RUNNING → ``Export Job Started``; SUCCEEDED → ``result.json`` is read from the job's output prefix and
+summarised into the record, ``Export Job Succeeded`` (the job's bundle is then indexed through the bundle
+path, by its own S3 notification); FAILED → the reason from ``result.json`` when the job wrote one,
+else Batch's status reason, and ``Export Job Failed``. Transitions are conditional writes: a duplicate or
+late event (RUNNING after SUCCEEDED) changes nothing and emits nothing. Batch's intermediate states
+(SUBMITTED, PENDING, RUNNABLE, STARTING) are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from heimdall.adapters.batch import job_id_from_batch_name
+from heimdall.adapters.s3 import parse_s3_uri
+from heimdall.conversion import PACKAGE_FILE_NAME, RESULT_FILE_NAME, ConversionResult
+from heimdall.errors import ObjectNotFound, RecordNotFound, TooLarge
+from heimdall.events import (
+    EventSink,
+    ExportJobFailed,
+    ExportJobStarted,
+    ExportJobSucceeded,
+    FormatSummary,
+    make_event,
+)
+from heimdall.registry import ExportJob, JobResultSummary, JobStatus, Registry, utcnow
+from heimdall.storage import ObjectStore
+
+MAX_RESULT_BYTES = 4 * 1024 * 1024
+_STATES = {"RUNNING": JobStatus.RUNNING, "SUCCEEDED": JobStatus.SUCCEEDED, "FAILED": JobStatus.FAILED}
+
+
+@dataclass(frozen=True)
+class JobStateDeps:
+    registry: Registry
+    store: ObjectStore
+    events: EventSink
+    now: Callable[[], datetime] = utcnow
+
+
+@dataclass(frozen=True)
+class JobStateOutcome:
+    status: Literal["applied", "ignored", "foreign"]
+    job_id: str | None = None
+    state: JobStatus | None = None
+
+
+def handle_batch_state_change(event: Mapping[str, Any], deps: JobStateDeps) -> JobStateOutcome:
+    """Apply one "Batch Job State Change" event (as EventBridge delivers it)."""
+    detail = event.get("detail") if isinstance(event, Mapping) else None
+    if not isinstance(detail, Mapping):
+        return JobStateOutcome(status="foreign")
+    parameters = _mapping(detail.get("parameters"))
+    job_id = parameters.get("job_id") or job_id_from_batch_name(str(detail.get("jobName", "")))
+    target = _STATES.get(str(detail.get("status", "")))
+    if not job_id:
+        return JobStateOutcome(status="foreign")
+    if target is None:
+        return JobStateOutcome(status="ignored", job_id=job_id)
+    try:
+        job = deps.registry.get_export_job_any_owner(str(job_id))
+    except RecordNotFound:
+        return JobStateOutcome(status="foreign", job_id=str(job_id))
+    batch_job_id = str(detail.get("jobId") or job.batch_job_id or "")
+    if target is JobStatus.RUNNING:
+        updated = deps.registry.transition_export_job(
+            job.job_id, target, updates={"attempts": job.attempts + 1}
+        )
+        if updated is not None:
+            deps.events.publish(
+                [
+                    make_event(
+                        ExportJobStarted(
+                            idempotency_key=ExportJobStarted.key_for(job.job_id),
+                            occurred_at=deps.now(),
+                            owner=job.owner,
+                            job_id=job.job_id,
+                            model_name=job.model_name,
+                            version=job.version,
+                            batch_job_id=batch_job_id or "unknown",
+                        )
+                    )
+                ]
+            )
+    elif target is JobStatus.SUCCEEDED:
+        updated = _succeeded(job, batch_job_id, deps)
+    else:
+        updated = _failed(job, detail, batch_job_id, deps)
+    return JobStateOutcome(
+        status="applied" if updated is not None else "ignored", job_id=job.job_id, state=target
+    )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _read_result(job: ExportJob, deps: JobStateDeps) -> ConversionResult | None:
+    if not job.output_prefix:
+        return None
+    try:
+        data = deps.store.get_bytes(job.output_prefix + RESULT_FILE_NAME, max_bytes=MAX_RESULT_BYTES)
+        return ConversionResult.model_validate_json(data)
+    except (ObjectNotFound, TooLarge, ValidationError):
+        return None
+
+
+def _succeeded(job: ExportJob, batch_job_id: str, deps: JobStateDeps) -> ExportJob | None:
+    result = _read_result(job, deps)
+    if result is None or result.status != "SUCCEEDED":
+        code = result.error_code if result else "RESULT_MISSING"
+        message = (result.error_message if result else None) or "the job ended without a readable result.json"
+        return _fail(job, batch_job_id, deps, code=code or "CONVERSION_FAILED", message=message, exit_code=0)
+    updated = deps.registry.transition_export_job(
+        job.job_id,
+        JobStatus.SUCCEEDED,
+        updates={"result": JobResultSummary.from_result(result), "exit_code": 0},
+    )
+    if updated is not None:
+        bucket, prefix = parse_s3_uri(job.output_prefix or "")
+        deps.events.publish(
+            [
+                make_event(
+                    ExportJobSucceeded(
+                        idempotency_key=ExportJobSucceeded.key_for(job.job_id),
+                        occurred_at=deps.now(),
+                        owner=job.owner,
+                        job_id=job.job_id,
+                        model_name=job.model_name,
+                        version=job.version,
+                        batch_job_id=batch_job_id or "unknown",
+                        bucket=bucket,
+                        output_prefix=prefix,
+                        bundle_key=prefix + result.bundle_file if result.bundle_file else None,
+                        package_key=prefix + PACKAGE_FILE_NAME if result.package_file else None,
+                        formats=[
+                            FormatSummary(format=o.format.value, status=o.status.value, reason=o.reason)
+                            for o in result.formats
+                        ],
+                    )
+                )
+            ]
+        )
+    return updated
+
+
+def _failed(
+    job: ExportJob, detail: Mapping[str, Any], batch_job_id: str, deps: JobStateDeps
+) -> ExportJob | None:
+    result = _read_result(job, deps)
+    container = _mapping(detail.get("container"))
+    exit_code = container.get("exitCode") if isinstance(container.get("exitCode"), int) else None
+    if result is not None and result.status == "FAILED":
+        code, message = result.error_code or "CONVERSION_FAILED", result.error_message or "the job failed"
+        exit_code = result.exit_code
+    else:
+        code = "BATCH_JOB_FAILED"
+        message = str(detail.get("statusReason") or "AWS Batch reported the job as failed")
+    return _fail(job, batch_job_id, deps, code=code, message=message, exit_code=exit_code)
+
+
+def _fail(
+    job: ExportJob, batch_job_id: str, deps: JobStateDeps, *, code: str, message: str, exit_code: int | None
+) -> ExportJob | None:
+    updated = deps.registry.transition_export_job(
+        job.job_id, JobStatus.FAILED, updates={"reason": f"{code}: {message}"[:1000], "exit_code": exit_code}
+    )
+    if updated is not None:
+        deps.events.publish(
+            [
+                make_event(
+                    ExportJobFailed(
+                        idempotency_key=ExportJobFailed.key_for(job.job_id),
+                        occurred_at=deps.now(),
+                        owner=job.owner,
+                        job_id=job.job_id,
+                        model_name=job.model_name,
+                        version=job.version,
+                        batch_job_id=batch_job_id or None,
+                        code=code,
+                        message=message[:1000],
+                        exit_code=exit_code,
+                    )
+                )
+            ]
+        )
+    return updated

@@ -1,0 +1,799 @@
+"""The model registry: domain records, the export-job state machine, and the port logic talks to.
+
+Records
+    :class:`ModelRecord` (an indexed model: exported by a job or imported from a bundle),
+    :class:`ExportJob` (one conversion job and its state), :class:`ImportRecord` (one bundle import).
+    Every record has an ``owner``; every read is scoped by it, and another owner's record is reported
+    exactly like a missing one (:class:`~heimdall.errors.RecordNotFound`).
+
+The export-job state machine (DESIGN §6)
+    ``PENDING → SUBMITTED → RUNNING → SUCCEEDED | FAILED | CANCELLED``, as :data:`ALLOWED` lists it;
+    terminal states (:data:`TERMINAL`) are absorbing. :func:`plan_transition` says what a requested
+    change means, and it distinguishes two kinds of "no":
+
+    * **stale, ignore** — the event is a duplicate (target = current), late (the target lies *behind*
+      the current state, e.g. ``RUNNING`` after ``SUCCEEDED``, ``SUBMITTED`` after ``RUNNING``), or the
+      job is already terminal. Duplicated and out-of-order deliveries are normal (Batch and S3 events
+      both), so these are not errors: the repository returns ``None`` and writes nothing.
+    * **invalid** — the target lies *ahead* of the current state along a path the machine does not
+      have (``PENDING → RUNNING``, ``PENDING → SUCCEEDED``): the registry has not yet recorded a step
+      that must come first (typically ``SUBMITTED``, whose write is still in flight). This raises
+      :class:`~heimdall.errors.InvalidTransition`, so the caller fails and its event is delivered
+      again, by which time the missing step is usually recorded.
+
+The port
+    :class:`Registry` is what ``heimdall.logic`` depends on. :class:`InMemoryRegistry` is a faithful,
+    thread-safe fake for unit tests; ``heimdall.adapters.dynamodb.DynamoRegistry`` is the real thing.
+    Both implement the same contract and are tested by one suite
+    (``tests/integration/test_registry_contract.py``).
+
+Listings are newest first (``created_at``, then id, descending) and paginated with an opaque cursor:
+urlsafe base64 (unpadded) of a small JSON document ``{"v": 1, "p": {...}}`` naming the position after
+which the next page starts. A cursor is checked before use: anything malformed, from another listing or
+from another owner raises :class:`~heimdall.errors.InvalidCursor` (400), never a 500. A cursor holds
+only key values of the caller's own listing, so it needs no signature: tampering can at worst move the
+start of the caller's own page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import re
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from types import MappingProxyType
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
+
+from heimdall.bundle.models import Shape
+from heimdall.conversion import ConversionResult, FormatStatus
+from heimdall.errors import (
+    ConflictError,
+    InvalidCursor,
+    InvalidPagination,
+    InvalidTransition,
+    RecordNotFound,
+)
+from heimdall.manifest import ExportFormat
+
+__all__ = [
+    "ALLOWED",
+    "DEFAULT_PAGE_SIZE",
+    "IMPORTED_SUFFIX",
+    "IMPORT_TERMINAL",
+    "MAX_PAGE_SIZE",
+    "TERMINAL",
+    "ExportJob",
+    "FormatSummary",
+    "ImportRecord",
+    "ImportStatus",
+    "InMemoryRegistry",
+    "JobResultSummary",
+    "JobStatus",
+    "MetricsSummary",
+    "ModelRecord",
+    "Page",
+    "Registry",
+    "check_limit",
+    "check_ttl",
+    "chronological_key",
+    "decode_cursor",
+    "dump_job_field_json",
+    "encode_cursor",
+    "epoch_seconds",
+    "imported_display_name",
+    "paginate",
+    "plan_transition",
+    "sources_of",
+    "utcnow",
+    "validate_job_updates",
+]
+
+IMPORTED_SUFFIX = " (Imported)"
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+#: Longest cursor accepted; a real one is a few hundred characters.
+MAX_CURSOR_CHARS = 4096
+
+#: An id: a uuid, a job id (see ``JobSpec.job_id``), or an import id. No ``/``, ``#`` or spaces.
+RecordId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
+#: The caller's identity (a JWT subject, or ``"system"`` for records made by the pipeline itself).
+Owner = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Reason = Annotated[str, StringConstraints(max_length=4096)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the only kind of timestamp records hold)."""
+    return datetime.now(UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Naive datetimes are taken to be UTC; aware ones are converted to it."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def chronological_key(created_at: datetime, record_id: str) -> str:
+    """A string that sorts like ``(created_at, record_id)``: fixed-width UTC time, then the id.
+
+    Both registries order listings by it (newest first), so they agree on ties to the microsecond.
+    """
+    return f"{_as_utc(created_at).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}#{record_id}"
+
+
+def imported_display_name(model_name: str) -> str:
+    """The display name of an imported model: ``model_name`` with the `` (Imported)`` suffix, once."""
+    return model_name if model_name.endswith(IMPORTED_SUFFIX) else f"{model_name}{IMPORTED_SUFFIX}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+
+
+class _Record(BaseModel):
+    """Common configuration of stored records.
+
+    Unknown fields are ignored on read, so that a record written by a newer release (during a rolling
+    deploy) still loads. Timestamps are normalised to aware UTC.
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    owner: Owner
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("created_at", "updated_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return _as_utc(value)
+
+
+class MetricsSummary(BaseModel):
+    """The headline figures of a model, as listings show them (from the bundle's performance metrics)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    final_train_loss: float | None = None
+    final_val_loss: float | None = None
+    final_train_accuracy: float | None = None
+    final_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    inference_latency_ms: float | None = None
+    onnx_speedup_factor: float | None = None
+
+
+class ModelRecord(_Record):
+    """An indexed model version: exported by one of our jobs, or imported from someone's bundle.
+
+    Imports get a new ``model_id``, keep the sender's id in ``original_model_id``, and are shown as
+    ``display_name`` = ``model_name`` + `` (Imported)`` (:func:`imported_display_name`); ``model_name``
+    itself stays the original so that name/version look-ups match across instances.
+    """
+
+    model_id: RecordId
+    model_name: Name
+    version: Name
+    architecture: Name | None = None
+    source: Literal["export", "import"] = "export"
+    original_model_id: str | None = Field(default=None, max_length=256)
+    display_name: Name | None = None
+    #: Keys in the artifacts bucket.
+    onnx_key: str | None = Field(default=None, max_length=1024)
+    onnx_sha256: Sha256Hex | None = None
+    onnx_size_bytes: int | None = Field(default=None, ge=0)
+    bundle_key: str | None = Field(default=None, max_length=1024)
+    opset: int | None = Field(default=None, ge=1, le=1000)
+    input_shape: Shape | None = None
+    #: One shape per graph output, in graph order.
+    output_shape: list[Shape] | None = None
+    #: The optional bundle components present (``training_config``, ``performance_metrics``, ...).
+    components: list[str] = Field(default_factory=list)
+    metrics: MetricsSummary = Field(default_factory=MetricsSummary)
+    #: The export job that produced the model (exports only).
+    export_job_id: str | None = Field(default=None, max_length=128)
+
+    def model_post_init(self, __context: Any) -> None:
+        """An unset display name is the model name (with the import suffix for imports)."""
+        if self.display_name is None:
+            name = imported_display_name(self.model_name) if self.source == "import" else self.model_name
+            object.__setattr__(self, "display_name", name)
+
+
+class JobStatus(enum.StrEnum):
+    """States of an export job (DESIGN §6)."""
+
+    PENDING = "PENDING"
+    SUBMITTED = "SUBMITTED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class FormatSummary(BaseModel):
+    """One requested format's outcome, as the registry keeps it (the full detail stays in result.json)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: ExportFormat
+    status: FormatStatus
+    reason: str | None = Field(default=None, max_length=1024)
+    file: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+
+
+class JobResultSummary(BaseModel):
+    """What a finished job's ``result.json`` said, small enough to live in the job record."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["SUCCEEDED", "FAILED"]
+    error_code: str | None = None
+    error_message: str | None = Field(default=None, max_length=4096)
+    formats: list[FormatSummary] = Field(default_factory=list)
+    bundle_file: str | None = None
+    package_file: str | None = None
+    #: ONNX Runtime over PyTorch, per batch size (``{"1": 2.1, "32": 1.7}``).
+    speedup: dict[str, float] = Field(default_factory=dict)
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_result(cls, result: ConversionResult) -> JobResultSummary:
+        """Summarise ``result.json``."""
+        message = result.error_message
+        return cls(
+            status=result.status,
+            error_code=result.error_code,
+            error_message=message[:4096] if message else None,
+            formats=[
+                FormatSummary(
+                    format=o.format,
+                    status=o.status,
+                    reason=o.reason[:1024] if o.reason else None,
+                    file=o.file,
+                    sha256=o.sha256,
+                    size_bytes=o.size_bytes,
+                )
+                for o in result.formats
+            ],
+            bundle_file=result.bundle_file,
+            package_file=result.package_file,
+            speedup=dict(result.benchmark.speedup) if result.benchmark else {},
+            finished_at=result.finished_at,
+        )
+
+
+class ExportJob(_Record):
+    """One conversion job: what it converts, where its outputs go, and where it is in its life."""
+
+    job_id: RecordId
+    model_name: Name
+    version: Name
+    status: JobStatus = JobStatus.PENDING
+    checkpoint_bucket: Name
+    checkpoint_key: str = Field(min_length=1, max_length=1024)
+    manifest_key: str | None = Field(default=None, max_length=1024)
+    formats: list[ExportFormat] = Field(default_factory=list)
+    batch_job_id: str | None = Field(default=None, max_length=256)
+    #: ``s3://bucket/exports/{job_id}/`` (deterministic: a re-run overwrites the same keys).
+    output_prefix: str | None = Field(default=None, max_length=1024)
+    #: Why it failed or was cancelled.
+    reason: Reason | None = None
+    exit_code: int | None = None
+    result: JobResultSummary | None = None
+    #: The model indexed from the job's bundle, once it is.
+    model_id: str | None = Field(default=None, max_length=128)
+    #: Managed by ``set_default_export`` only: at most one default per (owner, model_name, version).
+    is_default: bool = False
+    attempts: int = Field(default=0, ge=0)
+
+
+class ImportStatus(enum.StrEnum):
+    """States of a bundle import: ``PENDING → INDEXED | REJECTED`` (both terminal)."""
+
+    PENDING = "PENDING"
+    INDEXED = "INDEXED"
+    REJECTED = "REJECTED"
+
+
+class ImportRecord(_Record):
+    """One bundle import, followed by ``GET /api/v1/imports/{import_id}``."""
+
+    import_id: RecordId
+    status: ImportStatus = ImportStatus.PENDING
+    #: The model it became (``INDEXED`` only).
+    model_id: str | None = Field(default=None, max_length=128)
+    reason: Reason | None = None
+    error_code: str | None = Field(default=None, max_length=64)
+    bucket: str | None = Field(default=None, max_length=256)
+    key: str | None = Field(default=None, max_length=1024)
+
+
+# --------------------------------------------------------------------------------------------------
+# The export-job state machine
+
+TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ALLOWED: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
+    {
+        JobStatus.PENDING: frozenset({JobStatus.SUBMITTED, JobStatus.FAILED, JobStatus.CANCELLED}),
+        JobStatus.SUBMITTED: frozenset(
+            {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+        ),
+        JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    }
+)
+#: How far along a state is; a target of lower rank than the current state is a late event.
+_RANK: Mapping[JobStatus, int] = {
+    JobStatus.PENDING: 0,
+    JobStatus.SUBMITTED: 1,
+    JobStatus.RUNNING: 2,
+    **{status: 3 for status in TERMINAL},
+}
+IMPORT_TERMINAL: frozenset[ImportStatus] = frozenset({ImportStatus.INDEXED, ImportStatus.REJECTED})
+
+TransitionPlan = Literal["apply", "ignore"]
+
+
+def plan_transition(current: JobStatus, target: JobStatus) -> TransitionPlan:
+    """What moving a job from ``current`` to ``target`` means.
+
+    ``"apply"``: an edge of the machine. ``"ignore"``: stale — a duplicate, a late event, or a job that
+    is already terminal (terminal states are absorbing). Raises :class:`InvalidTransition` for a target
+    ahead of ``current`` along no edge (``PENDING → RUNNING``): a step is missing, retry later.
+    """
+    if target in ALLOWED.get(current, frozenset()):
+        return "apply"
+    if current in TERMINAL or target == current or _RANK[target] < _RANK[current]:
+        return "ignore"
+    raise InvalidTransition(
+        f"an export job cannot go from {current} to {target}: a step is missing, retry later",
+        field="status",
+        current=str(current),
+    )
+
+
+@cache
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """The states from which ``target`` may be reached (the condition of a transition's write)."""
+    return frozenset(source for source, targets in ALLOWED.items() if target in targets)
+
+
+#: Fields a transition may not set: identity, keys of the listings, and what the registry manages.
+_PROTECTED_JOB_FIELDS = frozenset(
+    {"job_id", "owner", "model_name", "version", "status", "created_at", "updated_at", "is_default"}
+)
+
+
+@cache
+def _job_field_adapter(name: str) -> TypeAdapter[Any]:
+    info = ExportJob.model_fields[name]
+    annotation: Any = info.annotation
+    if info.metadata:
+        # The field's type with its constraints (max_length, ge, ...), as the model validates it.
+        annotation = Annotated[(annotation, *info.metadata)]
+    return TypeAdapter(annotation)
+
+
+def validate_job_updates(updates: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the fields a transition sets along with the status, returning them parsed.
+
+    Unknown or protected fields raise ``ValueError`` (a programming error of the caller).
+    """
+    parsed: dict[str, Any] = {}
+    for name, value in updates.items():
+        if name not in ExportJob.model_fields or name in _PROTECTED_JOB_FIELDS:
+            raise ValueError(f"a transition cannot set {name!r}")
+        parsed[name] = _job_field_adapter(name).validate_python(value)
+    return parsed
+
+
+def dump_job_field_json(name: str, value: Any) -> bytes:
+    """A validated value of the job field ``name`` as JSON, exactly as the record would serialise it."""
+    return _job_field_adapter(name).dump_json(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pagination
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing, newest first; ``cursor`` is ``None`` on the last page."""
+
+    items: list[T] = field(default_factory=list)
+    cursor: str | None = None
+
+
+_CURSOR_CHARS = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def encode_cursor(position: Mapping[str, str]) -> str:
+    """An opaque cursor holding ``position`` (string fields only)."""
+    document = json.dumps({"v": 1, "p": dict(position)}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(document.encode()).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str, *, fields: Collection[str]) -> dict[str, str]:
+    """The position in ``cursor``, which must hold exactly ``fields``, all strings.
+
+    Raises :class:`InvalidCursor` for anything else: bad base64, not JSON, wrong shape or version.
+    """
+    if not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_CHARS:
+        raise InvalidCursor("the cursor is empty or too long", field="cursor")
+    if _CURSOR_CHARS.match(cursor) is None:
+        raise InvalidCursor("the cursor is not urlsafe base64", field="cursor")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        document = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor("the cursor is not one this registry issued", field="cursor") from None
+    position = document.get("p") if isinstance(document, dict) and document.get("v") == 1 else None
+    if (
+        not isinstance(position, dict)
+        or set(position) != set(fields)
+        or not all(isinstance(value, str) and 0 < len(value) <= 2048 for value in position.values())
+    ):
+        raise InvalidCursor("the cursor is not one this registry issued", field="cursor")
+    return position
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` if it is a page size the registries serve, else :class:`InvalidPagination`."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidPagination(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
+    return limit
+
+
+# --------------------------------------------------------------------------------------------------
+# The port
+
+
+class Registry(Protocol):
+    """The model registry as ``heimdall.logic`` sees it.
+
+    Errors: :class:`~heimdall.errors.RecordNotFound` (404) for a missing record or another owner's,
+    :class:`~heimdall.errors.ConflictError` (409), :class:`~heimdall.errors.InvalidTransition` (409),
+    :class:`~heimdall.errors.InvalidCursor` / :class:`~heimdall.errors.InvalidPagination` (400); a
+    real store also raises :class:`~heimdall.errors.RegistryUnavailable` (503, retryable).
+    """
+
+    def put_model(self, record: ModelRecord) -> ModelRecord:
+        """Create or replace a model record. Another owner's id raises ConflictError."""
+        ...
+
+    def get_model(self, owner: str, model_id: str) -> ModelRecord:
+        """The model, if ``owner`` has it; else RecordNotFound."""
+        ...
+
+    def delete_model(self, owner: str, model_id: str) -> None:
+        """Delete the model; RecordNotFound if ``owner`` has no such model."""
+        ...
+
+    def list_models(
+        self,
+        owner: str,
+        *,
+        name: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[ModelRecord]:
+        """The owner's models (of one ``name`` if given), newest first."""
+        ...
+
+    def find_model_by_name_version(self, owner: str, name: str, version: str) -> ModelRecord | None:
+        """The newest of the owner's models with this name and version, or None."""
+        ...
+
+    def create_export_job(self, job: ExportJob) -> ExportJob:
+        """Record a new job; ConflictError if the id exists (whoever owns it)."""
+        ...
+
+    def get_export_job(self, owner: str, job_id: str) -> ExportJob:
+        """The job, if ``owner`` has it; else RecordNotFound."""
+        ...
+
+    def get_export_job_any_owner(self, job_id: str) -> ExportJob:
+        """The job whoever owns it: for the job-state Lambda, whose Batch events carry no owner.
+
+        Never expose this to a caller-facing path.
+        """
+        ...
+
+    def list_export_jobs(
+        self,
+        owner: str,
+        *,
+        model_name: str | None = None,
+        status: JobStatus | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[ExportJob]:
+        """The owner's jobs, optionally of one model name and/or in one status, newest first."""
+        ...
+
+    def transition_export_job(
+        self, job_id: str, target: JobStatus, *, updates: Mapping[str, Any] | None = None
+    ) -> ExportJob | None:
+        """Move the job to ``target`` (setting ``updates`` too) if the state machine allows it.
+
+        Atomic: applied only if, at the moment of the write, the current state has an edge to
+        ``target``. Returns the updated job, or ``None`` when the change is stale (duplicate, late, or
+        the job is terminal) and nothing was written. Raises InvalidTransition when a step is missing
+        (see :func:`plan_transition`), RecordNotFound for an unknown job.
+        """
+        ...
+
+    def set_default_export(self, owner: str, job_id: str) -> ExportJob:
+        """Make a SUCCEEDED job the default export of its (model_name, version), clearing the previous one.
+
+        ConflictError if the job has not succeeded.
+        """
+        ...
+
+    def get_default_export(self, owner: str, model_name: str, version: str) -> ExportJob | None:
+        """The default export of the owner's (model_name, version), if one was set."""
+        ...
+
+    def put_import(self, record: ImportRecord) -> ImportRecord:
+        """Create or update an import; a terminal import (INDEXED, REJECTED) is never overwritten.
+
+        Returns the record as stored: ``record`` itself, or the terminal record already there.
+        """
+        ...
+
+    def get_import(self, owner: str, import_id: str) -> ImportRecord:
+        """The import, if ``owner`` has it; else RecordNotFound."""
+        ...
+
+    def claim_once(self, key: str, ttl_s: int) -> bool:
+        """True the first time ``key`` is claimed (for ``ttl_s`` seconds), False while it is held.
+
+        Safe under concurrency: of simultaneous claims exactly one wins. An expired claim can be
+        claimed again.
+        """
+        ...
+
+    def release_claim(self, key: str) -> None:
+        """Give a claim back (the work it guarded failed and should be retried)."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------------
+# The in-memory fake
+
+
+def epoch_seconds(moment: datetime) -> int:
+    """``moment`` as whole Unix seconds (DynamoDB's TTL format)."""
+    return int(_as_utc(moment).timestamp())
+
+
+def check_ttl(ttl_s: int) -> int:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s <= 0:
+        raise ValueError("ttl_s must be a positive number of seconds")
+    return ttl_s
+
+
+def paginate(
+    items: Iterable[T], *, key: Callable[[T], str], scope: str, limit: int, cursor: str | None
+) -> Page[T]:
+    """Newest-first page of ``items`` after ``cursor`` (for stores that hold everything in memory)."""
+    check_limit(limit)
+    ordered = sorted(items, key=key, reverse=True)
+    if cursor is not None:
+        position = decode_cursor(cursor, fields=("scope", "after"))
+        if position["scope"] != scope:
+            raise InvalidCursor("the cursor belongs to another listing", field="cursor")
+        ordered = [item for item in ordered if key(item) < position["after"]]
+    if len(ordered) <= limit:
+        return Page(items=ordered)
+    page = ordered[:limit]
+    return Page(items=page, cursor=encode_cursor({"scope": scope, "after": key(page[-1])}))
+
+
+class InMemoryRegistry:
+    """A thread-safe, in-process :class:`Registry` with the same semantics as the DynamoDB one.
+
+    Records are copied in and out, so callers never share state with the store. ``now`` is the
+    clock (for claims' expiry and ``updated_at``).
+    """
+
+    def __init__(self, *, now: Callable[[], datetime] = utcnow) -> None:
+        self._now = now
+        self._lock = threading.RLock()
+        self._models: dict[str, ModelRecord] = {}
+        self._jobs: dict[str, ExportJob] = {}
+        self._imports: dict[str, ImportRecord] = {}
+        self._defaults: dict[tuple[str, str, str], str] = {}
+        self._claims: dict[str, int] = {}
+
+    # models -------------------------------------------------------------------------------------
+
+    def put_model(self, record: ModelRecord) -> ModelRecord:
+        with self._lock:
+            existing = self._models.get(record.model_id)
+            if existing is not None and existing.owner != record.owner:
+                raise ConflictError(f"model id {record.model_id} is taken", field="model_id")
+            self._models[record.model_id] = record.model_copy(deep=True)
+        return record
+
+    def get_model(self, owner: str, model_id: str) -> ModelRecord:
+        with self._lock:
+            record = self._models.get(model_id)
+            if record is None or record.owner != owner:
+                raise RecordNotFound(f"model {model_id} not found", field="model_id")
+            return record.model_copy(deep=True)
+
+    def delete_model(self, owner: str, model_id: str) -> None:
+        with self._lock:
+            self.get_model(owner, model_id)
+            del self._models[model_id]
+
+    def list_models(
+        self,
+        owner: str,
+        *,
+        name: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[ModelRecord]:
+        with self._lock:
+            chosen = [
+                m.model_copy(deep=True)
+                for m in self._models.values()
+                if m.owner == owner and (name is None or m.model_name == name)
+            ]
+        return paginate(
+            chosen,
+            key=lambda m: chronological_key(m.created_at, m.model_id),
+            scope=json.dumps(["models", owner, name]),
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def find_model_by_name_version(self, owner: str, name: str, version: str) -> ModelRecord | None:
+        with self._lock:
+            matches = [
+                m
+                for m in self._models.values()
+                if m.owner == owner and m.model_name == name and m.version == version
+            ]
+            if not matches:
+                return None
+            newest = max(matches, key=lambda m: chronological_key(m.created_at, m.model_id))
+            return newest.model_copy(deep=True)
+
+    # export jobs --------------------------------------------------------------------------------
+
+    def create_export_job(self, job: ExportJob) -> ExportJob:
+        with self._lock:
+            if job.job_id in self._jobs:
+                raise ConflictError(f"export job {job.job_id} already exists", field="job_id")
+            self._jobs[job.job_id] = job.model_copy(deep=True)
+        return job
+
+    def get_export_job(self, owner: str, job_id: str) -> ExportJob:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.owner != owner:
+                raise RecordNotFound(f"export job {job_id} not found", field="job_id")
+            return job.model_copy(deep=True)
+
+    def get_export_job_any_owner(self, job_id: str) -> ExportJob:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise RecordNotFound(f"export job {job_id} not found", field="job_id")
+            return job.model_copy(deep=True)
+
+    def list_export_jobs(
+        self,
+        owner: str,
+        *,
+        model_name: str | None = None,
+        status: JobStatus | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[ExportJob]:
+        with self._lock:
+            chosen = [
+                j.model_copy(deep=True)
+                for j in self._jobs.values()
+                if j.owner == owner
+                and (model_name is None or j.model_name == model_name)
+                and (status is None or j.status == status)
+            ]
+        return paginate(
+            chosen,
+            key=lambda j: chronological_key(j.created_at, j.job_id),
+            scope=json.dumps(["jobs", owner, model_name, status]),
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def transition_export_job(
+        self, job_id: str, target: JobStatus, *, updates: Mapping[str, Any] | None = None
+    ) -> ExportJob | None:
+        target = JobStatus(target)
+        fields = validate_job_updates(updates or {})
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise RecordNotFound(f"export job {job_id} not found", field="job_id")
+            if plan_transition(job.status, target) == "ignore":
+                return None
+            changed = job.model_copy(update={**fields, "status": target, "updated_at": self._now()})
+            self._jobs[job_id] = changed
+            return changed.model_copy(deep=True)
+
+    def set_default_export(self, owner: str, job_id: str) -> ExportJob:
+        with self._lock:
+            job = self.get_export_job(owner, job_id)
+            if job.status is not JobStatus.SUCCEEDED:
+                raise ConflictError(
+                    f"export job {job_id} is {job.status}; only a succeeded export can be the default",
+                    field="job_id",
+                )
+            slot = (owner, job.model_name, job.version)
+            previous = self._defaults.get(slot)
+            if previous is not None and previous != job_id:
+                old = self._jobs[previous]
+                self._jobs[previous] = old.model_copy(update={"is_default": False, "updated_at": self._now()})
+            if not job.is_default:
+                job = job.model_copy(update={"is_default": True, "updated_at": self._now()})
+                self._jobs[job_id] = job
+            self._defaults[slot] = job_id
+            return job.model_copy(deep=True)
+
+    def get_default_export(self, owner: str, model_name: str, version: str) -> ExportJob | None:
+        with self._lock:
+            job_id = self._defaults.get((owner, model_name, version))
+            return None if job_id is None else self._jobs[job_id].model_copy(deep=True)
+
+    # imports ------------------------------------------------------------------------------------
+
+    def put_import(self, record: ImportRecord) -> ImportRecord:
+        with self._lock:
+            existing = self._imports.get(record.import_id)
+            if existing is not None and existing.owner != record.owner:
+                raise ConflictError(f"import id {record.import_id} is taken", field="import_id")
+            if existing is not None and existing.status in IMPORT_TERMINAL:
+                return existing.model_copy(deep=True)
+            self._imports[record.import_id] = record.model_copy(deep=True)
+        return record
+
+    def get_import(self, owner: str, import_id: str) -> ImportRecord:
+        with self._lock:
+            record = self._imports.get(import_id)
+            if record is None or record.owner != owner:
+                raise RecordNotFound(f"import {import_id} not found", field="import_id")
+            return record.model_copy(deep=True)
+
+    # idempotency --------------------------------------------------------------------------------
+
+    def claim_once(self, key: str, ttl_s: int) -> bool:
+        check_ttl(ttl_s)
+        now = epoch_seconds(self._now())
+        with self._lock:
+            expires_at = self._claims.get(key)
+            if expires_at is not None and expires_at > now:
+                return False
+            self._claims[key] = now + ttl_s
+            return True
+
+    def release_claim(self, key: str) -> None:
+        with self._lock:
+            self._claims.pop(key, None)

@@ -1,0 +1,64 @@
+"""Builds the use cases' collaborators from settings: the real adapters, created once per container.
+
+Nothing connects at import time: the first call creates the adapters (whose boto3 clients are in turn
+created on first use). ``use_job_submitter`` lets the local stack run conversion jobs as subprocesses
+instead of submitting them to AWS Batch.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from heimdall.adapters.batch import BatchJobSubmitter, JobSubmitter
+from heimdall.adapters.dynamodb import DynamoRegistry
+from heimdall.adapters.eventbridge import EventBridgePublisher
+from heimdall.adapters.s3 import S3ObjectStore
+from heimdall.logic.bundles import BundleDeps
+from heimdall.logic.checkpoints import CheckpointDeps
+from heimdall.logic.ingest import IngestDeps
+from heimdall.logic.job_state import JobStateDeps
+from heimdall.settings import get_settings
+
+_job_submitter: JobSubmitter | None = None
+
+
+def use_job_submitter(submitter: JobSubmitter | None) -> None:
+    """Replace how jobs are started (None: AWS Batch, from settings). Clears the cached wiring."""
+    global _job_submitter  # noqa: PLW0603 - one process-wide choice, set by the local stack
+    _job_submitter = submitter
+    ingest_deps.cache_clear()
+
+
+@lru_cache(maxsize=1)
+def _adapters() -> tuple[DynamoRegistry, S3ObjectStore, EventBridgePublisher]:
+    names = get_settings().resource_names()
+    return DynamoRegistry(names.table_name), S3ObjectStore(), EventBridgePublisher(names.event_bus_name)
+
+
+@lru_cache(maxsize=1)
+def ingest_deps() -> IngestDeps:
+    """What the ingest function's use cases need."""
+    settings = get_settings()
+    names, limits = settings.resource_names(), settings.bundle_limits()
+    registry, store, events = _adapters()
+    jobs = _job_submitter or BatchJobSubmitter(names.job_queue, names.job_definition)
+    return IngestDeps(
+        checkpoints=CheckpointDeps(
+            registry=registry, store=store, events=events, jobs=jobs, names=names, limits=limits
+        ),
+        bundles=BundleDeps(registry=registry, store=store, events=events, names=names, limits=limits),
+    )
+
+
+@lru_cache(maxsize=1)
+def job_state_deps() -> JobStateDeps:
+    """What the job-state function's use case needs."""
+    registry, store, events = _adapters()
+    return JobStateDeps(registry=registry, store=store, events=events)
+
+
+def reset() -> None:
+    """Forget the cached wiring (tests change the environment between cases)."""
+    _adapters.cache_clear()
+    ingest_deps.cache_clear()
+    job_state_deps.cache_clear()

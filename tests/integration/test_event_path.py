@@ -1,0 +1,260 @@
+"""The whole event path against the emulator's real HTTP endpoint, with the same handler code as Lambda.
+
+Checkpoint + manifest dropped into the ingest bucket → the ingest handler (SQS batch of S3 "Object
+Created" events) submits a job → the job runs as `python -m heimdall_batch` → Batch state changes go to
+the job-state handler → the job's bundle notification goes back to the ingest handler → the model is
+indexed. A subscriber that is not Heimdall (its own rule and SQS queue on the bus) receives the events,
+and each is validated against its JSON Schema. Moto cannot run Batch without Docker, so the job runner
+here is a subprocess — exactly what the local stack does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import jsonschema
+import pytest
+import torch
+from safetensors.torch import save_file
+from tests.integration.conftest import load_handler
+
+from heimdall import wiring
+from heimdall.adapters.batch import batch_job_name
+from heimdall.adapters.dynamodb import create_registry_table
+from heimdall.conversion import JobSpec
+from heimdall.events import DetailType, schema_file_name
+from heimdall.registry import JobStatus
+from heimdall.settings import get_settings
+from heimdall_batch.architectures import resolve
+
+EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
+MANIFEST = {
+    "model_name": "localization-net",
+    "version": "1.0.0",
+    "architecture": "localization_net",
+    "input_shape": [1, 3, 128, 32],
+    "output_names": ["positions", "uncertainties"],
+    "formats": ["onnx"],
+}
+
+
+@dataclass
+class Context:
+    function_name: str = "test"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:test"
+    aws_request_id: str = "req-1"
+
+
+def sqs_batch(*notifications: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": "rh",
+                "body": json.dumps(n),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ingest",
+                "awsRegion": "us-east-1",
+            }
+            for n in notifications
+        ]
+    }
+
+
+def object_created(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    head = s3.head_object(Bucket=bucket, Key=key)
+    return {
+        "version": "0",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "detail": {
+            "bucket": {"name": bucket},
+            # As S3 sends it: URL-encoded (a space becomes +).
+            "object": {
+                "key": key.replace(" ", "+"),
+                "size": head["ContentLength"],
+                "etag": head["ETag"].strip('"'),
+            },
+        },
+    }
+
+
+class SubprocessRunner:
+    """Runs each submitted job at once as `python -m heimdall_batch`, then reports its Batch states."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.states: list[dict[str, Any]] = []
+
+    def submit(self, spec: JobSpec) -> str:
+        batch_id = f"local-{spec.job_id[:8]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "heimdall_batch"],
+            env={**os.environ, **self.env, "HEIMDALL_JOB_SPEC": spec.model_dump_json()},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        for status in ("RUNNING", "SUCCEEDED" if done.returncode == 0 else "FAILED"):
+            self.states.append(
+                {
+                    "version": "0",
+                    "detail-type": "Batch Job State Change",
+                    "source": "aws.batch",
+                    "detail": {
+                        "jobName": batch_job_name(spec.job_id),
+                        "jobId": batch_id,
+                        "status": status,
+                        "parameters": {"job_id": spec.job_id},
+                        "container": {"exitCode": done.returncode},
+                        "statusReason": done.stderr[-500:],
+                    },
+                }
+            )
+        return batch_id
+
+
+@pytest.fixture
+def stack(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    stage = f"t{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("HEIMDALL_STAGE", stage)
+    get_settings.cache_clear()
+    names = get_settings().resource_names()
+    endpoint = aws_env["AWS_ENDPOINT_URL"]
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    for bucket in (names.ingest_bucket, names.artifacts_bucket):
+        s3.create_bucket(Bucket=bucket)
+    create_registry_table(boto3.client("dynamodb", endpoint_url=endpoint), names.table_name)
+    events = boto3.client("events", endpoint_url=endpoint)
+    events.create_event_bus(Name=names.event_bus_name)
+    sqs = boto3.client("sqs", endpoint_url=endpoint)
+    queue_url = sqs.create_queue(QueueName=f"subscriber-{stage}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    events.put_rule(
+        Name="all-heimdall",
+        EventBusName=names.event_bus_name,
+        EventPattern=json.dumps({"source": ["heimdall"]}),
+    )
+    events.put_targets(
+        Rule="all-heimdall", EventBusName=names.event_bus_name, Targets=[{"Id": "q", "Arn": queue_arn}]
+    )
+    runner = SubprocessRunner({**aws_env, "HEIMDALL_STAGE": stage})
+    wiring.reset()
+    wiring.use_job_submitter(runner)
+    yield {"names": names, "s3": s3, "sqs": sqs, "queue_url": queue_url, "runner": runner}
+    wiring.use_job_submitter(None)
+    wiring.reset()
+
+
+def received(stack: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    while True:
+        messages = (
+            stack["sqs"]
+            .receive_message(QueueUrl=stack["queue_url"], MaxNumberOfMessages=10)
+            .get("Messages", [])
+        )
+        if not messages:
+            return out
+        for message in messages:
+            out.append(json.loads(message["Body"]))
+            stack["sqs"].delete_message(QueueUrl=stack["queue_url"], ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_checkpoint_drop_to_indexed_model(stack: dict[str, Any], tmp_path: Path) -> None:
+    ingest = load_handler("ingest")  # the same handler module Lambda runs
+    job_state = load_handler("job_state")
+
+    names, s3 = stack["names"], stack["s3"]
+    torch.manual_seed(0)
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in resolve("localization_net")().state_dict().items()}, str(path))
+    prefix = "checkpoints/localization-net/1.0.0/"
+    s3.put_object(Bucket=names.ingest_bucket, Key=prefix + "best model.safetensors", Body=path.read_bytes())
+    s3.put_object(
+        Bucket=names.ingest_bucket, Key=prefix + "heimdall.json", Body=json.dumps(MANIFEST).encode()
+    )
+    notifications = [
+        object_created(s3, names.ingest_bucket, prefix + "best model.safetensors"),
+        object_created(s3, names.ingest_bucket, prefix + "heimdall.json"),
+    ]
+    # Both notifications in one batch, plus a duplicate of each and an s3:TestEvent.
+    batch = sqs_batch(*notifications, *notifications, {"Service": "Amazon S3", "Event": "s3:TestEvent"})
+    response = ingest(batch, Context())
+    assert response == {"batchItemFailures": []}
+    runner: SubprocessRunner = stack["runner"]
+    assert [s["detail"]["status"] for s in runner.states] == ["RUNNING", "SUCCEEDED"]  # one job ran
+    for state in runner.states:
+        job_state(state, Context())
+    job_state(runner.states[-1], Context())  # a duplicate SUCCEEDED changes nothing
+    job_id = runner.states[0]["detail"]["parameters"]["job_id"]
+    deps = wiring.job_state_deps()
+    job = deps.registry.get_export_job_any_owner(job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    # The job's bundle lands in the artifacts bucket; its notification goes through the same handler.
+    bundle_key = f"exports/{job_id}/localization-net-v1.0.0.heimdall"
+    ingest(sqs_batch(object_created(s3, names.artifacts_bucket, bundle_key)), Context())
+    models = deps.registry.list_models(job.owner).items
+    assert len(models) == 1 and models[0].export_job_id == job_id and models[0].source == "export"
+    onnx = s3.get_object(Bucket=names.artifacts_bucket, Key=models[0].onnx_key)["Body"].read()
+    import hashlib
+
+    assert hashlib.sha256(onnx).hexdigest() == models[0].onnx_sha256
+    # A subscriber that is not Heimdall saw each event once, each valid against its schema.
+    events = received(stack)
+    types = [e["detail-type"] for e in events]
+    assert types == [
+        "Checkpoint Received",
+        "Export Job Submitted",
+        "Export Job Started",
+        "Export Job Succeeded",
+        "Bundle Indexed",
+    ]
+    for event in events:
+        schema = json.loads(
+            (EVENTS_DIR / "schemas" / schema_file_name(DetailType(event["detail-type"]))).read_text()
+        )
+        jsonschema.validate(event["detail"], schema)
+
+
+def test_bad_drops_are_quarantined_and_a_poison_record_fails_alone(stack: dict[str, Any]) -> None:
+    ingest = load_handler("ingest")
+
+    names, s3 = stack["names"], stack["s3"]
+    s3.put_object(Bucket=names.ingest_bucket, Key="bundles/broken.heimdall", Body=b"{not json")
+    s3.put_object(Bucket=names.ingest_bucket, Key="checkpoints/m/1/notes.txt", Body=b"hello")
+    good = [
+        object_created(s3, names.ingest_bucket, "bundles/broken.heimdall"),
+        object_created(s3, names.ingest_bucket, "checkpoints/m/1/notes.txt"),
+    ]
+    batch = sqs_batch(*good, {"not": "a notification"})
+    poison_id = batch["Records"][2]["messageId"]
+    response = ingest(batch, Context())
+    assert response == {"batchItemFailures": [{"itemIdentifier": poison_id}]}
+    listing = s3.list_objects_v2(Bucket=names.artifacts_bucket, Prefix="quarantine/").get("Contents", [])
+    keys = [o["Key"] for o in listing]
+    assert (
+        sum(k.endswith("/original") for k in keys) == 2 and sum(k.endswith("/reason.json") for k in keys) == 2
+    )
+    types = sorted(e["detail-type"] for e in received(stack))
+    assert types == ["Bundle Rejected", "Checkpoint Rejected"]
+    # Nothing dropped is lost: the originals are still where they were put.
+    assert (
+        s3.get_object(Bucket=names.ingest_bucket, Key="bundles/broken.heimdall")["Body"].read()
+        == b"{not json"
+    )

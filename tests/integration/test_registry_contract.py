@@ -1,0 +1,574 @@
+"""One behavioural contract for both registries.
+
+Every test runs twice: against :class:`InMemoryRegistry` (the fake logic's unit tests use) and against
+:class:`DynamoRegistry` on the emulator's real HTTP endpoint (a moto server), with the table created from
+``table_definition``. If the fake and the real thing ever disagree, one half of this suite fails.
+
+Each test works under its own owner, so the DynamoDB half shares one table per module.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from heimdall.adapters.dynamodb import DynamoRegistry, create_registry_table
+from heimdall.errors import (
+    ConflictError,
+    InvalidCursor,
+    InvalidPagination,
+    InvalidTransition,
+    RecordNotFound,
+)
+from heimdall.manifest import ExportFormat
+from heimdall.registry import (
+    ALLOWED,
+    TERMINAL,
+    ExportJob,
+    FormatSummary,
+    ImportRecord,
+    ImportStatus,
+    InMemoryRegistry,
+    JobResultSummary,
+    JobStatus,
+    MetricsSummary,
+    ModelRecord,
+    Registry,
+)
+
+S = JobStatus
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+#: A path from PENDING to every state.
+PATH_TO = {
+    S.PENDING: [],
+    S.SUBMITTED: [S.SUBMITTED],
+    S.RUNNING: [S.SUBMITTED, S.RUNNING],
+    S.SUCCEEDED: [S.SUBMITTED, S.RUNNING, S.SUCCEEDED],
+    S.FAILED: [S.SUBMITTED, S.FAILED],
+    S.CANCELLED: [S.CANCELLED],
+}
+EDGES = [(source, target) for source, targets in ALLOWED.items() for target in sorted(targets)]
+
+
+class Clock:
+    """A settable clock for claims' expiry."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def atomic_conditional_writes() -> Iterator[None]:
+    """Give the emulator DynamoDB's guarantee that a conditional write is atomic.
+
+    Real DynamoDB evaluates a ``ConditionExpression`` and applies the write as one step per item. moto's
+    server handles requests on threads and checks then writes without a lock, so two racing conditional
+    writes can both succeed there (seen in about one run in twenty of the race tests below). The server
+    runs in this process, so its write operations are serialised here; what is tested is then our use
+    of conditions, not moto's threading.
+    """
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+
+    def serialised(operation: Callable[..., Any]) -> Callable[..., Any]:
+        def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return operation(self, *args, **kwargs)
+
+        return locked
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+            patch.setattr(DynamoDBBackend, name, serialised(getattr(DynamoDBBackend, name)))
+        yield
+
+
+@pytest.fixture(scope="module")
+def dynamodb(emulator_endpoint: str, atomic_conditional_writes: None) -> Any:
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=emulator_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(max_pool_connections=32, retries={"max_attempts": 2, "mode": "standard"}),
+    )
+
+
+@pytest.fixture(scope="module")
+def table_name(dynamodb: Any) -> str:
+    name = f"heimdall-registry-{uuid.uuid4().hex[:8]}"
+    create_registry_table(dynamodb, name)
+    return name
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "dynamodb"])
+def registry(request: pytest.FixtureRequest, clock: Clock) -> Iterator[Registry]:
+    if request.param == "memory":
+        yield InMemoryRegistry(now=clock)
+    else:
+        yield DynamoRegistry(
+            request.getfixturevalue("table_name"), request.getfixturevalue("dynamodb"), now=clock
+        )
+
+
+@pytest.fixture
+def owner() -> str:
+    return f"user-{uuid.uuid4().hex}"
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def model(owner: str, *, name: str = "net", version: str = "1.0.0", at: int = 0, **extra: Any) -> ModelRecord:
+    return ModelRecord(
+        owner=owner,
+        model_id=extra.pop("model_id", _id("m")),
+        model_name=name,
+        version=version,
+        created_at=T0 + timedelta(seconds=at),
+        updated_at=T0 + timedelta(seconds=at),
+        **extra,
+    )
+
+
+def job(owner: str, *, name: str = "net", version: str = "1.0.0", at: int = 0, **extra: Any) -> ExportJob:
+    return ExportJob(
+        owner=owner,
+        job_id=extra.pop("job_id", _id("j")),
+        model_name=name,
+        version=version,
+        checkpoint_bucket="ingest",
+        checkpoint_key=f"checkpoints/{name}/{version}/model.safetensors",
+        formats=[ExportFormat.ONNX],
+        created_at=T0 + timedelta(seconds=at),
+        updated_at=T0 + timedelta(seconds=at),
+        **extra,
+    )
+
+
+def job_in(registry: Registry, owner: str, status: JobStatus, **extra: Any) -> ExportJob:
+    created = registry.create_export_job(job(owner, **extra))
+    for step in PATH_TO[status]:
+        assert registry.transition_export_job(created.job_id, step) is not None
+    return registry.get_export_job(owner, created.job_id)
+
+
+def collect(fetch: Callable[[str | None], Any]) -> list[list[Any]]:
+    """Every page of a listing, following cursors."""
+    pages, cursor = [], None
+    while True:
+        page = fetch(cursor)
+        pages.append(page.items)
+        cursor = page.cursor
+        if cursor is None:
+            return pages
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+def test_put_get_delete_model_round_trips_every_field(registry: Registry, owner: str) -> None:
+    record = model(
+        owner,
+        architecture="localization_net",
+        source="import",
+        original_model_id="3f1c-sender-id",
+        onnx_key="imported/net-1.0.0.onnx",
+        onnx_sha256="a" * 64,
+        onnx_size_bytes=201_234,
+        bundle_key="bundles/m/net-v1.0.0.heimdall",
+        opset=17,
+        input_shape=["batch", 3, 128, 32],
+        output_shape=[[-1, 2], [-1, 2]],
+        components=["training_config", "performance_metrics"],
+        metrics=MetricsSummary(final_val_loss=0.0145, final_val_accuracy=0.93, best_epoch=42),
+    )
+    assert registry.put_model(record) == record
+    stored = registry.get_model(owner, record.model_id)
+    assert stored == record
+    assert stored.display_name == "net (Imported)"
+    assert stored.metrics.final_val_loss == pytest.approx(0.0145)
+    assert isinstance(stored.metrics.final_val_accuracy, float)
+
+    registry.delete_model(owner, record.model_id)
+    with pytest.raises(RecordNotFound) as caught:
+        registry.get_model(owner, record.model_id)
+    assert caught.value.http_status == 404
+    with pytest.raises(RecordNotFound):
+        registry.delete_model(owner, record.model_id)
+
+
+def test_put_model_replaces_the_record(registry: Registry, owner: str) -> None:
+    record = registry.put_model(model(owner))
+    registry.put_model(record.model_copy(update={"bundle_key": "bundles/x.heimdall"}))
+    assert registry.get_model(owner, record.model_id).bundle_key == "bundles/x.heimdall"
+    assert len(registry.list_models(owner).items) == 1
+
+
+def test_another_owners_model_is_not_found_not_listed_and_not_writable(
+    registry: Registry, owner: str
+) -> None:
+    mine = registry.put_model(model(owner))
+    other = f"{owner}-other"
+    with pytest.raises(RecordNotFound):
+        registry.get_model(other, mine.model_id)
+    with pytest.raises(RecordNotFound):
+        registry.delete_model(other, mine.model_id)
+    assert registry.list_models(other).items == []
+    assert registry.list_models(other, name="net").items == []
+    assert registry.find_model_by_name_version(other, "net", "1.0.0") is None
+    with pytest.raises(ConflictError):
+        registry.put_model(mine.model_copy(update={"owner": other}))
+    assert registry.get_model(owner, mine.model_id) == mine, "still there, unchanged"
+
+
+def test_owner_names_cannot_forge_another_partition(registry: Registry, owner: str) -> None:
+    registry.put_model(model(f"{owner}#NAME#net"))
+    registry.put_model(model(owner, name="x#y"))
+    assert registry.list_models(owner, name="net").items == []
+    assert [m.model_name for m in registry.list_models(owner).items] == ["x#y"]
+
+
+def test_list_models_newest_first_across_pages(registry: Registry, owner: str) -> None:
+    created = [registry.put_model(model(owner, name=f"net{i % 2}", at=i)) for i in range(5)]
+    pages = collect(lambda cursor: registry.list_models(owner, limit=2, cursor=cursor))
+    assert [len(p) for p in pages] == [2, 2, 1]
+    listed = [m.model_id for page in pages for m in page]
+    assert listed == [m.model_id for m in reversed(created)]
+
+
+def test_list_models_by_name(registry: Registry, owner: str) -> None:
+    a = [registry.put_model(model(owner, name="alpha", version=str(i), at=i)) for i in range(3)]
+    registry.put_model(model(owner, name="beta", at=10))
+    pages = collect(lambda cursor: registry.list_models(owner, name="alpha", limit=2, cursor=cursor))
+    assert [m.model_id for page in pages for m in page] == [m.model_id for m in reversed(a)]
+    assert registry.list_models(owner, name="gamma").items == []
+
+
+def test_find_model_by_name_version(registry: Registry, owner: str) -> None:
+    registry.put_model(model(owner, name="net", version="1.0.0", at=0))
+    wanted = registry.put_model(model(owner, name="net", version="2.0.0", at=1))
+    registry.put_model(model(owner, name="net", version="3.0.0", at=2))
+    assert registry.find_model_by_name_version(owner, "net", "2.0.0") == wanted
+    assert registry.find_model_by_name_version(owner, "net", "9.9.9") is None
+    assert registry.find_model_by_name_version(owner, "other", "2.0.0") is None
+
+
+# --- cursors ---------------------------------------------------------------------------------------
+
+
+def test_a_tampered_or_foreign_cursor_is_a_typed_400(registry: Registry, owner: str) -> None:
+    for i in range(3):
+        registry.put_model(model(owner, at=i))
+        registry.create_export_job(job(owner, at=i))
+    cursor = registry.list_models(owner, limit=1).cursor
+    assert cursor is not None
+    other = f"{owner}-other"
+    registry.put_model(model(other))
+    flipped = cursor[:-3] + ("A" if cursor[-3] != "A" else "B") + cursor[-2:]
+    attempts: list[Callable[[], Any]] = [
+        lambda: registry.list_models(owner, cursor="not a cursor"),
+        lambda: registry.list_models(owner, cursor=flipped),
+        lambda: registry.list_models(owner, cursor=cursor + "x"),
+        lambda: registry.list_models(other, cursor=cursor),  # another owner's position
+        lambda: registry.list_models(owner, name="net", cursor=cursor),  # another listing
+        lambda: registry.list_export_jobs(owner, cursor=cursor),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidCursor) as caught:
+            attempt()
+        assert caught.value.http_status == 400
+    with pytest.raises(InvalidPagination):
+        registry.list_models(owner, limit=0)
+
+
+# --- export jobs -----------------------------------------------------------------------------------
+
+
+def test_create_export_job_twice_is_a_conflict(registry: Registry, owner: str) -> None:
+    first = registry.create_export_job(job(owner))
+    with pytest.raises(ConflictError) as caught:
+        registry.create_export_job(job(f"{owner}-other", job_id=first.job_id))
+    assert caught.value.http_status == 409
+    assert registry.get_export_job(owner, first.job_id) == first
+
+
+def test_another_owners_job_is_not_found_but_the_job_state_path_sees_it(
+    registry: Registry, owner: str
+) -> None:
+    created = registry.create_export_job(job(owner))
+    other = f"{owner}-other"
+    with pytest.raises(RecordNotFound):
+        registry.get_export_job(other, created.job_id)
+    assert registry.list_export_jobs(other).items == []
+    assert registry.list_export_jobs(other, status=S.PENDING).items == []
+    assert registry.get_export_job_any_owner(created.job_id) == created
+    with pytest.raises(RecordNotFound):
+        registry.get_export_job_any_owner("no-such-job")
+
+
+def test_list_export_jobs_by_owner_name_and_status(registry: Registry, owner: str) -> None:
+    a1 = job_in(registry, owner, S.SUCCEEDED, name="a", at=1)
+    a2 = job_in(registry, owner, S.RUNNING, name="a", at=2)
+    b3 = job_in(registry, owner, S.SUCCEEDED, name="b", at=3)
+    a4 = job_in(registry, owner, S.SUCCEEDED, name="a", at=4)
+
+    def ids(page_items: list[ExportJob]) -> list[str]:
+        return [j.job_id for j in page_items]
+
+    assert ids(registry.list_export_jobs(owner).items) == ids([a4, b3, a2, a1])
+    assert ids(registry.list_export_jobs(owner, model_name="a").items) == ids([a4, a2, a1])
+    assert ids(registry.list_export_jobs(owner, status=S.SUCCEEDED).items) == ids([a4, b3, a1])
+    assert ids(registry.list_export_jobs(owner, model_name="a", status=S.SUCCEEDED).items) == ids([a4, a1])
+    assert registry.list_export_jobs(owner, status=S.PENDING).items == []
+    paged = collect(lambda c: registry.list_export_jobs(owner, status=S.SUCCEEDED, limit=2, cursor=c))
+    assert [ids(p) for p in paged] == [ids([a4, b3]), ids([a1])]
+    paged = collect(
+        lambda c: registry.list_export_jobs(owner, model_name="a", status=S.SUCCEEDED, limit=1, cursor=c)
+    )
+    assert [ids(p) for p in paged] == [ids([a4]), ids([a1])]
+
+
+@pytest.mark.parametrize(("source", "target"), EDGES, ids=[f"{s}->{t}" for s, t in EDGES])
+def test_every_allowed_transition_applies_with_its_updates(
+    registry: Registry, owner: str, source: JobStatus, target: JobStatus
+) -> None:
+    created = job_in(registry, owner, source)
+    moved = registry.transition_export_job(
+        created.job_id, target, updates={"reason": f"to {target}", "attempts": 2, "batch_job_id": "b-1"}
+    )
+    assert moved is not None
+    assert moved.status is target
+    assert (moved.reason, moved.attempts, moved.batch_job_id) == (f"to {target}", 2, "b-1")
+    assert moved.created_at == created.created_at
+    assert registry.get_export_job(owner, created.job_id) == moved
+    # The status listing follows the job to its new state.
+    assert [j.job_id for j in registry.list_export_jobs(owner, status=target).items] == [created.job_id]
+    assert registry.list_export_jobs(owner, status=source).items == []
+
+
+@pytest.mark.parametrize("terminal", sorted(TERMINAL))
+def test_terminal_states_absorb_every_later_event(
+    registry: Registry, owner: str, terminal: JobStatus
+) -> None:
+    done = job_in(registry, owner, terminal)
+    for target in S:
+        assert registry.transition_export_job(done.job_id, target, updates={"reason": "late"}) is None
+    assert registry.get_export_job(owner, done.job_id) == done, "nothing written, not even updated_at"
+
+
+def test_a_duplicate_event_is_ignored(registry: Registry, owner: str) -> None:
+    running = job_in(registry, owner, S.RUNNING)
+    assert registry.transition_export_job(running.job_id, S.RUNNING, updates={"attempts": 5}) is None
+    assert registry.get_export_job(owner, running.job_id).attempts == 0
+
+
+def test_out_of_order_events_never_regress(registry: Registry, owner: str) -> None:
+    created = job_in(registry, owner, S.SUBMITTED)
+    assert registry.transition_export_job(created.job_id, S.SUCCEEDED) is not None
+    assert registry.transition_export_job(created.job_id, S.RUNNING) is None  # the late RUNNING
+    assert registry.get_export_job(owner, created.job_id).status is S.SUCCEEDED
+
+    running = job_in(registry, owner, S.RUNNING)
+    assert registry.transition_export_job(running.job_id, S.SUBMITTED) is None
+    assert registry.transition_export_job(running.job_id, S.PENDING) is None
+    assert registry.get_export_job(owner, running.job_id).status is S.RUNNING
+
+
+def test_an_event_ahead_of_a_missing_step_is_invalid(registry: Registry, owner: str) -> None:
+    pending = job_in(registry, owner, S.PENDING)
+    for target in (S.RUNNING, S.SUCCEEDED):
+        with pytest.raises(InvalidTransition):
+            registry.transition_export_job(pending.job_id, target)
+    assert registry.get_export_job(owner, pending.job_id) == pending
+
+
+def test_transition_of_an_unknown_job_is_not_found(registry: Registry) -> None:
+    with pytest.raises(RecordNotFound):
+        registry.transition_export_job("no-such-job", S.SUBMITTED)
+
+
+def test_transition_records_the_result_summary(registry: Registry, owner: str) -> None:
+    running = job_in(registry, owner, S.RUNNING)
+    summary = JobResultSummary(
+        status="SUCCEEDED",
+        formats=[FormatSummary(format=ExportFormat.ONNX, status="built", file="model.onnx", size_bytes=12)],
+        speedup={"1": 2.125, "32": 1.5},
+        bundle_file="net-v1.0.0.heimdall",
+    )
+    done = registry.transition_export_job(
+        running.job_id,
+        S.SUCCEEDED,
+        updates={"result": summary, "exit_code": 0, "output_prefix": "s3://artifacts/exports/j/"},
+    )
+    assert done is not None
+    stored = registry.get_export_job(owner, running.job_id)
+    assert stored.result == summary
+    assert stored.exit_code == 0
+    with pytest.raises(ValueError):
+        registry.transition_export_job(running.job_id, S.FAILED, updates={"owner": "mallory"})
+
+
+def test_racing_terminal_events_have_exactly_one_winner(registry: Registry, owner: str) -> None:
+    submitted = job_in(registry, owner, S.SUBMITTED)
+    barrier = threading.Barrier(8)
+    results: list[ExportJob | None] = [None] * 8
+    errors: list[BaseException] = []
+
+    def race(i: int) -> None:
+        target = S.SUCCEEDED if i % 2 else S.FAILED
+        barrier.wait()
+        try:
+            results[i] = registry.transition_export_job(
+                submitted.job_id, target, updates={"reason": f"thread {i}"}
+            )
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    final = registry.get_export_job(owner, submitted.job_id)
+    assert final.status in TERMINAL
+    assert (final.status, final.reason) == (winners[0].status, winners[0].reason)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(st.sampled_from(list(S)), min_size=1, max_size=8))
+def test_a_random_event_sequence_obeys_the_machine(
+    registry: Registry, owner: str, events: list[JobStatus]
+) -> None:
+    created = registry.create_export_job(job(owner))
+    current = S.PENDING
+    for target in events:
+        try:
+            result = registry.transition_export_job(created.job_id, target)
+        except InvalidTransition:
+            assert current is S.PENDING
+            assert target in {S.RUNNING, S.SUCCEEDED}
+            continue
+        if result is None:
+            assert target not in ALLOWED.get(current, frozenset())
+        else:
+            assert target in ALLOWED[current], f"{current} -> {target} is no edge"
+            current = result.status
+        assert registry.get_export_job(owner, created.job_id).status is current
+
+
+# --- default export --------------------------------------------------------------------------------
+
+
+def test_set_default_export_keeps_one_default_per_model_version(registry: Registry, owner: str) -> None:
+    first = job_in(registry, owner, S.SUCCEEDED, at=1)
+    second = job_in(registry, owner, S.SUCCEEDED, at=2)
+    other_version = job_in(registry, owner, S.SUCCEEDED, version="2.0.0", at=3)
+    assert registry.get_default_export(owner, "net", "1.0.0") is None
+
+    assert registry.set_default_export(owner, first.job_id).is_default
+    assert registry.set_default_export(owner, other_version.job_id).is_default
+    now_default = registry.set_default_export(owner, second.job_id)
+    assert now_default.is_default
+    assert not registry.get_export_job(owner, first.job_id).is_default
+    assert registry.get_export_job(owner, other_version.job_id).is_default, "another version is untouched"
+    default = registry.get_default_export(owner, "net", "1.0.0")
+    assert default is not None
+    assert default.job_id == second.job_id
+    assert registry.set_default_export(owner, second.job_id).is_default, "setting it again is harmless"
+
+    running = job_in(registry, owner, S.RUNNING)
+    with pytest.raises(ConflictError):
+        registry.set_default_export(owner, running.job_id)
+    with pytest.raises(RecordNotFound):
+        registry.set_default_export(f"{owner}-other", second.job_id)
+    assert registry.get_default_export(f"{owner}-other", "net", "1.0.0") is None
+
+
+# --- imports ---------------------------------------------------------------------------------------
+
+
+def test_import_records_are_owner_scoped_and_terminal_states_stick(registry: Registry, owner: str) -> None:
+    pending = ImportRecord(owner=owner, import_id=_id("i"), bucket="ingest", key="bundles/net.heimdall")
+    assert registry.put_import(pending) == pending
+    assert registry.get_import(owner, pending.import_id) == pending
+    with pytest.raises(RecordNotFound):
+        registry.get_import(f"{owner}-other", pending.import_id)
+    with pytest.raises(ConflictError):
+        registry.put_import(pending.model_copy(update={"owner": f"{owner}-other"}))
+
+    indexed = pending.model_copy(update={"status": ImportStatus.INDEXED, "model_id": "m-1"})
+    assert registry.put_import(indexed) == indexed
+    late = pending.model_copy(update={"status": ImportStatus.REJECTED, "reason": "duplicate delivery"})
+    assert registry.put_import(late) == indexed, "a terminal import is returned, not overwritten"
+    assert registry.put_import(pending) == indexed
+    assert registry.get_import(owner, pending.import_id) == indexed
+    with pytest.raises(RecordNotFound):
+        registry.get_import(owner, "no-such-import")
+
+
+# --- idempotency -----------------------------------------------------------------------------------
+
+
+def test_claim_once_is_true_once_until_it_expires_or_is_released(registry: Registry, clock: Clock) -> None:
+    key = f"s3://ingest/checkpoints/net/1.0.0/model.safetensors#{uuid.uuid4().hex}"
+    assert registry.claim_once(key, ttl_s=3600) is True
+    assert registry.claim_once(key, ttl_s=3600) is False
+    assert registry.claim_once(f"{key}-other", ttl_s=3600) is True
+    clock.now += timedelta(seconds=3599)
+    assert registry.claim_once(key, ttl_s=3600) is False
+    clock.now += timedelta(seconds=1)
+    assert registry.claim_once(key, ttl_s=60) is True, "an expired claim is free before TTL deletes it"
+    registry.release_claim(key)
+    assert registry.claim_once(key, ttl_s=60) is True
+    with pytest.raises(ValueError):
+        registry.claim_once(key, ttl_s=0)
+
+
+def test_claim_once_long_keys(registry: Registry) -> None:
+    key = "s3://ingest/" + "k%#/" * 700
+    assert registry.claim_once(key, ttl_s=60) is True
+    assert registry.claim_once(key, ttl_s=60) is False
+
+
+def test_concurrent_claims_have_exactly_one_winner(registry: Registry) -> None:
+    key = f"etag-{uuid.uuid4().hex}"
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        barrier.wait()
+        won = registry.claim_once(key, ttl_s=3600)
+        with lock:
+            results.append(won)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]

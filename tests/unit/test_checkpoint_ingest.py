@@ -1,0 +1,162 @@
+"""Checkpoint and manifest uploads with in-memory ports: pairing, idempotency, rejection."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from heimdall.conversion import JobSpec
+from heimdall.events import DetailType, InMemoryEventSink
+from heimdall.logic.checkpoints import CheckpointDeps, handle_checkpoint_object
+from heimdall.notifications import ObjectCreated, classify_ingest_key
+from heimdall.registry import InMemoryRegistry, JobStatus
+from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.storage import InMemoryObjectStore
+
+NAMES = ResourceNames(
+    ingest_bucket="ingest",
+    artifacts_bucket="artifacts",
+    table_name="t",
+    event_bus_name="bus",
+    job_queue="q",
+    job_definition="d",
+)
+PREFIX = "checkpoints/localization-net/1.0.0/"
+MANIFEST: dict[str, Any] = {
+    "model_name": "localization-net",
+    "version": "1.0.0",
+    "architecture": "localization_net",
+    "input_shape": [1, 3, 128, 32],
+    "output_names": ["positions", "uncertainties"],
+    "formats": ["onnx", "onnx_int8"],
+}
+
+
+class RecordingSubmitter:
+    def __init__(self) -> None:
+        self.specs: list[JobSpec] = []
+        self._lock = threading.Lock()
+
+    def submit(self, spec: JobSpec) -> str:
+        with self._lock:
+            self.specs.append(spec)
+            return f"batch-{len(self.specs)}"
+
+
+@pytest.fixture
+def deps() -> CheckpointDeps:
+    return CheckpointDeps(
+        registry=InMemoryRegistry(),
+        store=InMemoryObjectStore(),
+        events=InMemoryEventSink(),
+        jobs=RecordingSubmitter(),
+        names=NAMES,
+        limits=BundleLimits(),
+        now=lambda: datetime(2026, 11, 25, tzinfo=UTC),
+    )
+
+
+def put(deps: CheckpointDeps, key: str, data: bytes) -> ObjectCreated:
+    deps.store.put_bytes(f"s3://ingest/{key}", data)
+    info = deps.store.head(f"s3://ingest/{key}")
+    return ObjectCreated(
+        bucket="ingest", key=key, size=info.size, etag=info.etag, version_id=None, sequencer=None
+    )
+
+
+def notify(deps: CheckpointDeps, obj: ObjectCreated):  # type: ignore[no-untyped-def]
+    return handle_checkpoint_object(obj, classify_ingest_key(obj.key), deps, owner="alice")
+
+
+def submitted(deps: CheckpointDeps) -> list[JobSpec]:
+    jobs = deps.jobs
+    assert isinstance(jobs, RecordingSubmitter)
+    return jobs.specs
+
+
+def events(deps: CheckpointDeps) -> InMemoryEventSink:
+    sink = deps.events
+    assert isinstance(sink, InMemoryEventSink)
+    return sink
+
+
+@pytest.mark.parametrize("order", ["checkpoint-first", "manifest-first"])
+def test_the_second_of_the_pair_starts_one_job(deps: CheckpointDeps, order: str) -> None:
+    parts = [
+        (PREFIX + "model.safetensors", b"weights"),
+        (PREFIX + "heimdall.json", json.dumps(MANIFEST).encode()),
+    ]
+    if order == "manifest-first":
+        parts.reverse()
+    first = notify(deps, put(deps, *parts[0]))
+    assert first.status == "waiting"
+    second = notify(deps, put(deps, *parts[1]))
+    assert second.status == "submitted" and second.job_id
+    (spec,) = submitted(deps)
+    assert spec.checkpoint_uri == f"s3://ingest/{PREFIX}model.safetensors"
+    assert spec.manifest_uri == f"s3://ingest/{PREFIX}heimdall.json"
+    assert spec.output_uri == f"s3://artifacts/exports/{second.job_id}/"
+    assert [f.value for f in spec.formats or []] == ["onnx", "onnx_int8"]
+    job = deps.registry.get_export_job("alice", second.job_id)
+    assert job.status is JobStatus.SUBMITTED and job.batch_job_id == "batch-1"
+    assert events(deps).detail_types == [DetailType.CHECKPOINT_RECEIVED, DetailType.EXPORT_JOB_SUBMITTED]
+
+
+def test_duplicate_and_concurrent_notifications_give_one_job(deps: CheckpointDeps) -> None:
+    checkpoint = put(deps, PREFIX + "model.safetensors", b"weights")
+    manifest = put(deps, PREFIX + "heimdall.json", json.dumps(MANIFEST).encode())
+    # Both objects are there: each notification, delivered several times at once, sees the pair.
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda o: notify(deps, o), [checkpoint, manifest] * 4))
+    assert [o.status for o in outcomes].count("submitted") == 1
+    assert len(submitted(deps)) == 1
+    assert events(deps).detail_types.count(DetailType.EXPORT_JOB_SUBMITTED) == 1
+    # An hour later, the same notification again: still one job.
+    assert notify(deps, checkpoint).status == "duplicate"
+    assert len(submitted(deps)) == 1
+
+
+def test_a_new_checkpoint_revision_is_a_new_job(deps: CheckpointDeps) -> None:
+    notify(deps, put(deps, PREFIX + "heimdall.json", json.dumps(MANIFEST).encode()))
+    first = notify(deps, put(deps, PREFIX + "model.safetensors", b"weights v1"))
+    second = notify(deps, put(deps, PREFIX + "model.safetensors", b"weights v2"))
+    assert first.status == second.status == "submitted" and first.job_id != second.job_id
+
+
+@pytest.mark.parametrize(
+    ("manifest", "reason"),
+    [
+        (b"{not json", "INVALID_MANIFEST"),
+        (json.dumps({**MANIFEST, "input_shape": "big"}).encode(), "input_shape"),
+        (json.dumps({**MANIFEST, "version": "2.0.0"}).encode(), "must match"),
+    ],
+)
+def test_an_invalid_manifest_is_rejected_and_kept(deps: CheckpointDeps, manifest: bytes, reason: str) -> None:
+    notify(deps, put(deps, PREFIX + "model.safetensors", b"weights"))
+    outcome = notify(deps, put(deps, PREFIX + "heimdall.json", manifest))
+    assert outcome.status == "rejected" and reason in (outcome.reason or "")
+    assert submitted(deps) == []
+    assert events(deps).detail_types == [DetailType.CHECKPOINT_REJECTED]
+    store = deps.store
+    assert isinstance(store, InMemoryObjectStore)
+    quarantined = [k for b, k in store.objects if b == "artifacts" and k.startswith("quarantine/")]
+    assert len(quarantined) == 2 and any(k.endswith("reason.json") for k in quarantined)
+
+
+def test_an_embedded_safetensors_manifest_starts_the_job_alone(deps: CheckpointDeps) -> None:
+    header = json.dumps({"__metadata__": {"heimdall": json.dumps(MANIFEST)}}).encode()
+    data = len(header).to_bytes(8, "little") + header
+    outcome = notify(deps, put(deps, PREFIX + "model.safetensors", data))
+    assert outcome.status == "submitted"
+    (spec,) = submitted(deps)
+    assert spec.manifest_uri is None
+
+
+def test_a_pt_checkpoint_waits_for_its_sidecar(deps: CheckpointDeps) -> None:
+    outcome = notify(deps, put(deps, PREFIX + "model.pt", b"PK\x03\x04..."))
+    assert outcome.status == "waiting" and "heimdall.json" in (outcome.reason or "")

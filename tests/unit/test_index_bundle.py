@@ -1,0 +1,137 @@
+"""Indexing bundles with in-memory ports: import, job bundle, rejection to quarantine, idempotency."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from heimdall.bundle import parse_metadata, read_bundle, write_bundle
+from heimdall.events import DetailType, EventPublishError, InMemoryEventSink
+from heimdall.logic.bundles import BundleDeps, index_bundle
+from heimdall.notifications import ObjectCreated
+from heimdall.registry import InMemoryRegistry
+from heimdall.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.storage import InMemoryObjectStore
+
+NAMES = ResourceNames(
+    ingest_bucket="ingest",
+    artifacts_bucket="artifacts",
+    table_name="t",
+    event_bus_name="bus",
+    job_queue="q",
+    job_definition="d",
+)
+ONNX = localization_net_onnx()
+
+
+def bundle_bytes(**kwargs: object) -> bytes:
+    bundle, _ = parse_metadata(sample_bundle_metadata(ONNX))
+    out = io.BytesIO()
+    write_bundle(bundle, ONNX, out, **kwargs)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+@pytest.fixture
+def deps(tmp_path: Path) -> BundleDeps:
+    return BundleDeps(
+        registry=InMemoryRegistry(),
+        store=InMemoryObjectStore(),
+        events=InMemoryEventSink(),
+        names=NAMES,
+        limits=BundleLimits(),
+        now=lambda: datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+        workdir=tmp_path,
+    )
+
+
+def drop(deps: BundleDeps, key: str, data: bytes, bucket: str = "ingest", etag: str = "e1") -> ObjectCreated:
+    deps.store.put_bytes(f"s3://{bucket}/{key}", data)
+    return ObjectCreated(bucket=bucket, key=key, size=len(data), etag=etag, version_id=None, sequencer=None)
+
+
+def test_an_uploaded_bundle_is_imported(deps: BundleDeps) -> None:
+    obj = drop(deps, "bundles/partner/localization-net-v1-v1.0.0.heimdall", bundle_bytes())
+    outcome = index_bundle(obj, deps, owner="alice")
+    assert outcome.status == "indexed" and outcome.model is not None
+    model = outcome.model
+    original_id = sample_bundle_metadata()["model"]["model_id"]
+    assert model.model_id != original_id and model.original_model_id == original_id
+    assert model.display_name == "localization-net-v1 (Imported)" and model.source == "import"
+    assert model.onnx_key == f"imported/{model.model_id}/localization-net-v1-1.0.0.onnx"
+    assert model.onnx_sha256 == hashlib.sha256(ONNX).hexdigest()
+    store = deps.store
+    assert isinstance(store, InMemoryObjectStore)
+    assert store.objects[("artifacts", model.onnx_key)] == ONNX
+    # The stored canonical bundle carries the new id and the sender's, and the same model bytes.
+    stored = read_bundle(store.objects[("artifacts", model.bundle_key or "")])
+    assert stored.onnx_sha256 == model.onnx_sha256
+    assert stored.bundle.model.model_id == model.model_id
+    assert (stored.bundle.model.model_extra or {})["original_model_id"] == original_id
+    assert deps.registry.get_model("alice", model.model_id) == model
+    events = deps.events
+    assert isinstance(events, InMemoryEventSink)
+    assert events.detail_types == [DetailType.BUNDLE_INDEXED]
+    (detail,) = events.details(DetailType.BUNDLE_INDEXED)
+    assert detail.model_dump()["imported"] is True
+
+
+def test_the_same_notification_twice_indexes_once(deps: BundleDeps) -> None:
+    obj = drop(deps, "bundles/a.heimdall", bundle_bytes())
+    first = index_bundle(obj, deps, owner="alice")
+    second = index_bundle(obj, deps, owner="alice")
+    assert (first.status, second.status) == ("indexed", "duplicate")
+    assert len(deps.registry.list_models("alice").items) == 1
+    assert isinstance(deps.events, InMemoryEventSink) and len(deps.events.events) == 1
+    # A new upload of the same key (new etag) is a new import.
+    again = drop(deps, "bundles/a.heimdall", bundle_bytes(), etag="e2")
+    assert index_bundle(again, deps, owner="alice").status == "indexed"
+
+
+def test_a_job_bundle_is_an_export(deps: BundleDeps) -> None:
+    obj = drop(deps, "exports/job-7/localization-net-v1-v1.0.0.heimdall", bundle_bytes(), bucket="artifacts")
+    outcome = index_bundle(obj, deps, owner="bob", job_id="job-7")
+    assert outcome.model is not None
+    assert outcome.model.source == "export" and outcome.model.export_job_id == "job-7"
+    assert outcome.model.onnx_key == f"models/{outcome.model.model_id}/model.onnx"
+    assert outcome.model.display_name == "localization-net-v1"
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [(b"not json", "INVALID_JSON"), (b'{"format_version": "9.0"}', "UNSUPPORTED_VERSION")],
+)
+def test_a_bad_bundle_is_quarantined_with_a_reason(deps: BundleDeps, data: bytes, code: str) -> None:
+    obj = drop(deps, "bundles/bad.heimdall", data)
+    outcome = index_bundle(obj, deps, owner="alice")
+    assert (outcome.status, outcome.code) == ("rejected", code)
+    store = deps.store
+    assert isinstance(store, InMemoryObjectStore)
+    key = outcome.quarantine_key or ""
+    assert key.startswith("quarantine/2026-11-25/") and key.endswith("/original")
+    assert store.objects[("artifacts", key)] == data
+    reason = json.loads(store.objects[("artifacts", key.removesuffix("original") + "reason.json")])
+    assert reason["code"] == code and reason["source_key"] == "bundles/bad.heimdall"
+    assert store.objects[("ingest", "bundles/bad.heimdall")] == data  # nothing is lost
+    assert deps.registry.list_models("alice").items == []
+    assert isinstance(deps.events, InMemoryEventSink)
+    assert deps.events.detail_types == [DetailType.BUNDLE_REJECTED]
+
+
+def test_a_failed_publish_releases_the_claim_so_a_retry_succeeds(deps: BundleDeps) -> None:
+    obj = drop(deps, "bundles/a.heimdall", bundle_bytes())
+    events = deps.events
+    assert isinstance(events, InMemoryEventSink)
+    events.fail_next(1)
+    with pytest.raises(EventPublishError):
+        index_bundle(obj, deps, owner="alice")
+    retried = index_bundle(obj, deps, owner="alice")
+    assert retried.status == "indexed"
+    # The retry wrote the same ids and keys: one record, one event.
+    assert len(deps.registry.list_models("alice").items) == 1
+    assert events.detail_types == [DetailType.BUNDLE_INDEXED]
