@@ -43,7 +43,7 @@ lint: venv
 	$(BIN)/mypy
 
 demo: venv
-	$(BIN)/heimdall bundle demo --out $(DEMO_OUT)
+	$(BIN)/heimdall demo --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(DEMO_OUT) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/out *.egg-info

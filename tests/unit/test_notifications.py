@@ -145,3 +145,8 @@ def test_the_committed_samples_parse() -> None:
         isinstance(first, ObjectCreated)
         and first.key == "checkpoints/localization-net/1.0.0/best model.safetensors"
     )
+
+
+def test_an_unversioned_bucket_falls_back_to_the_etag() -> None:
+    event = parse_notification(eventbridge("k", **{"version-id": "null", "etag": "tag"}))
+    assert isinstance(event, ObjectCreated) and event.version_id is None and event.revision == "tag"

@@ -99,11 +99,15 @@ def _object_created(bucket: Any, obj: Any) -> ObjectCreated:
         key=key,
         size=size if isinstance(size, int) and size >= 0 else 0,
         etag=str(etag).strip('"'),
-        version_id=str(obj["version-id"])
-        if obj.get("version-id")
-        else (str(obj["versionId"]) if obj.get("versionId") else None),
+        version_id=_version_id(obj),
         sequencer=str(obj["sequencer"]) if obj.get("sequencer") else None,
     )
+
+
+def _version_id(obj: dict[str, Any]) -> str | None:
+    # Unversioned buckets report no version id, or the string "null".
+    value = obj.get("version-id") or obj.get("versionId")
+    return str(value) if value and value != "null" else None
 
 
 class KeyKind(enum.StrEnum):

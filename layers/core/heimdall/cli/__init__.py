@@ -32,6 +32,7 @@ from typer.core import TyperGroup
 from heimdall import __version__
 from heimdall.cli.bundle import bundle_app
 from heimdall.cli.convert import convert
+from heimdall.cli.local import demo, local_app
 from heimdall.errors import HeimdallError
 
 #: Set to 1 to see the traceback of an unexpected error.
@@ -102,6 +103,8 @@ app = typer.Typer(
 )
 app.add_typer(bundle_app, name="bundle")
 app.command("convert")(convert)
+app.command("demo")(demo)
+app.add_typer(local_app, name="local")
 
 
 def _show_version(value: bool) -> None:

@@ -1,0 +1,329 @@
+"""The embedded local stack: the emulator as a real HTTP endpoint, the resources, and a dispatcher.
+
+* The emulator is moto's server on ``127.0.0.1:4566`` (or an endpoint already running, such as
+  LocalStack, when ``AWS_ENDPOINT_URL`` is given).
+* Resources are created with the names :meth:`heimdall.settings.Settings.resource_names` gives — the
+  names the template's functions receive — and wired as in AWS: both buckets send "Object Created" to
+  EventBridge's default bus; a rule there feeds the ingest queue; Batch "Job State Change" events feed
+  the job-state queue.
+* The dispatcher delivers those queues to the same handler modules Lambda runs
+  (``functions/*/app.py``) with the same event shapes (an SQS batch for ingest with partial-batch
+  responses, the EventBridge event for job state).
+* Conversion jobs run as subprocesses (``python -m heimdall_batch``, the Batch container's entry point)
+  and report their state changes to the default bus as ``aws.batch`` events, as AWS Batch does.
+
+Handler calls are serialised by one lock: moto's DynamoDB does not make conditional writes atomic
+under concurrency as DynamoDB does, and the local stack must not invent races AWS would not have.
+Nothing here is imported by a Lambda; moto is imported only when the stack starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from heimdall import wiring
+from heimdall.adapters.batch import batch_job_name
+from heimdall.conversion import JobSpec
+from heimdall.settings import ResourceNames, get_settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 4566
+REGION = "us-east-1"
+FUNCTIONS_DIR = Path(__file__).resolve().parents[4] / "functions"
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "heimdall-local",
+    "AWS_SECRET_ACCESS_KEY": "heimdall-local",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+@dataclass
+class _Context:
+    """The parts of Lambda's context object the handlers' Powertools decorators read."""
+
+    function_name: str
+    memory_limit_in_mb: int = 1024
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:123456789012:function:{self.function_name}"
+
+
+def load_function(name: str) -> ModuleType:
+    """Load ``functions/{name}/app.py`` as Lambda does (a module of its own)."""
+    path = FUNCTIONS_DIR / name / "app.py"
+    spec = importlib.util.spec_from_file_location(f"heimdall_function_{name}", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class SubprocessJobRunner:
+    """Runs conversion jobs as subprocesses and reports Batch-shaped state changes to the default bus."""
+
+    def __init__(self, env: dict[str, str], post_event: Callable[[dict[str, Any]], None], logs: Path) -> None:
+        self._env = env
+        self._post = post_event
+        self._logs = logs
+        self.threads: list[threading.Thread] = []
+
+    def submit(self, spec: JobSpec) -> str:
+        batch_id = f"local-{uuid.uuid4().hex[:12]}"
+        thread = threading.Thread(
+            target=self._run, args=(spec, batch_id), name=f"job-{spec.job_id}", daemon=True
+        )
+        self.threads.append(thread)
+        thread.start()
+        return batch_id
+
+    def _state(self, spec: JobSpec, batch_id: str, status: str, **extra: Any) -> None:
+        detail = {
+            "jobName": batch_job_name(spec.job_id),
+            "jobId": batch_id,
+            "jobQueue": "local",
+            "status": status,
+            "parameters": {"job_id": spec.job_id},
+            **extra,
+        }
+        self._post(
+            {"Source": "aws.batch", "DetailType": "Batch Job State Change", "Detail": json.dumps(detail)}
+        )
+
+    def _run(self, spec: JobSpec, batch_id: str) -> None:
+        time.sleep(0.2)  # let the submitter record SUBMITTED first, as Batch's queueing delay would
+        self._state(spec, batch_id, "RUNNING")
+        self._logs.mkdir(parents=True, exist_ok=True)
+        log = self._logs / f"{spec.job_id}.log"
+        with log.open("w") as out:
+            done = subprocess.run(
+                [sys.executable, "-m", "heimdall_batch"],
+                env={**os.environ, **self._env, "HEIMDALL_JOB_SPEC": spec.model_dump_json()},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        status = "SUCCEEDED" if done.returncode == 0 else "FAILED"
+        reason = "Essential container in task exited"
+        self._state(spec, batch_id, status, statusReason=reason, container={"exitCode": done.returncode})
+
+
+class LocalStack:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
+
+    def __init__(
+        self,
+        *,
+        port: int = DEFAULT_PORT,
+        stage: str = "local",
+        endpoint: str | None = None,
+        workdir: Path | None = None,
+        log_level: str = "INFO",
+    ) -> None:
+        self.log_level = log_level
+        self.port = port
+        self.stage = stage
+        self.endpoint = endpoint
+        self.workdir = workdir or Path.cwd() / ".heimdall-local"
+        self.names: ResourceNames | None = None
+        self._server: Any = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._handler_lock = threading.Lock()
+        self._saved_env: dict[str, str | None] = {}
+        self.runner: SubprocessJobRunner | None = None
+        self.queue_urls: dict[str, str] = {}
+        self.handled: dict[str, int] = {"ingest": 0, "job_state": 0}
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> LocalStack:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator's request log
+        if self.endpoint is None:
+            from moto.server import ThreadedMotoServer  # noqa: PLC0415 - the emulator, only when local
+
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self._server.start()
+            host, port = self._server.get_host_and_port()
+            self.endpoint = f"http://{host}:{port}"
+        env = {
+            **FAKE_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "HEIMDALL_STAGE": self.stage,
+            "POWERTOOLS_LOG_LEVEL": self.log_level,
+            "POWERTOOLS_METRICS_DISABLED": "true",  # no CloudWatch here: metrics would only print
+        }
+        for key, value in env.items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        get_settings.cache_clear()
+        wiring.reset()
+        self.names = get_settings().resource_names()
+        self._provision()
+        self.runner = SubprocessJobRunner(env, self._post_default_bus, self.workdir / "jobs")
+        wiring.use_job_submitter(self.runner)
+        ingest = load_function("ingest")
+        job_state = load_function("job_state")
+        self._threads = [
+            threading.Thread(target=self._pump_ingest, args=(ingest,), name="dispatch-ingest", daemon=True),
+            threading.Thread(
+                target=self._pump_job_state, args=(job_state,), name="dispatch-job-state", daemon=True
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        wiring.use_job_submitter(None)
+        wiring.reset()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+
+    # --- clients and resources -----------------------------------------------------------------------
+
+    def client(self, service: str) -> Any:
+        """A plain boto3 client on the emulator (what any other program would use)."""
+        import boto3  # noqa: PLC0415
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)  # type: ignore[call-overload]
+
+    def _provision(self) -> None:
+        from heimdall.adapters.dynamodb import create_registry_table  # noqa: PLC0415
+
+        names = self.names
+        assert names is not None
+        s3, events, sqs = self.client("s3"), self.client("events"), self.client("sqs")
+        for bucket in (names.ingest_bucket, names.artifacts_bucket):
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+                s3.create_bucket(Bucket=bucket)
+            s3.put_bucket_notification_configuration(
+                Bucket=bucket, NotificationConfiguration={"EventBridgeConfiguration": {}}
+            )
+        create_registry_table(self.client("dynamodb"), names.table_name)
+        with contextlib.suppress(events.exceptions.ResourceAlreadyExistsException):
+            events.create_event_bus(Name=names.event_bus_name)
+        for name, pattern in (
+            (
+                "ingest",
+                {
+                    "source": ["aws.s3"],
+                    "detail-type": ["Object Created"],
+                    "detail": {"bucket": {"name": [names.ingest_bucket, names.artifacts_bucket]}},
+                },
+            ),
+            ("job-state", {"source": ["aws.batch"], "detail-type": ["Batch Job State Change"]}),
+        ):
+            queue = f"heimdall-{self.stage}-{name}"
+            dlq_url = sqs.create_queue(QueueName=f"{queue}-dlq")["QueueUrl"]
+            dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            url = sqs.create_queue(
+                QueueName=queue,
+                Attributes={
+                    "VisibilityTimeout": "5",
+                    "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
+                },
+            )["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            events.put_rule(Name=f"heimdall-{self.stage}-{name}", EventPattern=json.dumps(pattern))
+            events.put_targets(Rule=f"heimdall-{self.stage}-{name}", Targets=[{"Id": name, "Arn": arn}])
+            self.queue_urls[name] = url
+
+    def _post_default_bus(self, entry: dict[str, Any]) -> None:
+        self.client("events").put_events(Entries=[entry])
+
+    # --- the dispatcher --------------------------------------------------------------------------------
+
+    def _receive(self, sqs: Any, name: str) -> list[dict[str, Any]]:
+        response = sqs.receive_message(
+            QueueUrl=self.queue_urls[name], MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["All"]
+        )
+        messages: list[dict[str, Any]] = response.get("Messages", [])
+        return messages
+
+    def _pump_ingest(self, module: ModuleType) -> None:
+        sqs = self.client("sqs")
+        while not self._stop.is_set():
+            messages = self._receive(sqs, "ingest")
+            if not messages:
+                continue
+            event = {"Records": [_sqs_record(m) for m in messages]}
+            with self._handler_lock:
+                response = module.lambda_handler(event, _Context("ingest"))
+            failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+            for message in messages:
+                if message["MessageId"] not in failed:  # failures become visible again: SQS retries
+                    sqs.delete_message(
+                        QueueUrl=self.queue_urls["ingest"], ReceiptHandle=message["ReceiptHandle"]
+                    )
+            self.handled["ingest"] += len(messages)
+
+    def _pump_job_state(self, module: ModuleType) -> None:
+        sqs = self.client("sqs")
+        while not self._stop.is_set():
+            for message in self._receive(sqs, "job-state"):
+                try:
+                    with self._handler_lock:
+                        module.lambda_handler(json.loads(message["Body"]), _Context("job_state"))
+                except Exception:
+                    # As Lambda's retry: the message becomes visible again and is delivered later.
+                    logger.warning("job-state handler failed; will retry", exc_info=True)
+                    continue
+                sqs.delete_message(
+                    QueueUrl=self.queue_urls["job-state"], ReceiptHandle=message["ReceiptHandle"]
+                )
+                self.handled["job_state"] += 1
+
+
+def _sqs_record(message: dict[str, Any]) -> dict[str, Any]:
+    """An SQS message as Lambda's SQS event source delivers it."""
+    attributes = message.get("Attributes", {})
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": attributes,
+        "messageAttributes": message.get("MessageAttributes", {}),
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:ingest",
+        "awsRegion": REGION,
+    }
