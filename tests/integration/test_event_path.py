@@ -258,3 +258,39 @@ def test_bad_drops_are_quarantined_and_a_poison_record_fails_alone(stack: dict[s
         s3.get_object(Bucket=names.ingest_bucket, Key="bundles/broken.heimdall")["Body"].read()
         == b"{not json"
     )
+
+
+class _Gadget:
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, ("touch /tmp/heimdall-pwned",))
+
+
+def test_a_failing_conversion_is_failed_once_with_its_reason(stack: dict[str, Any], tmp_path: Path) -> None:
+    ingest, job_state = load_handler("ingest"), load_handler("job_state")
+    names, s3 = stack["names"], stack["s3"]
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "evil": _Gadget()}, path)
+    prefix = "checkpoints/localization-net/6.6.6/"
+    s3.put_object(Bucket=names.ingest_bucket, Key=prefix + "model.pt", Body=path.read_bytes())
+    manifest = {**MANIFEST, "version": "6.6.6"}
+    s3.put_object(
+        Bucket=names.ingest_bucket, Key=prefix + "heimdall.json", Body=json.dumps(manifest).encode()
+    )
+    ingest(
+        sqs_batch(
+            object_created(s3, names.ingest_bucket, prefix + "model.pt"),
+            object_created(s3, names.ingest_bucket, prefix + "heimdall.json"),
+        ),
+        Context(),
+    )
+    runner: SubprocessRunner = stack["runner"]
+    assert [s["detail"]["status"] for s in runner.states] == ["RUNNING", "FAILED"]
+    for state in [*runner.states, runner.states[-1], runner.states[0]]:  # a duplicate, then a late RUNNING
+        job_state(state, Context())
+    job_id = runner.states[0]["detail"]["parameters"]["job_id"]
+    job = wiring.job_state_deps().registry.get_export_job_any_owner(job_id)
+    assert job.status is JobStatus.FAILED and job.exit_code == 3
+    assert "UNSAFE_CHECKPOINT" in (job.reason or "")
+    types = [e["detail-type"] for e in received(stack)]
+    assert types.count("Export Job Failed") == 1 and "Export Job Succeeded" not in types
+    assert not Path("/tmp/heimdall-pwned").exists()
