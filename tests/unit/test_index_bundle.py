@@ -135,3 +135,18 @@ def test_a_failed_publish_releases_the_claim_so_a_retry_succeeds(deps: BundleDep
     # The retry wrote the same ids and keys: one record, one event.
     assert len(deps.registry.list_models("alice").items) == 1
     assert events.detail_types == [DetailType.BUNDLE_INDEXED]
+
+
+def test_a_deleted_object_is_gone_not_retried(deps: BundleDeps) -> None:
+    obj = ObjectCreated(
+        bucket="ingest", key="bundles/vanished.heimdall", size=1, etag="e", version_id=None, sequencer=None
+    )
+    assert index_bundle(obj, deps, owner="alice").status == "gone"
+    assert isinstance(deps.events, InMemoryEventSink) and deps.events.events == []
+
+
+def test_an_oversized_bundle_is_rejected_without_reading_it(deps: BundleDeps) -> None:
+    small = BundleDeps(**{**deps.__dict__, "limits": BundleLimits(max_bundle_bytes=1000)})
+    obj = drop(small, "bundles/big.heimdall", bundle_bytes())
+    outcome = index_bundle(obj, small, owner="alice")
+    assert (outcome.status, outcome.code) == ("rejected", "TOO_LARGE")

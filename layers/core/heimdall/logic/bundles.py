@@ -23,6 +23,7 @@ from typing import Literal
 
 from heimdall.bundle.verify import verify_bundle
 from heimdall.bundle.writer import write_bundle
+from heimdall.errors import ObjectNotFound, TooLarge
 from heimdall.events import BundleIndexed, BundleRejected, EventSink, idempotency_key_for, make_event
 from heimdall.notifications import ObjectCreated
 from heimdall.registry import MetricsSummary, ModelRecord, Registry, utcnow
@@ -49,7 +50,7 @@ class BundleDeps:
 
 @dataclass(frozen=True)
 class IndexOutcome:
-    status: Literal["indexed", "rejected", "duplicate"]
+    status: Literal["indexed", "rejected", "duplicate", "gone"]
     model: ModelRecord | None = None
     code: str | None = None
     message: str | None = None
@@ -79,7 +80,14 @@ def _index(
     with tempfile.TemporaryDirectory(prefix="heimdall-index-", dir=deps.workdir) as tmp:
         local = Path(tmp) / "bundle"
         onnx_path = Path(tmp) / "model.onnx"
-        deps.store.download(source_uri, local, max_bytes=deps.limits.max_bundle_bytes)
+        try:
+            deps.store.download(source_uri, local, max_bytes=deps.limits.max_bundle_bytes)
+        except ObjectNotFound:
+            # Deleted (or overwritten and replaced by a newer notification) before we got to it:
+            # nothing to index, and retrying would not bring it back.
+            return IndexOutcome(status="gone", message=f"{source_uri} no longer exists")
+        except TooLarge as exc:
+            return reject_bundle(obj, deps, owner=owner, job_id=job_id, code=exc.code, message=exc.message)
         report = verify_bundle(local, limits=deps.limits, onnx_out=onnx_path)
         if not report.valid or report.read is None:
             return reject_bundle(
