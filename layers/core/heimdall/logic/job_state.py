@@ -22,6 +22,7 @@ from heimdall.adapters.s3 import parse_s3_uri
 from heimdall.conversion import PACKAGE_FILE_NAME, RESULT_FILE_NAME, ConversionResult
 from heimdall.errors import ObjectNotFound, RecordNotFound, TooLarge
 from heimdall.events import (
+    EventDetail,
     EventSink,
     ExportJobFailed,
     ExportJobStarted,
@@ -77,12 +78,7 @@ def handle_batch_state_change(event: Mapping[str, Any], deps: JobStateDeps) -> J
                 [
                     make_event(
                         ExportJobStarted(
-                            idempotency_key=ExportJobStarted.key_for(job.job_id),
-                            occurred_at=deps.now(),
-                            owner=job.owner,
-                            job_id=job.job_id,
-                            model_name=job.model_name,
-                            version=job.version,
+                            **_job_fields(ExportJobStarted, job, deps),
                             batch_job_id=batch_job_id or "unknown",
                         )
                     )
@@ -95,6 +91,18 @@ def handle_batch_state_change(event: Mapping[str, Any], deps: JobStateDeps) -> J
     return JobStateOutcome(
         status="applied" if updated is not None else "ignored", job_id=job.job_id, state=target
     )
+
+
+def _job_fields(detail: type[EventDetail], job: ExportJob, deps: JobStateDeps) -> dict[str, Any]:
+    """The fields every export job event carries, keyed on the (deterministic) job id."""
+    return {
+        "idempotency_key": detail.key_for(job.job_id),
+        "occurred_at": deps.now(),
+        "owner": job.owner,
+        "job_id": job.job_id,
+        "model_name": job.model_name,
+        "version": job.version,
+    }
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -128,12 +136,7 @@ def _succeeded(job: ExportJob, batch_job_id: str, deps: JobStateDeps) -> ExportJ
             [
                 make_event(
                     ExportJobSucceeded(
-                        idempotency_key=ExportJobSucceeded.key_for(job.job_id),
-                        occurred_at=deps.now(),
-                        owner=job.owner,
-                        job_id=job.job_id,
-                        model_name=job.model_name,
-                        version=job.version,
+                        **_job_fields(ExportJobSucceeded, job, deps),
                         batch_job_id=batch_job_id or "unknown",
                         bucket=bucket,
                         output_prefix=prefix,
@@ -176,12 +179,7 @@ def _fail(
             [
                 make_event(
                     ExportJobFailed(
-                        idempotency_key=ExportJobFailed.key_for(job.job_id),
-                        occurred_at=deps.now(),
-                        owner=job.owner,
-                        job_id=job.job_id,
-                        model_name=job.model_name,
-                        version=job.version,
+                        **_job_fields(ExportJobFailed, job, deps),
                         batch_job_id=batch_job_id or None,
                         code=code,
                         message=message[:1000],
