@@ -43,7 +43,7 @@ from heimdall.manifest import (
 from heimdall.notifications import ClassifiedKey, KeyKind, ObjectCreated, classify_ingest_key
 from heimdall.registry import ExportJob, JobStatus, Registry, utcnow
 from heimdall.settings import BundleLimits, ResourceNames
-from heimdall.storage import ObjectStore
+from heimdall.storage import ObjectInfo, ObjectStore
 
 CLAIM_TTL_S = 7 * 24 * 3600
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -197,10 +197,7 @@ def _handle(
             owner=owner,
             bucket=bucket,
             checkpoint_key=checkpoint_key,
-            checkpoint_revision=checkpoint.revision,
-            checkpoint_size=checkpoint.size,
-            checkpoint_etag=checkpoint.etag,
-            checkpoint_version=checkpoint.version_id,
+            checkpoint=checkpoint,
             manifest=manifest,
             manifest_key=sidecar,
             pair=pair,
@@ -216,10 +213,7 @@ def _start_job(
     owner: str,
     bucket: str,
     checkpoint_key: str,
-    checkpoint_revision: str,
-    checkpoint_size: int,
-    checkpoint_etag: str,
-    checkpoint_version: str | None,
+    checkpoint: ObjectInfo,
     manifest: Manifest,
     manifest_key: str | None,
     pair: str,
@@ -245,14 +239,14 @@ def _start_job(
         if job.status is not JobStatus.PENDING:
             return CheckpointOutcome(status="duplicate", job_id=job_id)
     received = CheckpointReceived(
-        idempotency_key=CheckpointReceived.key_for(bucket, checkpoint_key, checkpoint_revision),
+        idempotency_key=CheckpointReceived.key_for(bucket, checkpoint_key, checkpoint.revision),
         occurred_at=deps.now(),
         owner=owner,
         bucket=bucket,
         key=checkpoint_key,
-        version_id=checkpoint_version,
-        etag=checkpoint_etag or "unknown",
-        size_bytes=checkpoint_size,
+        version_id=checkpoint.version_id,
+        etag=checkpoint.etag or "unknown",
+        size_bytes=checkpoint.size,
         manifest_key=manifest_key,
         model_name=manifest.model_name,
         version=manifest.version,
