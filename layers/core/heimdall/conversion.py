@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from heimdall.manifest import ExportFormat
+from heimdall.types import ExportFormat
 
 RESULT_FILE_NAME = "result.json"
 PACKAGE_FILE_NAME = "export-package.zip"

@@ -8,7 +8,6 @@ lives in the core layer and imports nothing heavy.
 
 from __future__ import annotations
 
-import enum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,6 +23,7 @@ from pydantic import (
 from heimdall.bundle.models import NormalizationStats, PerformanceMetrics, SamplePrediction, TrainingConfig
 from heimdall.bundle.reader import parse_json
 from heimdall.errors import BundleError, InvalidManifest
+from heimdall.types import ExportFormat
 
 MANIFEST_FILE_NAME = "heimdall.json"
 EMBEDDED_MANIFEST_KEY = "heimdall"
@@ -34,16 +34,6 @@ Name = Annotated[
 TensorName = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
 ]
-
-
-class ExportFormat(enum.StrEnum):
-    """The formats a conversion job can build."""
-
-    ONNX = "onnx"
-    TORCHSCRIPT = "torchscript"
-    ONNX_FP16 = "onnx_fp16"
-    ONNX_INT8 = "onnx_int8"
-    TENSORRT = "tensorrt"
 
 
 class TensorRTOptions(BaseModel):
@@ -186,3 +176,15 @@ def read_manifest(data: bytes, *, source: str = MANIFEST_FILE_NAME) -> Manifest:
     except BundleError as exc:
         raise InvalidManifest(f"{source} is not acceptable JSON: {exc.message}") from None
     return parse_manifest(doc, source=source)
+
+
+__all__ = [
+    "EMBEDDED_MANIFEST_KEY",
+    "MANIFEST_FILE_NAME",
+    "ExportFormat",
+    "Manifest",
+    "TensorRTOptions",
+    "Tolerances",
+    "parse_manifest",
+    "read_manifest",
+]

@@ -52,7 +52,6 @@ from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
-from heimdall.bundle.models import Shape
 from heimdall.conversion import ConversionResult, FormatStatus
 from heimdall.errors import (
     ConflictError,
@@ -61,7 +60,7 @@ from heimdall.errors import (
     InvalidTransition,
     RecordNotFound,
 )
-from heimdall.manifest import ExportFormat
+from heimdall.types import ExportFormat, Shape
 
 __all__ = [
     "ALLOWED",

@@ -8,16 +8,17 @@ instead of submitting them to AWS Batch.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from heimdall.adapters.batch import BatchJobSubmitter, JobSubmitter
 from heimdall.adapters.dynamodb import DynamoRegistry
 from heimdall.adapters.eventbridge import EventBridgePublisher
 from heimdall.adapters.s3 import S3ObjectStore
-from heimdall.logic.bundles import BundleDeps
-from heimdall.logic.checkpoints import CheckpointDeps
-from heimdall.logic.ingest import IngestDeps
-from heimdall.logic.job_state import JobStateDeps
 from heimdall.settings import get_settings
+
+if TYPE_CHECKING:  # each function imports only its own use case (cold-start time)
+    from heimdall.adapters.batch import JobSubmitter
+    from heimdall.logic.ingest import IngestDeps
+    from heimdall.logic.job_state import JobStateDeps
 
 _job_submitter: JobSubmitter | None = None
 
@@ -38,6 +39,11 @@ def _adapters() -> tuple[DynamoRegistry, S3ObjectStore, EventBridgePublisher]:
 @lru_cache(maxsize=1)
 def ingest_deps() -> IngestDeps:
     """What the ingest function's use cases need."""
+    from heimdall.adapters.batch import BatchJobSubmitter  # noqa: PLC0415 - per-function imports
+    from heimdall.logic.bundles import BundleDeps  # noqa: PLC0415
+    from heimdall.logic.checkpoints import CheckpointDeps  # noqa: PLC0415
+    from heimdall.logic.ingest import IngestDeps  # noqa: PLC0415
+
     settings = get_settings()
     names, limits = settings.resource_names(), settings.bundle_limits()
     registry, store, events = _adapters()
@@ -53,6 +59,8 @@ def ingest_deps() -> IngestDeps:
 @lru_cache(maxsize=1)
 def job_state_deps() -> JobStateDeps:
     """What the job-state function's use case needs."""
+    from heimdall.logic.job_state import JobStateDeps  # noqa: PLC0415 - per-function imports
+
     registry, store, events = _adapters()
     return JobStateDeps(registry=registry, store=store, events=events)
 

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from heimdall.types import Shape  # shared with the registry, which must stay light
+
 FORMAT_VERSION = "1.0.0"
 SUPPORTED_MAJOR = 1
 ONNX_FIELD = "onnx_model_base64"
@@ -29,9 +31,6 @@ ONNX_FIELD = "onnx_model_base64"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Text = Annotated[str, StringConstraints(max_length=65_536)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-#: A dimension: a size, -1 for "dynamic", or a symbolic name such as "batch".
-Dim = int | Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Shape = Annotated[list[Dim], Field(max_length=16)]
 
 
 class _Open(BaseModel):
