@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -33,8 +34,13 @@ def up(
     ] = DEFAULT_PORT,
     stage: Annotated[str, typer.Option("--stage", help="Stage name used in resource names.")] = "local",
 ) -> None:
-    """Start the local stack in the foreground (Ctrl-C stops it)."""
-    with LocalStack(port=emulator_port, stage=stage) as stack:
+    """Start the local stack in the foreground (Ctrl-C stops it).
+
+    With ``AWS_ENDPOINT_URL`` set (an emulator already running, such as LocalStack), its endpoint is
+    used instead of starting moto's server.
+    """
+    existing = os.environ.get("AWS_ENDPOINT_URL") or None
+    with LocalStack(port=emulator_port, stage=stage, endpoint=existing) as stack:
         assert stack.names is not None
         table = Table(title=f"Heimdall local stack on {stack.endpoint}", title_justify="left")
         table.add_column("resource")
