@@ -572,3 +572,15 @@ def test_concurrent_claims_have_exactly_one_winner(registry: Registry) -> None:
     for thread in threads:
         thread.join()
     assert sorted(results) == [False] * 7 + [True]
+
+
+def test_is_claimed_reads_without_claiming(registry: Registry, clock: Clock) -> None:
+    key = f"done#{uuid.uuid4().hex}"
+    assert registry.is_claimed(key) is False
+    assert registry.claim_once(key, ttl_s=60) is True  # looking did not claim it
+    assert registry.is_claimed(key) is True
+    clock.now += timedelta(seconds=60)
+    assert registry.is_claimed(key) is False
+    registry.claim_once(key, ttl_s=60)
+    registry.release_claim(key)
+    assert registry.is_claimed(key) is False

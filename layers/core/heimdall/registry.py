@@ -570,6 +570,10 @@ class Registry(Protocol):
         """Give a claim back (the work it guarded failed and should be retried)."""
         ...
 
+    def is_claimed(self, key: str) -> bool:
+        """Whether ``key`` is currently claimed (held and not expired); claims nothing."""
+        ...
+
 
 # --------------------------------------------------------------------------------------------------
 # The in-memory fake
@@ -796,3 +800,9 @@ class InMemoryRegistry:
     def release_claim(self, key: str) -> None:
         with self._lock:
             self._claims.pop(key, None)
+
+    def is_claimed(self, key: str) -> bool:
+        now = epoch_seconds(self._now())
+        with self._lock:
+            expires_at = self._claims.get(key)
+        return expires_at is not None and expires_at > now

@@ -715,3 +715,10 @@ class DynamoRegistry:
     def release_claim(self, key: str) -> None:
         """Give a claim back (the work it guarded failed and should be retried)."""
         _call(self.client.delete_item, TableName=self.table_name, Key=_claim_key(key))
+
+    def is_claimed(self, key: str) -> bool:
+        """Whether ``key`` is claimed and its claim has not expired (a consistent read)."""
+        item = self._get(_claim_key(key))
+        if item is None:
+            return False
+        return int(item[TTL_ATTRIBUTE]["N"]) > epoch_seconds(self._now())

@@ -25,13 +25,12 @@ from heimdall.bundle.verify import verify_bundle
 from heimdall.bundle.writer import write_bundle
 from heimdall.errors import ObjectNotFound, TooLarge
 from heimdall.events import BundleIndexed, BundleRejected, EventSink, idempotency_key_for, make_event
+from heimdall.logic.once import run_once
 from heimdall.notifications import ObjectCreated
 from heimdall.registry import MetricsSummary, ModelRecord, Registry, utcnow
 from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.storage import ObjectStore
 
-#: How long a processed notification is remembered (SQS redeliveries and S3 duplicates come sooner).
-CLAIM_TTL_S = 7 * 24 * 3600
 _ID_NAMESPACE = uuid.UUID("5d8d3a8e-3f43-4b9c-8c2e-6a9f0f1e2d4b")
 
 
@@ -62,13 +61,12 @@ def index_bundle(
 ) -> IndexOutcome:
     """Validate and index the bundle ``obj``; ``job_id`` marks a conversion job's own bundle."""
     claim = idempotency_key_for("index-bundle", obj.bucket, obj.key, obj.revision)
-    if not deps.registry.claim_once(claim, CLAIM_TTL_S):
-        return IndexOutcome(status="duplicate")
-    try:
-        return _index(obj, deps, owner=owner, job_id=job_id, claim=claim)
-    except BaseException:
-        deps.registry.release_claim(claim)  # retryable: the next delivery tries again
-        raise
+    return run_once(
+        deps.registry,
+        claim,
+        lambda: _index(obj, deps, owner=owner, job_id=job_id, claim=claim),
+        duplicate=IndexOutcome(status="duplicate"),
+    )
 
 
 def _index(

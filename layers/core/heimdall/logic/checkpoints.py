@@ -33,6 +33,7 @@ from heimdall.events import (
     make_event,
 )
 from heimdall.logic.bundles import BundleDeps, quarantine
+from heimdall.logic.once import run_once
 from heimdall.manifest import (
     EMBEDDED_MANIFEST_KEY,
     MANIFEST_FILE_NAME,
@@ -45,7 +46,6 @@ from heimdall.registry import ExportJob, JobStatus, Registry, utcnow
 from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.storage import ObjectInfo, ObjectStore
 
-CLAIM_TTL_S = 7 * 24 * 3600
 MAX_MANIFEST_BYTES = 1024 * 1024
 #: A safetensors header larger than this is not read by the ingest function (the job still can).
 MAX_HEADER_BYTES = 1024 * 1024
@@ -75,13 +75,12 @@ def handle_checkpoint_object(
 ) -> CheckpointOutcome:
     """React to a checkpoint or manifest upload (``classified`` from :func:`classify_ingest_key`)."""
     claim = idempotency_key_for("checkpoint-object", obj.bucket, obj.key, obj.revision)
-    if not deps.registry.claim_once(claim, CLAIM_TTL_S):
-        return CheckpointOutcome(status="duplicate")
-    try:
-        return _handle(obj, classified, deps, owner=owner)
-    except BaseException:
-        deps.registry.release_claim(claim)
-        raise
+    return run_once(
+        deps.registry,
+        claim,
+        lambda: _handle(obj, classified, deps, owner=owner),
+        duplicate=CheckpointOutcome(status="duplicate"),
+    )
 
 
 def reject_upload(
@@ -189,10 +188,10 @@ def _handle(
     pair = idempotency_key_for(
         "export-job", bucket, checkpoint_key, checkpoint.revision, sidecar or "", manifest_revision
     )
-    if not deps.registry.claim_once(pair, CLAIM_TTL_S):
-        return CheckpointOutcome(status="duplicate", reason="the other half of the pair started the job")
-    try:
-        return _start_job(
+    return run_once(
+        deps.registry,
+        pair,
+        lambda: _start_job(
             deps,
             owner=owner,
             bucket=bucket,
@@ -201,10 +200,9 @@ def _handle(
             manifest=manifest,
             manifest_key=sidecar,
             pair=pair,
-        )
-    except BaseException:
-        deps.registry.release_claim(pair)
-        raise
+        ),
+        duplicate=CheckpointOutcome(status="duplicate", reason="the other half of the pair started the job"),
+    )
 
 
 def _start_job(
