@@ -45,3 +45,17 @@ def test_resource_names_follow_the_stage_unless_set(monkeypatch: pytest.MonkeyPa
     get_settings.cache_clear()
     with pytest.raises(ConfigurationError, match="HEIMDALL_STAGE"):
         get_settings()
+
+
+def test_clients_follow_the_endpoint_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from heimdall.adapters.aws import make_client
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("LOCALSTACK_HOST", "127.0.0.1:4599")
+    assert make_client("s3").meta.endpoint_url == "http://127.0.0.1:4599"  # through localstack-client
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    assert make_client("sqs").meta.endpoint_url == "http://127.0.0.1:4566"  # an explicit endpoint wins
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("LOCALSTACK_HOST")
+    assert "amazonaws.com" in make_client("dynamodb").meta.endpoint_url  # real AWS

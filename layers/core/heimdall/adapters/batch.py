@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from heimdall.adapters.aws import make_client
 from heimdall.conversion import JobSpec
 from heimdall.errors import StorageError
 
@@ -52,12 +53,7 @@ class BatchJobSubmitter:
     @property
     def client(self) -> BatchClient:
         if self._client is None:
-            import boto3  # noqa: PLC0415 - created on first use, never at import time
-            from botocore.config import Config  # noqa: PLC0415 - with the client, on first use
-
-            self._client = boto3.client(
-                "batch", config=Config(retries={"max_attempts": 5, "mode": "standard"})
-            )
+            self._client = make_client("batch")
         return self._client
 
     def submit(self, spec: JobSpec) -> str:

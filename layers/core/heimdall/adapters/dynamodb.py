@@ -49,6 +49,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ValidationError
 
+from heimdall.adapters.aws import make_client
 from heimdall.errors import (
     ConflictError,
     InvalidCursor,
@@ -345,11 +346,7 @@ class DynamoRegistry:
     def client(self) -> DynamoDBClient:
         """The DynamoDB client (created on first use)."""
         if self._client is None:
-            import boto3  # noqa: PLC0415 - created on first use, never at import time
-            from botocore.config import Config  # noqa: PLC0415 - with the client, on first use
-
-            retries = Config(retries={"max_attempts": 5, "mode": "standard"})
-            self._client = boto3.client("dynamodb", config=retries)
+            self._client = make_client("dynamodb")
         return self._client
 
     # low-level ----------------------------------------------------------------------------------

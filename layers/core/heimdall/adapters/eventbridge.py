@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from heimdall.adapters.aws import make_client
 from heimdall.events import MAX_EVENT_BYTES, Event, EventPublishError, ensure_fits
 
 if TYPE_CHECKING:
@@ -74,12 +75,7 @@ class EventBridgePublisher:
     @property
     def client(self) -> EventBridgeClient:
         if self._client is None:
-            import boto3  # noqa: PLC0415 - created on first use, never at import time
-            from botocore.config import Config  # noqa: PLC0415 - with the client, on first use
-
-            self._client = boto3.client(
-                "events", config=Config(retries={"max_attempts": 5, "mode": "standard"})
-            )
+            self._client = make_client("events")
         return self._client
 
     def publish(self, events: Sequence[Event]) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from heimdall.adapters.aws import make_client
 from heimdall.errors import ObjectNotFound, StorageError, TooLarge
 from heimdall.storage import ObjectInfo
 
@@ -47,10 +48,7 @@ class S3ObjectStore:
     @property
     def client(self) -> S3Client:
         if self._client is None:
-            import boto3  # noqa: PLC0415 - created on first use, never at import time
-            from botocore.config import Config  # noqa: PLC0415 - with the client, on first use
-
-            self._client = boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+            self._client = make_client("s3")
         return self._client
 
     def head(self, uri: str) -> ObjectInfo:
