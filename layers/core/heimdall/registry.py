@@ -607,6 +607,17 @@ def paginate(
     return Page(items=page, cursor=encode_cursor({"scope": scope, "after": key(page[-1])}))
 
 
+_R = TypeVar("_R", ModelRecord, ExportJob, ImportRecord)
+
+
+def _owned(records: Mapping[str, _R], record_id: str, owner: str, *, what: str, field: str) -> _R:
+    """A copy of ``owner``'s record; another owner's record is not found, like a missing one."""
+    record = records.get(record_id)
+    if record is None or record.owner != owner:
+        raise RecordNotFound(f"{what} {record_id} not found", field=field)
+    return record.model_copy(deep=True)
+
+
 class InMemoryRegistry:
     """A thread-safe, in-process :class:`Registry` with the same semantics as the DynamoDB one.
 
@@ -635,10 +646,7 @@ class InMemoryRegistry:
 
     def get_model(self, owner: str, model_id: str) -> ModelRecord:
         with self._lock:
-            record = self._models.get(model_id)
-            if record is None or record.owner != owner:
-                raise RecordNotFound(f"model {model_id} not found", field="model_id")
-            return record.model_copy(deep=True)
+            return _owned(self._models, model_id, owner, what="model", field="model_id")
 
     def delete_model(self, owner: str, model_id: str) -> None:
         with self._lock:
@@ -690,10 +698,7 @@ class InMemoryRegistry:
 
     def get_export_job(self, owner: str, job_id: str) -> ExportJob:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or job.owner != owner:
-                raise RecordNotFound(f"export job {job_id} not found", field="job_id")
-            return job.model_copy(deep=True)
+            return _owned(self._jobs, job_id, owner, what="export job", field="job_id")
 
     def get_export_job_any_owner(self, job_id: str) -> ExportJob:
         with self._lock:
@@ -780,10 +785,7 @@ class InMemoryRegistry:
 
     def get_import(self, owner: str, import_id: str) -> ImportRecord:
         with self._lock:
-            record = self._imports.get(import_id)
-            if record is None or record.owner != owner:
-                raise RecordNotFound(f"import {import_id} not found", field="import_id")
-            return record.model_copy(deep=True)
+            return _owned(self._imports, import_id, owner, what="import", field="import_id")
 
     # idempotency --------------------------------------------------------------------------------
 
