@@ -30,6 +30,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from heimdall import __version__
+from heimdall.cli import bundle_demo  # noqa: F401 - registers `heimdall bundle demo`
 from heimdall.cli.bundle import bundle_app
 from heimdall.cli.convert import convert
 from heimdall.cli.local import demo, local_app
