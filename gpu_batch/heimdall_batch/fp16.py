@@ -14,11 +14,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from heimdall.conversion import FormatOutcome, FormatStatus
+from heimdall.conversion import FormatOutcome
 from heimdall.errors import ConversionError
 from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.benchmark import latency_by_batch
-from heimdall_batch.outputs import file_record
+from heimdall_batch.outputs import built_outcome
 from heimdall_batch.parity import Runner, check_parity, onnx_runner
 from heimdall_batch.specs import IOSpec
 
@@ -82,20 +82,17 @@ def build_fp16(
         raise
     latency = latency_by_batch(candidate, spec, manifest, runs=benchmark_runs)
     fp32_latency = latency_by_batch(onnx_runner(onnx_path), spec, manifest, runs=benchmark_runs)
-    record = file_record(path)
+    size = path.stat().st_size
     fp32_size = onnx_path.stat().st_size
-    return FormatOutcome(
-        format=ExportFormat.ONNX_FP16,
-        status=FormatStatus.BUILT,
-        file=path.name,
-        sha256=record.sha256,
-        size_bytes=record.size_bytes,
+    return built_outcome(
+        ExportFormat.ONNX_FP16,
+        path,
         parity=checks,
         latency_ms=latency,
         details={
             "io_types": "float32 (keep_io_types: casts at the inputs and outputs)",
             "fp32_size_bytes": fp32_size,
-            "size_ratio": round(record.size_bytes / fp32_size, 4),
+            "size_ratio": round(size / fp32_size, 4),
             "fp32_latency_ms": fp32_latency,
             "speedup": {k: round(fp32_latency[k] / v, 3) for k, v in latency.items() if v > 0},
             "provider": "CPUExecutionProvider",

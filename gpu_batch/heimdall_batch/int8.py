@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from heimdall.conversion import FormatOutcome, FormatStatus
+from heimdall.conversion import FormatOutcome
 from heimdall.errors import ConversionError
 from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.benchmark import latency_by_batch
-from heimdall_batch.outputs import file_record
+from heimdall_batch.outputs import built_outcome
 from heimdall_batch.parity import Runner, check_parity, onnx_runner
 from heimdall_batch.specs import IOSpec, random_inputs
 
@@ -242,11 +242,11 @@ def build_int8(
         raise
     latency = latency_by_batch(candidate, spec, manifest, runs=benchmark_runs)
     fp32_latency = latency_by_batch(onnx_runner(onnx_path), spec, manifest, runs=benchmark_runs)
-    record = file_record(path)
+    size = path.stat().st_size
     fp32_size = onnx_path.stat().st_size
     details.update(
         fp32_size_bytes=fp32_size,
-        size_ratio=round(record.size_bytes / fp32_size, 4),
+        size_ratio=round(size / fp32_size, 4),
         fp32_latency_ms=fp32_latency,
         speedup={k: round(fp32_latency[k] / v, 3) for k, v in latency.items() if v > 0},
         fp32_b1_ms=fp32_latency.get("1"),
@@ -254,16 +254,7 @@ def build_int8(
         provider="CPUExecutionProvider",
         tolerance=manifest.tolerances.onnx_int8,
     )
-    return FormatOutcome(
-        format=ExportFormat.ONNX_INT8,
-        status=FormatStatus.BUILT,
-        file=path.name,
-        sha256=record.sha256,
-        size_bytes=record.size_bytes,
-        parity=checks,
-        latency_ms=latency,
-        details=details,
-    )
+    return built_outcome(ExportFormat.ONNX_INT8, path, parity=checks, latency_ms=latency, details=details)
 
 
 def _drop_unused_opsets(path: Path) -> None:

@@ -38,7 +38,7 @@ from heimdall.conversion import FormatOutcome, FormatStatus
 from heimdall.errors import ConversionError
 from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.benchmark import BENCHMARK_BATCH_SIZES, latency_by_batch
-from heimdall_batch.outputs import file_record
+from heimdall_batch.outputs import built_outcome
 from heimdall_batch.parity import Inputs, Runner, check_parity
 from heimdall_batch.specs import IOSpec
 
@@ -201,13 +201,9 @@ def build_tensorrt(
         raise
     sizes = [b for b in BENCHMARK_BATCH_SIZES if min_b <= b <= max_b] or sorted({min_b, max_b})
     latency = latency_by_batch(candidate, spec, manifest, runs=benchmark_runs, batch_sizes=sizes)
-    record = file_record(engine_path)
-    return FormatOutcome(
-        format=ExportFormat.TENSORRT,
-        status=FormatStatus.BUILT,
-        file=engine_path.name,
-        sha256=record.sha256,
-        size_bytes=record.size_bytes,
+    return built_outcome(
+        ExportFormat.TENSORRT,
+        engine_path,
         parity=checks,
         latency_ms=latency,
         details={

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from heimdall.conversion import FormatOutcome, FormatStatus
+from heimdall.conversion import FormatOutcome
 from heimdall.errors import ConversionError
 from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.benchmark import latency_by_batch
-from heimdall_batch.outputs import file_record
+from heimdall_batch.outputs import built_outcome
 from heimdall_batch.parity import Runner, check_parity, torch_runner
 from heimdall_batch.specs import IOSpec, random_inputs
 
@@ -88,13 +88,9 @@ def build_torchscript(
         path.unlink(missing_ok=True)  # a model that failed validation is not an output
         raise
     latency = latency_by_batch(candidate, spec, manifest, runs=benchmark_runs)
-    record = file_record(path)
-    return FormatOutcome(
-        format=ExportFormat.TORCHSCRIPT,
-        status=FormatStatus.BUILT,
-        file=path.name,
-        sha256=record.sha256,
-        size_bytes=record.size_bytes,
+    return built_outcome(
+        ExportFormat.TORCHSCRIPT,
+        path,
         parity=checks,
         latency_ms=latency,
         details={
