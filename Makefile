@@ -15,13 +15,14 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 DEMO_OUT ?= heimdall-demo
 
-.PHONY: help venv test lint lint-template demo clean distclean
+.PHONY: help venv test lint lint-template fuzz-api demo clean distclean
 
 help:
 	@echo "make demo       run the main job (creates .venv on first use)"
 	@echo "make test       run the test suite (creates .venv on first use)"
 	@echo "make lint       ruff check + mypy"
 	@echo "make lint-template  cfn-lint + sam validate --lint on template.yaml (SAM CLI in .venv-sam)"
+	@echo "make fuzz-api   schemathesis against the local stack's HTTP API (the served OpenAPI document)"
 	@echo "make venv       create/update .venv"
 	@echo "make clean      remove caches and demo output; make distclean also removes .venv"
 
@@ -65,6 +66,10 @@ lint-template: $(SAM_STAMP)
 	@$(SAM_VENV)/bin/cfn-lint --version
 	$(SAM_VENV)/bin/cfn-lint template.yaml
 	AWS_DEFAULT_REGION=us-east-1 SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam validate --lint --template-file template.yaml
+
+# Schemathesis on the real local HTTP API: no 5xx, every status/content type/header/body as documented.
+fuzz-api: venv
+	$(BIN)/python tests/e2e/fuzz_api.py
 
 demo: venv
 	$(BIN)/heimdall demo --out $(DEMO_OUT)

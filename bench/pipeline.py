@@ -413,7 +413,7 @@ def _measure_pipeline(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     onnx, shapes = _padded_model(int(args.onnx_mb * MIB))
     _log("starting the local stack")
     started = time.perf_counter()
-    with LocalStack(port=0, stage=STAGE, workdir=work / "local", log_level="WARNING") as stack:
+    with LocalStack(port=0, stage=STAGE, workdir=work / "local", log_level="WARNING", api_port=None) as stack:
         stack_start_s = time.perf_counter() - started
         watcher = Watcher(stack)
         checkpoint_runs = []

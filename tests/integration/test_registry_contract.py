@@ -530,6 +530,29 @@ def test_import_records_are_owner_scoped_and_terminal_states_stick(registry: Reg
         registry.get_import(owner, "no-such-import")
 
 
+def test_an_import_is_found_by_id_alone_with_its_component_selection(registry: Registry, owner: str) -> None:
+    # The ingest function learns only the import id (from the object key) and needs owner and selection.
+    record = ImportRecord(
+        owner=owner,
+        import_id=_id("i"),
+        bucket="ingest",
+        key="bundles/imports/x/bundle.heimdall",
+        components=["training_config", "sample_predictions"],
+    )
+    registry.put_import(record)
+    found = registry.get_import_any_owner(record.import_id)
+    assert found == record
+    assert (found.owner, found.components) == (owner, ["training_config", "sample_predictions"])
+    everything = record.model_copy(update={"import_id": _id("i"), "components": None})
+    registry.put_import(everything)
+    assert registry.get_import_any_owner(everything.import_id).components is None
+    none_kept = record.model_copy(update={"import_id": _id("i"), "components": []})
+    registry.put_import(none_kept)
+    assert registry.get_import_any_owner(none_kept.import_id).components == []
+    with pytest.raises(RecordNotFound):
+        registry.get_import_any_owner("no-such-import")
+
+
 # --- idempotency -----------------------------------------------------------------------------------
 
 

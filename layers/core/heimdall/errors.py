@@ -214,6 +214,53 @@ class InvalidTransition(ConflictError):
     code = "INVALID_TRANSITION"
 
 
+class NotReady(ConflictError):
+    """The record exists but is not in the state the request needs (a job that has not succeeded)."""
+
+    code = "NOT_READY"
+
+
+class NoCheckpoint(ConflictError):
+    """A model with no checkpoint to convert again (an imported model)."""
+
+    code = "NO_CHECKPOINT"
+
+
+class Unauthorized(HeimdallError):
+    """No identity: no token, a bad token, or claims without a subject."""
+
+    code = "UNAUTHORIZED"
+    http_status = 401
+
+
+class Forbidden(HeimdallError):
+    """An identity without the scope the request needs."""
+
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+class PayloadTooLarge(HeimdallError):
+    """A request body over what the endpoint accepts inline (the message says what to do instead)."""
+
+    code = "PAYLOAD_TOO_LARGE"
+    http_status = 413
+
+
+class RequestInvalid(HeimdallError):
+    """A request that is well-formed but whose values are not acceptable (request validation)."""
+
+    code = "VALIDATION_ERROR"
+    http_status = 422
+
+
+class BadRequest(HeimdallError):
+    """A request the API cannot make sense of (a body that is not what the content type says)."""
+
+    code = "BAD_REQUEST"
+    http_status = 400
+
+
 class InvalidPagination(HeimdallError):
     """A page request the registry cannot serve (a page size out of range)."""
 

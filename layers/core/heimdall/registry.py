@@ -318,6 +318,8 @@ class ImportRecord(_Record):
     error_code: str | None = Field(default=None, max_length=64)
     bucket: str | None = Field(default=None, max_length=256)
     key: str | None = Field(default=None, max_length=1024)
+    #: The optional components to keep (names of ``heimdall.bundle.models.Component``); None: all.
+    components: list[str] | None = Field(default=None, max_length=16)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -558,6 +560,13 @@ class Registry(Protocol):
         """The import, if ``owner`` has it; else RecordNotFound."""
         ...
 
+    def get_import_any_owner(self, import_id: str) -> ImportRecord:
+        """The import whoever owns it: for the ingest function, whose S3 events carry no owner.
+
+        Never expose this to a caller-facing path.
+        """
+        ...
+
     def claim_once(self, key: str, ttl_s: int) -> bool:
         """True the first time ``key`` is claimed (for ``ttl_s`` seconds), False while it is held.
 
@@ -786,6 +795,13 @@ class InMemoryRegistry:
     def get_import(self, owner: str, import_id: str) -> ImportRecord:
         with self._lock:
             return _owned(self._imports, import_id, owner, what="import", field="import_id")
+
+    def get_import_any_owner(self, import_id: str) -> ImportRecord:
+        with self._lock:
+            record = self._imports.get(import_id)
+            if record is None:
+                raise RecordNotFound(f"import {import_id} not found", field="import_id")
+            return record.model_copy(deep=True)
 
     # idempotency --------------------------------------------------------------------------------
 

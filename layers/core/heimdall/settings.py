@@ -6,6 +6,7 @@ a bad value fails fast with a message naming the variable. Tests call ``get_sett
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -54,6 +55,22 @@ class ResourceNames(BaseModel):
     job_definition: str
 
 
+#: The longest a presigned URL may live (12 h; S3 itself allows 7 days with long-lived keys).
+MAX_PRESIGN_TTL_S = 12 * 3600
+#: Lambda's synchronous response limit is 6 MB (base64 adds a third): the default stays well under it.
+DEFAULT_MAX_RESPONSE_BYTES = 5 * MIB
+DEFAULT_MAX_INLINE_BYTES = 4 * MIB
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """What the HTTP API accepts and returns inline, and how long its presigned URLs live."""
+
+    max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    presign_ttl_s: int = 900
+
+
 class Settings(BaseSettings):
     """The environment as the project reads it (prefix ``HEIMDALL_``)."""
 
@@ -75,6 +92,19 @@ class Settings(BaseSettings):
     max_subgraph_depth: int = Field(default=8, ge=0)
     structural_timeout_s: float = Field(default=120.0, gt=0)
     structural_memory_mb: int = Field(default=1024, gt=64)
+    #: Owner of records made from direct S3 drops (no caller identity). The local stack sets it to
+    #: the local user so that a developer's own drops show up in ``heimdall list``.
+    drop_owner: str = Field(default="system", min_length=1, max_length=256)
+    #: Largest bundle the API accepts in a request body (larger ones use a presigned upload). Lambda
+    #: takes at most 6 MB of request, and API Gateway base64-encodes binary bodies (4/3): 4 MiB is all
+    #: that fits.
+    api_max_inline_bytes: int = Field(default=DEFAULT_MAX_INLINE_BYTES, gt=0, le=DEFAULT_MAX_INLINE_BYTES)
+    #: Largest exported bundle returned in the response body (larger: a redirect to S3).
+    api_max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, gt=0, le=int(5.5 * MIB))
+    presign_ttl_s: int = Field(default=900, ge=1, le=MAX_PRESIGN_TTL_S)
+    #: Whether API calls need the ``heimdall/read`` / ``heimdall/write`` scopes (false: any caller
+    #: the authorizer let through may do everything).
+    api_require_scopes: bool = True
 
     def resource_names(self) -> ResourceNames:
         """The names of the project's AWS resources for this stage."""
@@ -98,6 +128,14 @@ class Settings(BaseSettings):
             max_subgraph_depth=self.max_subgraph_depth,
             structural_timeout_s=self.structural_timeout_s,
             structural_memory_bytes=self.structural_memory_mb * MIB,
+        )
+
+    def api_limits(self) -> ApiLimits:
+        """The HTTP API's limits these settings describe."""
+        return ApiLimits(
+            max_inline_bytes=self.api_max_inline_bytes,
+            max_response_bytes=self.api_max_response_bytes,
+            presign_ttl_s=self.presign_ttl_s,
         )
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 from heimdall.errors import ObjectNotFound, TooLarge
 
@@ -46,6 +48,29 @@ class ObjectStore(Protocol):
     def copy(self, source_uri: str, target_uri: str) -> None: ...
 
     def list_keys(self, prefix_uri: str) -> list[str]: ...
+
+    def delete(self, uri: str) -> None:
+        """Delete the object; deleting one that does not exist is not an error."""
+        ...
+
+    def presign_get(
+        self, uri: str, *, expires_s: int, filename: str | None = None
+    ) -> tuple[str, datetime]:
+        """A URL that downloads ``uri`` without credentials, and when it expires.
+
+        ``filename`` makes the download an attachment of that name. The lifetime may be shorter than
+        ``expires_s`` (never beyond the signing credentials' own expiry).
+        """
+        ...
+
+    def presign_post(
+        self, uri: str, *, max_bytes: int, expires_s: int
+    ) -> tuple[str, dict[str, str], datetime]:
+        """An HTML-form upload to ``uri``: the URL, the form fields to send with ``file``, the expiry.
+
+        The upload is refused unless it is 1 to ``max_bytes`` bytes long.
+        """
+        ...
 
 
 def _split(uri: str) -> tuple[str, str]:
@@ -106,3 +131,27 @@ class InMemoryObjectStore:
         bucket, prefix = _split(prefix_uri)
         with self._lock:
             return sorted(k for b, k in self.objects if b == bucket and k.startswith(prefix))
+
+    def delete(self, uri: str) -> None:
+        with self._lock:
+            self.objects.pop(_split(uri), None)
+
+    def presign_get(
+        self, uri: str, *, expires_s: int, filename: str | None = None
+    ) -> tuple[str, datetime]:
+        """A fake ``memory://bucket/key?expires=…`` URL (nothing serves it; tests read the object)."""
+        bucket, key = _split(uri)
+        expires_at = datetime.now(UTC) + timedelta(seconds=expires_s)
+        query = f"expires={int(expires_at.timestamp())}"
+        if filename:
+            query += f"&filename={quote(filename)}"
+        return f"memory://{bucket}/{quote(key)}?{query}", expires_at
+
+    def presign_post(
+        self, uri: str, *, max_bytes: int, expires_s: int
+    ) -> tuple[str, dict[str, str], datetime]:
+        """A fake form upload: ``memory://bucket`` and the fields S3 would want."""
+        bucket, key = _split(uri)
+        expires_at = datetime.now(UTC) + timedelta(seconds=expires_s)
+        fields = {"key": key, "policy": f"max_bytes={max_bytes};expires={int(expires_at.timestamp())}"}
+        return f"memory://{bucket}", fields, expires_at

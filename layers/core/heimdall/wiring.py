@@ -17,6 +17,7 @@ from heimdall.settings import get_settings
 
 if TYPE_CHECKING:  # each function imports only its own use case (cold-start time)
     from heimdall.adapters.batch import JobSubmitter
+    from heimdall.logic.api import ApiDeps
     from heimdall.logic.ingest import IngestDeps
     from heimdall.logic.job_state import JobStateDeps
 
@@ -28,6 +29,7 @@ def use_job_submitter(submitter: JobSubmitter | None) -> None:
     global _job_submitter  # noqa: PLW0603 - one process-wide choice, set by the local stack
     _job_submitter = submitter
     ingest_deps.cache_clear()
+    api_deps.cache_clear()
 
 
 @lru_cache(maxsize=1)
@@ -39,20 +41,51 @@ def _adapters() -> tuple[DynamoRegistry, S3ObjectStore, EventBridgePublisher]:
 @lru_cache(maxsize=1)
 def ingest_deps() -> IngestDeps:
     """What the ingest function's use cases need."""
-    from heimdall.adapters.batch import BatchJobSubmitter  # noqa: PLC0415 - per-function imports
-    from heimdall.logic.bundles import BundleDeps  # noqa: PLC0415
+    from heimdall.logic.bundles import BundleDeps  # noqa: PLC0415 - per-function imports
     from heimdall.logic.checkpoints import CheckpointDeps  # noqa: PLC0415
     from heimdall.logic.ingest import IngestDeps  # noqa: PLC0415
 
     settings = get_settings()
     names, limits = settings.resource_names(), settings.bundle_limits()
     registry, store, events = _adapters()
-    jobs = _job_submitter or BatchJobSubmitter(names.job_queue, names.job_definition)
     return IngestDeps(
         checkpoints=CheckpointDeps(
-            registry=registry, store=store, events=events, jobs=jobs, names=names, limits=limits
+            registry=registry, store=store, events=events, jobs=_jobs(), names=names, limits=limits
         ),
-        bundles=BundleDeps(registry=registry, store=store, events=events, names=names, limits=limits),
+        bundles=BundleDeps(
+            registry=registry,
+            store=store,
+            events=events,
+            names=names,
+            limits=limits,
+            drop_owner=settings.drop_owner,
+        ),
+    )
+
+
+def _jobs() -> JobSubmitter:
+    from heimdall.adapters.batch import BatchJobSubmitter  # noqa: PLC0415 - per-function imports
+
+    names = get_settings().resource_names()
+    return _job_submitter or BatchJobSubmitter(names.job_queue, names.job_definition)
+
+
+@lru_cache(maxsize=1)
+def api_deps() -> ApiDeps:
+    """What the API function's use cases need."""
+    from heimdall.logic.api import ApiDeps  # noqa: PLC0415 - per-function imports
+
+    settings = get_settings()
+    registry, store, events = _adapters()
+    return ApiDeps(
+        registry=registry,
+        store=store,
+        events=events,
+        jobs=_jobs(),
+        names=settings.resource_names(),
+        limits=settings.bundle_limits(),
+        api=settings.api_limits(),
+        drop_owner=settings.drop_owner,
     )
 
 
@@ -70,3 +103,4 @@ def reset() -> None:
     _adapters.cache_clear()
     ingest_deps.cache_clear()
     job_state_deps.cache_clear()
+    api_deps.cache_clear()

@@ -20,14 +20,15 @@ from botocore.config import Config
 RETRIES = Config(retries={"max_attempts": 5, "mode": "standard"})
 
 
-def make_client(service: str) -> Any:
-    """A boto3 client for ``service`` on the configured endpoint."""
+def make_client(service: str, config: Config | None = None) -> Any:
+    """A boto3 client for ``service`` on the configured endpoint (``config`` merged over the retries)."""
+    merged = RETRIES if config is None else RETRIES.merge(config)
     if os.environ.get("LOCALSTACK_HOST") and not os.environ.get("AWS_ENDPOINT_URL"):
         from localstack_client.session import Session  # noqa: PLC0415 - only when LocalStack is used
 
         return Session(region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1")).client(
-            service, config=RETRIES
+            service, config=merged
         )
     import boto3  # noqa: PLC0415 - created on first use, never at import time
 
-    return boto3.client(service, config=RETRIES)  # type: ignore[call-overload]
+    return boto3.client(service, config=merged)  # type: ignore[call-overload]

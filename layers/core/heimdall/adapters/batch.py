@@ -31,6 +31,10 @@ class JobSubmitter(Protocol):
         """Start the job; returns the runner's own job id."""
         ...
 
+    def cancel(self, runner_job_id: str, reason: str) -> None:
+        """Stop the job (queued or running). A job the runner no longer knows is not an error."""
+        ...
+
 
 def batch_job_name(job_id: str) -> str:
     """The Batch job name for a Heimdall job id (Batch allows 128 letters, digits, - and _)."""
@@ -76,3 +80,19 @@ class BatchJobSubmitter:
         except BotoCoreError as exc:
             raise StorageError(f"AWS Batch failed for the job {spec.job_id}: {exc}") from None
         return str(response["jobId"])
+
+    def cancel(self, runner_job_id: str, reason: str) -> None:
+        """TerminateJob: cancels a queued job, stops a running one. Batch's state event follows.
+
+        Batch answers an id it does not know (finished long ago, purged) with success or a
+        ClientException; both mean there is nothing left to stop.
+        """
+        try:
+            self.client.terminate_job(jobId=runner_job_id, reason=reason[:1024] or "cancelled")
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "ClientException":
+                return
+            raise StorageError(f"AWS Batch refused to stop {runner_job_id}: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"AWS Batch failed to stop {runner_job_id}: {exc}") from None

@@ -677,11 +677,17 @@ class DynamoRegistry:
 
     def get_import(self, owner: str, import_id: str) -> ImportRecord:
         """The import, if ``owner`` has it; else RecordNotFound."""
-        item = self._get(_import_key(import_id))
-        record = None if item is None else _decode(item, ImportRecord)
-        if record is None or record.owner != owner:
+        record = self.get_import_any_owner(import_id)
+        if record.owner != owner:
             raise RecordNotFound(f"import {import_id} not found", field="import_id")
         return record
+
+    def get_import_any_owner(self, import_id: str) -> ImportRecord:
+        """The import whoever owns it (the ingest function: S3 events carry no owner)."""
+        item = self._get(_import_key(import_id))
+        if item is None:
+            raise RecordNotFound(f"import {import_id} not found", field="import_id")
+        return _decode(item, ImportRecord)
 
     # idempotency --------------------------------------------------------------------------------
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from heimdall.adapters.aws import make_client
@@ -24,6 +26,13 @@ if TYPE_CHECKING:
 
 _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.*)$")
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+#: Signature v4 is the only one S3 accepts in newer regions, and the only one with an expiry we control.
+SIGV4 = Config(signature_version="s3v4")
+#: S3 refuses a SigV4 presigned URL that lives longer than 7 days.
+MAX_PRESIGN_S = 7 * 24 * 3600
+#: Margin kept before the signing credentials expire (a URL signed by expired credentials is refused).
+_CREDENTIALS_MARGIN_S = 60
+_UNSAFE_FILENAME = re.compile(r'[^A-Za-z0-9._ ()+-]')
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -48,7 +57,7 @@ class S3ObjectStore:
     @property
     def client(self) -> S3Client:
         if self._client is None:
-            self._client = make_client("s3")
+            self._client = make_client("s3", SIGV4)
         return self._client
 
     def head(self, uri: str) -> ObjectInfo:
@@ -126,6 +135,45 @@ class S3ObjectStore:
                 keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return keys
 
+    def delete(self, uri: str) -> None:
+        """Delete ``uri`` (S3 answers success for a key that does not exist)."""
+        bucket, key = parse_s3_uri(uri)
+        with _translated(uri):
+            self.client.delete_object(Bucket=bucket, Key=key)
+
+    def presign_get(
+        self, uri: str, *, expires_s: int, filename: str | None = None
+    ) -> tuple[str, datetime]:
+        """A SigV4 presigned GET of ``uri``; ``filename`` makes S3 answer it as an attachment."""
+        bucket, key = parse_s3_uri(uri)
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{safe_filename(filename)}"'
+        ttl, expires_at = self._lifetime(expires_s)
+        with _translated(uri):
+            url = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
+        return url, expires_at
+
+    def presign_post(
+        self, uri: str, *, max_bytes: int, expires_s: int
+    ) -> tuple[str, dict[str, str], datetime]:
+        """A SigV4 presigned POST policy for ``uri`` that only accepts 1 to ``max_bytes`` bytes."""
+        bucket, key = parse_s3_uri(uri)
+        ttl, expires_at = self._lifetime(expires_s)
+        with _translated(uri):
+            post = self.client.generate_presigned_post(
+                Bucket=bucket,
+                Key=key,
+                Conditions=[["content-length-range", 1, int(max_bytes)]],
+                ExpiresIn=ttl,
+            )
+        return str(post["url"]), {str(k): str(v) for k, v in post["fields"].items()}, expires_at
+
+    def _lifetime(self, expires_s: int) -> tuple[int, datetime]:
+        now = datetime.now(UTC)
+        ttl = effective_ttl(expires_s, _credentials_expiry(self.client), now)
+        return ttl, now + timedelta(seconds=ttl)
+
 
 @contextmanager
 def _translated(uri: str) -> Iterator[None]:
@@ -139,3 +187,35 @@ def _translated(uri: str) -> Iterator[None]:
         raise StorageError(f"S3 refused {uri}: {code or exc}") from None
     except BotoCoreError as exc:
         raise StorageError(f"S3 failed for {uri}: {exc}") from None
+
+
+def _credentials_expiry(client: Any) -> datetime | None:
+    """When the credentials that sign for ``client`` expire (temporary ones), else None.
+
+    botocore keeps them on the request signer; refreshable credentials (an assumed role, an instance
+    or container role) know their expiry, static keys do not.
+    """
+    signer = getattr(client, "_request_signer", None)
+    credentials = getattr(signer, "_credentials", None)
+    refresh = getattr(credentials, "get_frozen_credentials", None)
+    if callable(refresh):
+        refresh()  # refreshes credentials about to expire, as signing would, so the expiry is current
+    expiry = getattr(credentials, "_expiry_time", None)
+    if not isinstance(expiry, datetime):
+        return None
+    return expiry if expiry.tzinfo is not None else expiry.replace(tzinfo=UTC)
+
+
+def effective_ttl(requested_s: int, credentials_expiry: datetime | None, now: datetime) -> int:
+    """``requested_s`` clamped to S3's 7 days and to the signing credentials' remaining validity."""
+    ttl = max(1, min(int(requested_s), MAX_PRESIGN_S))
+    if credentials_expiry is not None:
+        remaining = int((credentials_expiry - now).total_seconds()) - _CREDENTIALS_MARGIN_S
+        ttl = max(1, min(ttl, remaining))
+    return ttl
+
+
+def safe_filename(filename: str) -> str:
+    """``filename`` with only characters that need no quoting in a Content-Disposition header."""
+    cleaned = _UNSAFE_FILENAME.sub("_", filename).strip(" .") or "download"
+    return cleaned[:200]

@@ -34,6 +34,7 @@ from heimdall.cli import bundle_demo  # noqa: F401 - registers `heimdall bundle 
 from heimdall.cli.bundle import bundle_app
 from heimdall.cli.convert import convert
 from heimdall.cli.local import demo, local_app
+from heimdall.cli.remote import jobs_app, model_export, model_import, models_list
 from heimdall.errors import HeimdallError
 
 #: Set to 1 to see the traceback of an unexpected error.
@@ -106,6 +107,10 @@ app.add_typer(bundle_app, name="bundle")
 app.command("convert")(convert)
 app.command("demo")(demo)
 app.add_typer(local_app, name="local")
+app.command("list")(models_list)
+app.command("export")(model_export)
+app.command("import")(model_import)
+app.add_typer(jobs_app, name="jobs")
 
 
 def _show_version(value: bool) -> None:

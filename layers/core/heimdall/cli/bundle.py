@@ -48,6 +48,7 @@ from heimdall.bundle.signing import (
 from heimdall.bundle.structural import StructuralReport, TensorSpec, check_structure
 from heimdall.bundle.verify import VerificationReport, verify_bundle
 from heimdall.bundle.writer import WriteResult, write_bundle
+from heimdall.cli.options import Description, NoConfig, NoMetrics, NoNormalization, NoSamples, NumSamples
 from heimdall.errors import HeimdallError, InvalidBundle, TooLarge
 from heimdall.settings import MIB, BundleLimits, get_settings
 
@@ -562,19 +563,12 @@ def pack(
         str | None,
         typer.Option("--key-id", help="Key id to record in the signature (default: key fingerprint)."),
     ] = None,
-    no_config: Annotated[bool, typer.Option("--no-config", help="Leave out training_config.")] = False,
-    no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Leave out performance_metrics.")] = False,
-    no_normalization: Annotated[
-        bool, typer.Option("--no-normalization", help="Leave out normalization_stats.")
-    ] = False,
-    no_samples: Annotated[bool, typer.Option("--no-samples", help="Leave out sample_predictions.")] = False,
-    num_samples: Annotated[
-        int | None,
-        typer.Option("-n", "--num-samples", min=1, max=10, help="Keep at most N sample predictions (1-10)."),
-    ] = None,
-    description: Annotated[
-        str | None, typer.Option("-d", "--description", help="Set bundle_metadata.description.")
-    ] = None,
+    no_config: NoConfig = False,
+    no_metrics: NoMetrics = False,
+    no_normalization: NoNormalization = False,
+    no_samples: NoSamples = False,
+    num_samples: NumSamples = None,
+    description: Description = None,
     check: Annotated[
         bool, typer.Option("--check/--no-check", help="Run the structural pass on the model before writing.")
     ] = True,

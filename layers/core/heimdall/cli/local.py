@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from heimdall.local.stack import DEFAULT_PORT, LocalStack
+from heimdall.local.stack import DEFAULT_API_PORT, DEFAULT_PORT, LocalStack
 
 local_app = typer.Typer(
     name="local", help="The embedded local stack (emulator, resources, dispatcher).", no_args_is_help=True
@@ -33,25 +33,39 @@ def up(
         int, typer.Option("--emulator-port", help="Port of the emulator.")
     ] = DEFAULT_PORT,
     stage: Annotated[str, typer.Option("--stage", help="Stage name used in resource names.")] = "local",
+    api_port: Annotated[
+        int, typer.Option("--api-port", min=0, max=65535, help="Port of the HTTP API (0: a free port).")
+    ] = DEFAULT_API_PORT,
 ) -> None:
     """Start the local stack in the foreground (Ctrl-C stops it).
 
     With ``AWS_ENDPOINT_URL`` set (an emulator already running, such as LocalStack), its endpoint is
-    used instead of starting moto's server.
+    used instead of starting moto's server. The HTTP API's bearer token is ``HEIMDALL_API_TOKEN`` when
+    set, else a new one; it is printed and written to ``.heimdall-local/api-token``.
     """
+    if api_port and not _port_free(api_port):
+        _err.print(f"[red]error PORT_IN_USE: port {api_port} is taken; pass --api-port 0 for a free port[/]")
+        raise typer.Exit(1)
     existing = os.environ.get("AWS_ENDPOINT_URL") or None
-    with LocalStack(port=emulator_port, stage=stage, endpoint=existing) as stack:
-        assert stack.names is not None
+    with LocalStack(port=emulator_port, stage=stage, endpoint=existing, api_port=api_port) as stack:
+        assert stack.names is not None and stack.tokens is not None
         table = Table(title=f"Heimdall local stack on {stack.endpoint}", title_justify="left")
         table.add_column("resource")
         table.add_column("name")
         for field, value in stack.names.model_dump().items():
             table.add_row(field, value)
+        table.add_row("api_url", str(stack.api_url))
+        table.add_row("api_token_file", str(stack.tokens.file))
         _out.print(table)
         ingest = stack.names.ingest_bucket
         _out.print(
             f"Drop checkpoints into s3://{ingest}/checkpoints/NAME/VERSION/ with heimdall.json beside them."
         )
+        # One line each, never wrapped: scripts read them.
+        _out.print(
+            f"API: {stack.api_url}  (OpenAPI document: {stack.api_url}/api/v1/openapi.json)", soft_wrap=True
+        )
+        _out.print(f"API token: {stack.api_token}", soft_wrap=True)
         try:
             while True:
                 time.sleep(1)
@@ -73,6 +87,7 @@ def demo(
     port = emulator_port if _port_free(emulator_port) else 0
     if port == 0:
         _err.print(f"[yellow]port {emulator_port} is taken; the emulator uses a free port instead[/]")
+    api_port = DEFAULT_API_PORT if _port_free(DEFAULT_API_PORT) else 0
     out.mkdir(parents=True, exist_ok=True)
     seen: list[str] = []
 
@@ -81,10 +96,10 @@ def demo(
         _out.print(f"[green]✓[/] {step:<10} {text}")
 
     with (
-        LocalStack(port=port, workdir=out / ".local", log_level="WARNING") as stack,
+        LocalStack(port=port, workdir=out / ".local", log_level="WARNING", api_port=api_port) as stack,
         _err.status("running the pipeline…"),
     ):
-        _out.print(f"local stack on {stack.endpoint}")
+        _out.print(f"local stack on {stack.endpoint}, API on {stack.api_url}")
         try:
             result = run_demo(stack, out, on_step=on_step)
         except DemoFailed as exc:

@@ -11,6 +11,9 @@
   responses, the EventBridge event for job state).
 * Conversion jobs run as subprocesses (``python -m heimdall_batch``, the Batch container's entry point)
   and report their state changes to the default bus as ``aws.batch`` events, as AWS Batch does.
+* The HTTP API is served on ``127.0.0.1:3000`` by :class:`heimdall.local.gateway.LocalGateway`, which
+  calls ``functions/api/app.py`` with API Gateway HTTP API's events and checks a bearer token in place
+  of the JWT authorizer (the default token is written to ``{workdir}/api-token``).
 
 Handler calls are serialised by one lock: moto's DynamoDB does not make conditional writes atomic
 under concurrency as DynamoDB does, and the local stack must not invent races AWS would not have.
@@ -29,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -38,11 +41,13 @@ from typing import Any
 from heimdall import wiring
 from heimdall.adapters.batch import batch_job_name
 from heimdall.conversion import JobSpec
+from heimdall.local.gateway import DEFAULT_SUB, ApiTokens, LocalGateway, load_api_tokens
 from heimdall.settings import ResourceNames, get_settings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 4566
+DEFAULT_API_PORT = 3000
 REGION = "us-east-1"
 FUNCTIONS_DIR = Path(__file__).resolve().parents[4] / "functions"
 FAKE_CREDENTIALS = {
@@ -84,9 +89,15 @@ class SubprocessJobRunner:
         self._post = post_event
         self._logs = logs
         self.threads: list[threading.Thread] = []
+        # Per Batch id: the running process, and the reason of a cancel asked for (before or during it).
+        self._processes: dict[str, subprocess.Popen[bytes] | None] = {}
+        self._cancelled: dict[str, str] = {}
+        self._jobs_lock = threading.Lock()
 
     def submit(self, spec: JobSpec) -> str:
         batch_id = f"local-{uuid.uuid4().hex[:12]}"
+        with self._jobs_lock:
+            self._processes[batch_id] = None  # known, not started yet (cancel may come first)
         thread = threading.Thread(
             target=self._run, args=(spec, batch_id), name=f"job-{spec.job_id}", daemon=True
         )
@@ -107,22 +118,42 @@ class SubprocessJobRunner:
             {"Source": "aws.batch", "DetailType": "Batch Job State Change", "Detail": json.dumps(detail)}
         )
 
+    def cancel(self, runner_job_id: str, reason: str) -> None:
+        """Stop the job's process (as Batch's TerminateJob does); an unknown or finished job is ignored."""
+        with self._jobs_lock:
+            if runner_job_id not in self._processes:
+                return
+            self._cancelled[runner_job_id] = reason
+            process = self._processes[runner_job_id]
+        if process is not None and process.poll() is None:
+            process.terminate()
+
     def _run(self, spec: JobSpec, batch_id: str) -> None:
         time.sleep(0.2)  # let the submitter record SUBMITTED first, as Batch's queueing delay would
-        self._state(spec, batch_id, "RUNNING")
         self._logs.mkdir(parents=True, exist_ok=True)
         log = self._logs / f"{spec.job_id}.log"
-        with log.open("w") as out:
-            done = subprocess.run(
-                [sys.executable, "-m", "heimdall_batch"],
-                env={**os.environ, **self._env, "HEIMDALL_JOB_SPEC": spec.model_dump_json()},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        status = "SUCCEEDED" if done.returncode == 0 else "FAILED"
-        reason = "Essential container in task exited"
-        self._state(spec, batch_id, status, statusReason=reason, container={"exitCode": done.returncode})
+        with log.open("w") as out, self._jobs_lock:
+            process = None
+            if batch_id not in self._cancelled:  # cancelled while queued: Batch never starts it
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "heimdall_batch"],
+                    env={**os.environ, **self._env, "HEIMDALL_JOB_SPEC": spec.model_dump_json()},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+                self._processes[batch_id] = process
+        if process is not None:
+            self._state(spec, batch_id, "RUNNING")
+            returncode: int | None = process.wait()
+        else:
+            returncode = None
+        with self._jobs_lock:
+            del self._processes[batch_id]
+            cancelled = self._cancelled.pop(batch_id, None)
+        status = "SUCCEEDED" if returncode == 0 and cancelled is None else "FAILED"
+        reason = cancelled or "Essential container in task exited"
+        container = {} if returncode is None else {"container": {"exitCode": returncode}}
+        self._state(spec, batch_id, status, statusReason=reason, **container)
 
 
 class LocalStack:
@@ -136,7 +167,11 @@ class LocalStack:
         endpoint: str | None = None,
         workdir: Path | None = None,
         log_level: str = "INFO",
+        api_port: int | None = DEFAULT_API_PORT,
+        api_tokens: Mapping[str, Any] | None = None,
     ) -> None:
+        """``api_port`` 0 serves the API on a free port, None not at all; ``api_tokens`` adds bearer
+        tokens (``{"<token>": {"sub": "...", "scopes": [...]}}``) to the default one."""
         self.log_level = log_level
         self.port = port
         self.stage = stage
@@ -151,6 +186,10 @@ class LocalStack:
         self.runner: SubprocessJobRunner | None = None
         self.queue_urls: dict[str, str] = {}
         self.handled: dict[str, int] = {"ingest": 0, "job_state": 0}
+        self.api_port = api_port
+        self._api_tokens = api_tokens
+        self.gateway: LocalGateway | None = None
+        self.tokens: ApiTokens | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -176,6 +215,7 @@ class LocalStack:
             "HEIMDALL_STAGE": self.stage,
             "POWERTOOLS_LOG_LEVEL": self.log_level,
             "POWERTOOLS_METRICS_DISABLED": "true",  # no CloudWatch here: metrics would only print
+            "HEIMDALL_DROP_OWNER": DEFAULT_SUB,  # a developer's own S3 drops are theirs in the API
         }
         for key, value in env.items():
             self._saved_env[key] = os.environ.get(key)
@@ -196,9 +236,39 @@ class LocalStack:
         ]
         for thread in self._threads:
             thread.start()
+        if self.api_port is not None:
+            try:
+                self._start_api(self.api_port)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
+    def _start_api(self, port: int) -> None:
+        self.tokens = load_api_tokens(self.workdir, self._api_tokens)
+        api = load_function("api")
+        self.gateway = LocalGateway(
+            api.lambda_handler,
+            self.tokens.table,
+            port=port,
+            lock=self._handler_lock,
+            context_factory=lambda: _Context("api"),
+        ).start()
+
+    @property
+    def api_url(self) -> str | None:
+        """The HTTP API's base URL (``http://127.0.0.1:3000``), or None when it is not served."""
+        return self.gateway.url if self.gateway is not None else None
+
+    @property
+    def api_token(self) -> str | None:
+        """The default bearer token (identity ``local-user``, read and write scopes)."""
+        return self.tokens.default if self.tokens is not None else None
+
     def stop(self) -> None:
+        if self.gateway is not None:  # first: no request may reach a stack that is going away
+            self.gateway.stop()
+            self.gateway = None
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from heimdall.bundle.models import ComponentSelection
 from heimdall.bundle.verify import verify_bundle
 from heimdall.bundle.writer import write_bundle
 from heimdall.errors import ObjectNotFound, TooLarge
@@ -45,6 +46,8 @@ class BundleDeps:
     limits: BundleLimits
     now: Callable[[], datetime] = utcnow
     workdir: Path | None = None  # where bundles are downloaded (Lambda: /tmp)
+    #: Owner of bundles dropped without a caller identity (``Settings.drop_owner``).
+    drop_owner: str = "system"
 
 
 @dataclass(frozen=True)
@@ -53,24 +56,46 @@ class IndexOutcome:
     model: ModelRecord | None = None
     code: str | None = None
     message: str | None = None
+    #: The field of the bundle a rejection is about, when the check knew it.
+    field: str | None = None
     quarantine_key: str | None = None
 
 
 def index_bundle(
-    obj: ObjectCreated, deps: BundleDeps, *, owner: str, job_id: str | None = None
+    obj: ObjectCreated,
+    deps: BundleDeps,
+    *,
+    owner: str,
+    job_id: str | None = None,
+    selection: ComponentSelection | None = None,
+    settle: Callable[[IndexOutcome], object] | None = None,
 ) -> IndexOutcome:
-    """Validate and index the bundle ``obj``; ``job_id`` marks a conversion job's own bundle."""
+    """Validate and index the bundle ``obj``; ``job_id`` marks a conversion job's own bundle.
+
+    ``selection`` keeps only some optional components in the stored bundle and the record (an import
+    that asked for a subset); the ONNX model is never changed. ``settle`` is called with the outcome
+    (indexed or rejected) as part of the work, so that it is retried with it and a duplicate delivery
+    finds it done.
+    """
     claim = idempotency_key_for("index-bundle", obj.bucket, obj.key, obj.revision)
-    return run_once(
-        deps.registry,
-        claim,
-        lambda: _index(obj, deps, owner=owner, job_id=job_id, claim=claim),
-        duplicate=IndexOutcome(status="duplicate"),
-    )
+
+    def work() -> IndexOutcome:
+        outcome = _index(obj, deps, owner=owner, job_id=job_id, claim=claim, selection=selection)
+        if settle is not None and outcome.status in ("indexed", "rejected"):
+            settle(outcome)
+        return outcome
+
+    return run_once(deps.registry, claim, work, duplicate=IndexOutcome(status="duplicate"))
 
 
 def _index(
-    obj: ObjectCreated, deps: BundleDeps, *, owner: str, job_id: str | None, claim: str
+    obj: ObjectCreated,
+    deps: BundleDeps,
+    *,
+    owner: str,
+    job_id: str | None,
+    claim: str,
+    selection: ComponentSelection | None,
 ) -> IndexOutcome:
     imported = job_id is None
     source_uri = f"s3://{obj.bucket}/{obj.key}"
@@ -95,9 +120,10 @@ def _index(
                 job_id=job_id,
                 code=report.code or "INVALID_BUNDLE",
                 message=report.message or "the bundle is invalid",
+                field=report.field,
             )
         read = report.read
-        bundle = read.bundle
+        bundle = read.bundle if selection is None else selection.apply(read.bundle)
         # Derived from the object's identity: a retried delivery produces the same ids and keys.
         model_id = str(uuid.uuid5(_ID_NAMESPACE, claim))
         name, version = bundle.model.model_name, bundle.model.version
@@ -184,7 +210,14 @@ def quarantine(obj: ObjectCreated, deps: BundleDeps, *, code: str, message: str)
 
 
 def reject_bundle(
-    obj: ObjectCreated, deps: BundleDeps, *, owner: str, job_id: str | None, code: str, message: str
+    obj: ObjectCreated,
+    deps: BundleDeps,
+    *,
+    owner: str,
+    job_id: str | None,
+    code: str,
+    message: str,
+    field: str | None = None,
 ) -> IndexOutcome:
     """Quarantine a bundle upload and announce ``Bundle Rejected``."""
     key = quarantine(obj, deps, code=code, message=message)
@@ -201,4 +234,4 @@ def reject_bundle(
         quarantine_key=key,
     )
     deps.events.publish([make_event(detail)])
-    return IndexOutcome(status="rejected", code=code, message=message, quarantine_key=key)
+    return IndexOutcome(status="rejected", code=code, message=message, field=field, quarantine_key=key)

@@ -9,6 +9,10 @@ Both notifications of a pair may see both objects (they often arrive together), 
 the pair — (checkpoint key and revision, manifest key and revision) — and claimed once: one job, one
 ``Export Job Submitted``, whatever the delivery order or duplication. An invalid manifest or an
 unsupported file is quarantined with a reason and announced with ``Checkpoint Rejected``.
+
+:func:`start_export_job` is how every job starts — from these notifications and from the HTTP API
+(:mod:`heimdall.logic.export_jobs`) alike; :func:`load_manifest` finds a checkpoint's manifest for the
+API (an explicit key, else the sidecar, else the embedded one).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from heimdall.notifications import ClassifiedKey, KeyKind, ObjectCreated, classi
 from heimdall.registry import ExportJob, JobStatus, Registry, utcnow
 from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.storage import ObjectInfo, ObjectStore
+from heimdall.types import ExportFormat
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 #: A safetensors header larger than this is not read by the ingest function (the job still can).
@@ -188,91 +193,146 @@ def _handle(
     pair = idempotency_key_for(
         "export-job", bucket, checkpoint_key, checkpoint.revision, sidecar or "", manifest_revision
     )
+    request = JobRequest(
+        job_id=str(uuid.uuid5(_JOB_NAMESPACE, pair)),
+        owner=owner,
+        bucket=bucket,
+        checkpoint_key=checkpoint_key,
+        checkpoint=checkpoint,
+        manifest=manifest,
+        manifest_key=sidecar,
+    )
     return run_once(
         deps.registry,
         pair,
-        lambda: _start_job(
-            deps,
-            owner=owner,
-            bucket=bucket,
-            checkpoint_key=checkpoint_key,
-            checkpoint=checkpoint,
-            manifest=manifest,
-            manifest_key=sidecar,
-            pair=pair,
-        ),
+        lambda: _start_job(deps, request),
         duplicate=CheckpointOutcome(status="duplicate", reason="the other half of the pair started the job"),
     )
 
 
-def _start_job(
-    deps: CheckpointDeps,
-    *,
-    owner: str,
-    bucket: str,
-    checkpoint_key: str,
-    checkpoint: ObjectInfo,
-    manifest: Manifest,
-    manifest_key: str | None,
-    pair: str,
-) -> CheckpointOutcome:
-    job_id = str(uuid.uuid5(_JOB_NAMESPACE, pair))
+def _start_job(deps: CheckpointDeps, request: JobRequest) -> CheckpointOutcome:
+    job, started = start_export_job(deps, request)
+    return CheckpointOutcome(status="submitted" if started else "duplicate", job_id=job.job_id)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What starting an export job needs: the job's id and owner, the checkpoint and its manifest."""
+
+    job_id: str
+    owner: str
+    bucket: str
+    checkpoint_key: str
+    #: The checkpoint's HEAD (its revision names the ``Checkpoint Received`` event).
+    checkpoint: ObjectInfo
+    manifest: Manifest
+    #: The sidecar or explicit manifest's key in ``bucket``; None when the checkpoint embeds it.
+    manifest_key: str | None
+    #: Formats to build instead of the manifest's.
+    formats: list[ExportFormat] | None = None
+
+
+def start_export_job(deps: CheckpointDeps, request: JobRequest) -> tuple[ExportJob, bool]:
+    """Record the job (PENDING), submit it, mark it SUBMITTED and announce it — for S3 and the API alike.
+
+    Returns the job and whether this call started it. A job id that exists already is that job
+    (a retry, an idempotent repeat): it is returned as it is, unless it is still PENDING (its
+    submission failed), in which case it is submitted now.
+    """
+    manifest, bucket, checkpoint = request.manifest, request.bucket, request.checkpoint
+    if request.formats:  # validated as the manifest's own are (FP32 ONNX first: the rest derive from it)
+        manifest = Manifest.model_validate({**manifest.model_dump(), "formats": request.formats})
+    formats = list(manifest.formats)
     artifacts = deps.names.artifacts_bucket
-    output_prefix = f"s3://{artifacts}/exports/{job_id}/"
+    output_prefix = f"s3://{artifacts}/exports/{request.job_id}/"
     job = ExportJob(
-        job_id=job_id,
-        owner=owner,
+        job_id=request.job_id,
+        owner=request.owner,
         model_name=manifest.model_name,
         version=manifest.version,
         checkpoint_bucket=bucket,
-        checkpoint_key=checkpoint_key,
-        manifest_key=manifest_key,
-        formats=list(manifest.formats),
+        checkpoint_key=request.checkpoint_key,
+        manifest_key=request.manifest_key,
+        formats=formats,
         output_prefix=output_prefix,
+        created_at=deps.now(),
+        updated_at=deps.now(),
     )
     try:
         deps.registry.create_export_job(job)
     except ConflictError:
-        job = deps.registry.get_export_job(owner, job_id)  # a retry after a failed submission
+        job = deps.registry.get_export_job(request.owner, request.job_id)  # a retry, or a repeat
         if job.status is not JobStatus.PENDING:
-            return CheckpointOutcome(status="duplicate", job_id=job_id)
+            return job, False
     received = CheckpointReceived(
-        idempotency_key=CheckpointReceived.key_for(bucket, checkpoint_key, checkpoint.revision),
+        idempotency_key=CheckpointReceived.key_for(bucket, request.checkpoint_key, checkpoint.revision),
         occurred_at=deps.now(),
-        owner=owner,
+        owner=request.owner,
         bucket=bucket,
-        key=checkpoint_key,
+        key=request.checkpoint_key,
         version_id=checkpoint.version_id,
         etag=checkpoint.etag or "unknown",
         size_bytes=checkpoint.size,
-        manifest_key=manifest_key,
+        manifest_key=request.manifest_key,
         model_name=manifest.model_name,
         version=manifest.version,
         architecture=manifest.architecture,
     )
     spec = JobSpec(
-        job_id=job_id,
-        checkpoint_uri=f"s3://{bucket}/{checkpoint_key}",
-        manifest_uri=f"s3://{bucket}/{manifest_key}" if manifest_key else None,
+        job_id=job.job_id,
+        checkpoint_uri=f"s3://{bucket}/{request.checkpoint_key}",
+        manifest_uri=f"s3://{bucket}/{request.manifest_key}" if request.manifest_key else None,
         output_uri=output_prefix,
         timing_cache_uri=f"s3://{artifacts}/timing-cache/",
-        formats=list(manifest.formats),
+        formats=list(job.formats),
     )
     batch_job_id = deps.jobs.submit(spec)
-    deps.registry.transition_export_job(job_id, JobStatus.SUBMITTED, updates={"batch_job_id": batch_job_id})
+    submitted_job = deps.registry.transition_export_job(
+        job.job_id, JobStatus.SUBMITTED, updates={"batch_job_id": batch_job_id}
+    )
     submitted = ExportJobSubmitted(
-        idempotency_key=ExportJobSubmitted.key_for(job_id),
+        idempotency_key=ExportJobSubmitted.key_for(job.job_id),
         occurred_at=deps.now(),
-        owner=owner,
-        job_id=job_id,
+        owner=request.owner,
+        job_id=job.job_id,
         model_name=manifest.model_name,
         version=manifest.version,
         batch_job_id=batch_job_id,
         checkpoint_uri=spec.checkpoint_uri,
-        formats=[f.value for f in manifest.formats],
+        formats=[f.value for f in job.formats],
     )
     deps.events.publish([make_event(received), make_event(submitted)])
-    return CheckpointOutcome(status="submitted", job_id=job_id)
+    # None: a cancel (or Batch's own event) moved it on meanwhile; the stored job is what is true.
+    return submitted_job or deps.registry.get_export_job(request.owner, job.job_id), True
+
+
+def load_manifest(
+    store: ObjectStore, bucket: str, checkpoint_key: str, manifest_key: str | None = None
+) -> tuple[Manifest, str | None]:
+    """The manifest of a checkpoint and its key: ``manifest_key`` if given, else the sidecar
+    ``heimdall.json`` beside the checkpoint, else the one a safetensors checkpoint embeds (key None).
+
+    Raises InvalidManifest when there is none or it is invalid, ObjectNotFound for a missing
+    ``manifest_key``.
+    """
+    if manifest_key is None:
+        sidecar = checkpoint_key.rpartition("/")[0] + "/" + MANIFEST_FILE_NAME
+        if sidecar in store.list_keys(f"s3://{bucket}/{sidecar}"):
+            manifest_key = sidecar
+    if manifest_key is not None:
+        data = store.get_bytes(f"s3://{bucket}/{manifest_key}", max_bytes=MAX_MANIFEST_BYTES)
+        try:
+            return read_manifest(data, source=manifest_key), manifest_key
+        except BundleError as exc:  # the manifest's JSON failed the strict parse
+            raise InvalidManifest(exc.message, field="manifest") from None
+    embedded = _embedded_manifest(store, f"s3://{bucket}/{checkpoint_key}")
+    if embedded is None:
+        raise InvalidManifest(
+            f"no manifest: give manifest_uri, put {MANIFEST_FILE_NAME} beside the checkpoint, or embed it "
+            "in a .safetensors checkpoint's metadata",
+            field="manifest_uri",
+        )
+    return embedded, None
 
 
 def _embedded_manifest(store: ObjectStore, uri: str) -> Manifest | None:
@@ -309,4 +369,12 @@ def _bundle_deps(deps: CheckpointDeps) -> BundleDeps:
     )
 
 
-__all__ = ["CheckpointDeps", "CheckpointOutcome", "handle_checkpoint_object", "reject_upload"]
+__all__ = [
+    "CheckpointDeps",
+    "CheckpointOutcome",
+    "JobRequest",
+    "handle_checkpoint_object",
+    "load_manifest",
+    "reject_upload",
+    "start_export_job",
+]

@@ -1,7 +1,9 @@
 """Use case: one S3 notification for the ingest or artifacts bucket, routed by its key.
 
 * ingest ``checkpoints/{name}/{version}/…`` → :mod:`heimdall.logic.checkpoints`;
-* ingest ``bundles/…/*.heimdall[.gz]`` → an import (:func:`heimdall.logic.bundles.index_bundle`);
+* ingest ``bundles/…/*.heimdall[.gz]`` → an import (:func:`heimdall.logic.imports.index_import`: an API
+  import's upload under ``bundles/imports/{import_id}/`` for that import's owner, anything else a direct
+  drop owned by ``drop_owner``);
 * artifacts ``exports/{job_id}/*.heimdall`` → the job's own bundle, indexed for the job's owner;
 * ``s3:TestEvent``, the rest of the artifacts bucket, other buckets → acknowledged and ignored;
 * anything else in the ingest bucket → quarantined and rejected, so nothing dropped there goes unnoticed.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from heimdall.errors import RecordNotFound
 from heimdall.logic.bundles import BundleDeps, IndexOutcome, index_bundle, reject_bundle
 from heimdall.logic.checkpoints import CheckpointDeps, handle_checkpoint_object, reject_upload
+from heimdall.logic.imports import index_import
 from heimdall.notifications import (
     KeyKind,
     S3TestEvent,
@@ -25,13 +28,11 @@ from heimdall.notifications import (
     parse_notification,
 )
 
-#: Owner of uploads that carry no caller identity (direct S3 drops). The HTTP API's presigned uploads
-#: will record the caller instead.
-SYSTEM_OWNER = "system"
-
 
 @dataclass(frozen=True)
 class IngestDeps:
+    """The ingest use cases' collaborators. Direct drops (no caller) belong to ``bundles.drop_owner``."""
+
     checkpoints: CheckpointDeps
     bundles: BundleDeps
 
@@ -42,21 +43,22 @@ def handle_ingest_record(body: object, deps: IngestDeps) -> str:
     if isinstance(event, S3TestEvent):
         return "ignored:s3-test-event"
     names = deps.bundles.names
+    drop_owner = deps.bundles.drop_owner
     if event.bucket == names.ingest_bucket:
         classified = classify_ingest_key(event.key)
         if classified.kind in (KeyKind.CHECKPOINT, KeyKind.MANIFEST):
-            outcome = handle_checkpoint_object(event, classified, deps.checkpoints, owner=SYSTEM_OWNER)
+            outcome = handle_checkpoint_object(event, classified, deps.checkpoints, owner=drop_owner)
             return f"checkpoint:{outcome.status}"
         if classified.kind is KeyKind.BUNDLE:
-            return f"bundle:{index_bundle(event, deps.bundles, owner=SYSTEM_OWNER).status}"
+            return f"bundle:{index_import(event, deps.bundles).status}"
         reason = classified.reason or "unsupported key"
         if event.key.startswith("bundles/"):
             rejected: IndexOutcome = reject_bundle(
-                event, deps.bundles, owner=SYSTEM_OWNER, job_id=None, code="UNSUPPORTED_FILE", message=reason
+                event, deps.bundles, owner=drop_owner, job_id=None, code="UNSUPPORTED_FILE", message=reason
             )
             return f"bundle:{rejected.status}"
         outcome = reject_upload(
-            event, deps.checkpoints, owner=SYSTEM_OWNER, code="UNSUPPORTED_FILE", message=reason
+            event, deps.checkpoints, owner=drop_owner, code="UNSUPPORTED_FILE", message=reason
         )
         return f"checkpoint:{outcome.status}"
     if event.bucket == names.artifacts_bucket:

@@ -1,0 +1,1 @@
+"""The API's routes, one Powertools ``Router`` per resource; ``heimdall.api.app`` includes them."""

@@ -1,0 +1,325 @@
+"""The HTTP API's request and response bodies, and how each operation documents its answers.
+
+Response models are the public shapes of the registry's records (:mod:`heimdall.registry`): they
+reuse the records' field types and leave out what is internal (``owner``, storage keys, attempt
+counters). Request models forbid unknown fields, so that a misspelt field is a 422 naming it rather
+than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from heimdall.registry import (
+    ExportJob,
+    ImportRecord,
+    ImportStatus,
+    JobResultSummary,
+    JobStatus,
+    MetricsSummary,
+    ModelRecord,
+    Name,
+    RecordId,
+    Sha256Hex,
+)
+from heimdall.types import ExportFormat, Shape
+
+JSON = "application/json"
+SCHEMAS = "#/components/schemas/"
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable ``code``, a message for people, and where (``field``) when known."""
+
+    code: str = Field(description="Stable error code (UNAUTHORIZED, NOT_FOUND, INVALID_BUNDLE, ...).")
+    message: str
+    field: str | None = Field(default=None, description="The request field or parameter at fault.")
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``{"error": {"code", "message", "field"?, "details"?}}``."""
+
+    error: ErrorDetail
+
+
+# --------------------------------------------------------------------------------------------------
+# Resources
+
+
+class _Out(BaseModel):
+    """Response models read the registry's records by attribute; the records' extra fields stay out."""
+
+    model_config = ConfigDict(from_attributes=True, extra="ignore")
+
+
+class ModelOut(_Out):
+    """An indexed model version, exported by a job or imported from a bundle."""
+
+    model_id: RecordId
+    model_name: Name
+    display_name: str | None
+    version: Name
+    architecture: str | None
+    source: Literal["export", "import"]
+    original_model_id: str | None
+    onnx_sha256: Sha256Hex | None
+    onnx_size_bytes: int | None
+    opset: int | None
+    input_shape: Shape | None
+    output_shape: list[Shape] | None
+    components: list[str]
+    metrics: MetricsSummary
+    export_job_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: ModelRecord) -> ModelOut:
+        """The public view of ``record``."""
+        return cls.model_validate(record)
+
+
+class ExportJobOut(_Out):
+    """One conversion job and where it is in its life."""
+
+    job_id: RecordId
+    model_name: Name
+    version: Name
+    status: JobStatus
+    formats: list[ExportFormat]
+    checkpoint_uri: str = Field(description="s3://bucket/key of the checkpoint converted.")
+    manifest_uri: str | None = Field(description="s3://bucket/key of its manifest, when a sidecar.")
+    batch_job_id: str | None
+    output_prefix: str | None
+    reason: str | None
+    exit_code: int | None
+    result: JobResultSummary | None
+    model_id: str | None
+    is_default: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, job: ExportJob) -> ExportJobOut:
+        """The public view of ``job`` (its checkpoint and manifest as ``s3://`` URIs)."""
+        bucket = job.checkpoint_bucket
+        manifest = f"s3://{bucket}/{job.manifest_key}" if job.manifest_key else None
+        return cls.model_validate(
+            {
+                **job.model_dump(),
+                "checkpoint_uri": f"s3://{bucket}/{job.checkpoint_key}",
+                "manifest_uri": manifest,
+            }
+        )
+
+
+class ImportOut(_Out):
+    """One bundle import: ``PENDING`` until indexed (``model_id`` set) or rejected (``error_code``)."""
+
+    import_id: RecordId
+    status: ImportStatus
+    model_id: str | None
+    error_code: str | None
+    reason: str | None
+    components: list[str] | None = Field(
+        default=None, description="The optional components the import keeps (null: all of them)."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: ImportRecord) -> ImportOut:
+        """The public view of ``record``."""
+        return cls.model_validate(record)
+
+
+class ModelPage(BaseModel):
+    """One page of models, newest first; pass ``next_cursor`` as ``cursor`` for the next one."""
+
+    items: list[ModelOut]
+    next_cursor: str | None
+
+
+class ExportJobPage(BaseModel):
+    """One page of export jobs, newest first; pass ``next_cursor`` as ``cursor`` for the next one."""
+
+    items: list[ExportJobOut]
+    next_cursor: str | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Imports
+
+
+class PresignedImportRequest(BaseModel):
+    """The body of ``POST .../models/import?mode=presigned``: how big the bundle to upload is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size_bytes: int = Field(gt=0, description="Size of the bundle that will be uploaded, in bytes.")
+    filename: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class PresignedUploadOut(BaseModel):
+    """An S3 presigned POST: send ``fields`` and then the bundle as the form field ``file`` to ``url``."""
+
+    url: str
+    method: Literal["POST"] = "POST"
+    fields: dict[str, str]
+    max_bytes: int
+    expires_at: datetime
+
+
+class ImportStartedOut(BaseModel):
+    """A presigned import: follow it with ``GET /api/v1/imports/{import_id}`` after the upload."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    import_: ImportOut = Field(alias="import")
+    upload: PresignedUploadOut
+
+
+class ImportedOut(BaseModel):
+    """An inline import, indexed: the import record and the new model."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    import_: ImportOut = Field(alias="import")
+    model: ModelOut | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Export jobs and downloads
+
+
+class CreateExportJobRequest(BaseModel):
+    """Convert a model again (``model_id``) or a checkpoint in the ingest bucket (``checkpoint_uri``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: RecordId | None = None
+    checkpoint_uri: str | None = Field(
+        default=None, min_length=6, max_length=2048, description="s3://{ingest bucket}/checkpoints/..."
+    )
+    manifest_uri: str | None = Field(default=None, min_length=6, max_length=2048)
+    formats: list[ExportFormat] | None = Field(default=None, min_length=1, max_length=len(ExportFormat))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CreateExportJobRequest:
+        if (self.model_id is None) == (self.checkpoint_uri is None):
+            raise ValueError("give exactly one of model_id and checkpoint_uri")
+        if self.manifest_uri is not None and self.checkpoint_uri is None:
+            raise ValueError("manifest_uri goes with checkpoint_uri, not with model_id")
+        return self
+
+
+#: Bodies the routes parse themselves (:func:`heimdall.api.bodies.json_model`): Powertools does not see
+#: them, so the document's components get their schemas from this list.
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (CreateExportJobRequest, PresignedImportRequest)
+
+
+class ExportRedirectOut(BaseModel):
+    """The body of a 307 from the export endpoint: the bundle is too large for a response."""
+
+    url: str
+    expires_at: datetime | None
+    size_bytes: int
+
+
+# --------------------------------------------------------------------------------------------------
+# How operations document their answers
+
+#: The error statuses operations declare: (name of the shared response in the document, description).
+ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
+    400: (
+        "BadRequest",
+        "Malformed request: invalid JSON, a bad cursor or page size, or a body that is not what its "
+        "content type says (INVALID_JSON, INVALID_CURSOR, INVALID_PAGINATION, BAD_REQUEST)",
+    ),
+    401: ("Unauthorized", "No identity: no token, a bad token, or claims without a subject (UNAUTHORIZED)"),
+    403: ("Forbidden", "The caller lacks the scope this request needs (FORBIDDEN)"),
+    404: ("NotFound", "No such record, another owner's record, or an id that is not well-formed (NOT_FOUND)"),
+    409: (
+        "Conflict",
+        "The record is not in a state that allows this (CONFLICT, INVALID_TRANSITION, NOT_READY, "
+        "NO_CHECKPOINT)",
+    ),
+    413: (
+        "PayloadTooLarge",
+        "The request body or the bundle is over the limit (PAYLOAD_TOO_LARGE, TOO_LARGE)",
+    ),
+    422: (
+        "Unprocessable",
+        "Request validation failed (VALIDATION_ERROR), or the bundle was refused (INVALID_BUNDLE, "
+        "CHECKSUM_MISMATCH, ...)",
+    ),
+    503: (
+        "Unavailable",
+        "Storage or the registry is unavailable; retry after Retry-After seconds (STORAGE_ERROR, "
+        "REGISTRY_UNAVAILABLE)",
+    ),
+}
+#: Every authenticated operation may answer these: no identity, no scope, a bad parameter, an outage.
+COMMON_ERRORS = (401, 403, 422, 503)
+#: Seconds a client should wait before retrying a 503.
+RETRY_AFTER_S = 5
+
+_RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before retrying.",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+
+
+def json_request_body(model: type[BaseModel], description: str) -> dict[str, Any]:
+    """The ``requestBody`` of an operation whose route reads ``model`` itself (see heimdall.api.bodies)."""
+    return {
+        "required": True,
+        "description": description,
+        "content": {JSON: {"schema": {"$ref": SCHEMAS + model.__name__}}},
+    }
+
+
+def documented(
+    status: int,
+    description: str,
+    model: type[Any] | None = None,
+    *,
+    errors: tuple[int, ...] = (),
+    public: bool = False,
+    content: Mapping[str, Any] | None = None,
+    headers: Mapping[str, Any] | None = None,
+) -> dict[int, OpenAPIResponse]:
+    """An operation's ``responses``: its success, its ``errors`` and the common ones, as ErrorBody.
+
+    ``model`` is the success body (JSON: a pydantic model or a dataclass); ``content`` replaces it for
+    other bodies, and no body at all is documented when both are None (204). ``public`` operations
+    need no identity, so they do not list 401/403.
+    """
+    success: dict[str, Any] = {"description": description}
+    if model is not None:
+        success["content"] = {JSON: {"model": model}}
+    elif content is not None:
+        success["content"] = dict(content)
+    if headers:
+        success["headers"] = dict(headers)
+    out: dict[int, Any] = {status: success}
+    common = () if public else COMMON_ERRORS
+    for code in sorted({*errors, *common}):
+        error: dict[str, Any] = {
+            "description": ERROR_RESPONSES[code][1],
+            "content": {JSON: {"model": ErrorBody}},
+        }
+        if code == 503:
+            error["headers"] = {"Retry-After": _RETRY_AFTER_HEADER}
+        out[code] = error
+    return cast(dict[int, OpenAPIResponse], out)

@@ -1,0 +1,304 @@
+"""Use cases: export jobs through the API — create (from a model or a checkpoint), follow, cancel, download.
+
+A job is started exactly as an S3 drop starts one (:func:`heimdall.logic.checkpoints.start_export_job`:
+record, submit, ``Checkpoint Received`` and ``Export Job Submitted``). Its id is a uuid4, or, with an
+``Idempotency-Key``, a uuid5 of the owner and the key, so that a repeated request finds the job the
+first one made instead of starting another.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Literal
+
+from pydantic import ValidationError
+
+from heimdall.conversion import RESULT_FILE_NAME, ConversionResult
+from heimdall.errors import (
+    ConflictError,
+    HeimdallError,
+    InvalidTransition,
+    NoCheckpoint,
+    NotReady,
+    ObjectNotFound,
+    RecordNotFound,
+    RequestInvalid,
+)
+from heimdall.events import idempotency_key_for
+from heimdall.logic.api import ApiDeps, require_id
+from heimdall.logic.checkpoints import JobRequest, load_manifest, start_export_job
+from heimdall.logic.once import run_once
+from heimdall.notifications import KeyKind, classify_ingest_key
+from heimdall.registry import DEFAULT_PAGE_SIZE, TERMINAL, ExportJob, JobStatus, Page
+from heimdall.types import ExportFormat
+
+__all__ = [
+    "MAX_IDEMPOTENCY_KEY_CHARS",
+    "Download",
+    "cancel_export_job",
+    "create_export_job",
+    "download_export",
+    "get_export_job",
+    "job_id_for",
+    "list_model_exports",
+    "set_default_export",
+]
+
+logger = logging.getLogger(__name__)
+
+_API_JOB_NAMESPACE = uuid.UUID("0f6d3c52-8b1e-4d7a-9c3f-2e5a7b9d1c84")
+MAX_IDEMPOTENCY_KEY_CHARS = 256
+#: ``result.json`` is a few KiB; anything this large is not one.
+MAX_RESULT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Download:
+    """A presigned GET of one of a finished job's files."""
+
+    url: str
+    expires_at: datetime
+    file: str
+    key: str
+    size_bytes: int | None
+    sha256: str | None
+
+
+def job_id_for(owner: str, idempotency_key: str | None) -> str:
+    """A new job id: random, or derived from (owner, idempotency key) so that a repeat finds its job."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        raise RequestInvalid(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters", field="Idempotency-Key"
+        )
+    return str(uuid.uuid5(_API_JOB_NAMESPACE, f"{owner}\n{idempotency_key}"))
+
+
+def create_export_job(
+    deps: ApiDeps,
+    owner: str,
+    *,
+    model_id: str | None = None,
+    checkpoint_uri: str | None = None,
+    manifest_uri: str | None = None,
+    formats: list[ExportFormat] | None = None,
+    idempotency_key: str | None = None,
+) -> ExportJob:
+    """Start a conversion job of a model's checkpoint (``model_id``) or of a checkpoint location.
+
+    From a model: the checkpoint and manifest of the job that exported it (an imported model has none:
+    NoCheckpoint). From a checkpoint: ``s3://{ingest}/checkpoints/…`` (else RequestInvalid; a missing
+    object is ObjectNotFound), with ``manifest_uri``, else the sidecar ``heimdall.json``, else the
+    manifest a safetensors checkpoint embeds (else InvalidManifest). ``formats`` replaces the
+    manifest's. With ``idempotency_key`` a repeat returns the job the first request made.
+    """
+    if (model_id is None) == (checkpoint_uri is None):
+        raise RequestInvalid("give either model_id or checkpoint_uri", field="model_id")
+    if model_id is not None and manifest_uri is not None:
+        raise RequestInvalid("manifest_uri goes with checkpoint_uri, not model_id", field="manifest_uri")
+    if formats is not None and not formats:
+        raise RequestInvalid("formats, when given, must name at least one format", field="formats")
+    job_id = job_id_for(owner, idempotency_key)
+    create = partial(
+        _create,
+        deps,
+        owner,
+        job_id,
+        model_id=model_id,
+        checkpoint_uri=checkpoint_uri,
+        manifest_uri=manifest_uri,
+        formats=formats,
+    )
+    if idempotency_key is not None:
+        existing = _find_job(deps, owner, job_id)
+        if existing is not None and existing.status is not JobStatus.PENDING:
+            return existing  # a PENDING one's submission failed: it is submitted again below
+        # Two concurrent repeats: one starts the job, the other returns it as it is then.
+        claim = idempotency_key_for("api-export-job", job_id)
+        started = run_once(deps.registry, claim, create, duplicate=None)
+        found = started or _find_job(deps, owner, job_id)
+        if found is None:
+            raise ConflictError(
+                "a request with this Idempotency-Key is still being processed; retry", field="Idempotency-Key"
+            )
+        return found
+    return create()
+
+
+def _find_job(deps: ApiDeps, owner: str, job_id: str) -> ExportJob | None:
+    try:
+        return deps.registry.get_export_job(owner, job_id)
+    except RecordNotFound:
+        return None
+
+
+def _create(
+    deps: ApiDeps,
+    owner: str,
+    job_id: str,
+    *,
+    model_id: str | None,
+    checkpoint_uri: str | None,
+    manifest_uri: str | None,
+    formats: list[ExportFormat] | None,
+) -> ExportJob:
+    if model_id is not None:
+        bucket, checkpoint_key, manifest_key = _checkpoint_of_model(deps, owner, model_id)
+    else:
+        assert checkpoint_uri is not None
+        bucket, checkpoint_key = _ingest_location(deps, checkpoint_uri, field="checkpoint_uri")
+        if classify_ingest_key(checkpoint_key).kind is not KeyKind.CHECKPOINT:
+            raise RequestInvalid(
+                "checkpoint_uri must name a checkpoint file (.safetensors, .pt, .pth, .bin, .ckpt) under "
+                "checkpoints/{model_name}/{version}/",
+                field="checkpoint_uri",
+            )
+        manifest_key = None
+        if manifest_uri is not None:
+            manifest_key = _ingest_location(deps, manifest_uri, field="manifest_uri")[1]
+    checkpoint = deps.store.head(f"s3://{bucket}/{checkpoint_key}")
+    manifest, manifest_key = load_manifest(deps.store, bucket, checkpoint_key, manifest_key)
+    job, _ = start_export_job(
+        deps.checkpoint_deps(),
+        JobRequest(
+            job_id=job_id,
+            owner=owner,
+            bucket=bucket,
+            checkpoint_key=checkpoint_key,
+            checkpoint=checkpoint,
+            manifest=manifest,
+            manifest_key=manifest_key,
+            formats=list(dict.fromkeys(formats)) if formats else None,
+        ),
+    )
+    return job
+
+
+def _ingest_location(deps: ApiDeps, uri: str, *, field: str) -> tuple[str, str]:
+    """``s3://{ingest}/checkpoints/…`` → (bucket, key); anything else → RequestInvalid."""
+    bucket = deps.names.ingest_bucket
+    prefix = f"s3://{bucket}/checkpoints/"
+    key = uri[len(f"s3://{bucket}/") :] if uri.startswith(prefix) else ""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts) or len(key) > 1024:
+        raise RequestInvalid(f"{field} must be an object under {prefix}", field=field)
+    return bucket, key
+
+
+def _checkpoint_of_model(deps: ApiDeps, owner: str, model_id: str) -> tuple[str, str, str | None]:
+    require_id(model_id, what="model", field="model_id")
+    model = deps.registry.get_model(owner, model_id)
+    if model.source == "import" or model.export_job_id is None:
+        raise NoCheckpoint(
+            f"model {model_id} was imported from a bundle: there is no checkpoint to convert again",
+            field="model_id",
+        )
+    try:
+        job = deps.registry.get_export_job(owner, model.export_job_id)
+        deps.store.head(f"s3://{job.checkpoint_bucket}/{job.checkpoint_key}")
+    except (RecordNotFound, ObjectNotFound):
+        raise NoCheckpoint(
+            f"the checkpoint model {model_id} was exported from is gone", field="model_id"
+        ) from None
+    return job.checkpoint_bucket, job.checkpoint_key, job.manifest_key
+
+
+def get_export_job(deps: ApiDeps, owner: str, job_id: str) -> ExportJob:
+    """The owner's job; RecordNotFound for a missing one, another owner's, or a malformed id."""
+    require_id(job_id, what="export job", field="job_id")
+    return deps.registry.get_export_job(owner, job_id)
+
+
+def list_model_exports(
+    deps: ApiDeps, owner: str, model_id: str, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+) -> Page[ExportJob]:
+    """The owner's jobs of the model's name and version, newest first.
+
+    The registry lists by model name; the version is filtered here, so a page may hold fewer than
+    ``limit`` jobs while ``cursor`` still says there are more.
+    """
+    require_id(model_id, what="model", field="model_id")
+    model = deps.registry.get_model(owner, model_id)
+    page = deps.registry.list_export_jobs(owner, model_name=model.model_name, limit=limit, cursor=cursor)
+    return Page(items=[job for job in page.items if job.version == model.version], cursor=page.cursor)
+
+
+def set_default_export(deps: ApiDeps, owner: str, job_id: str) -> ExportJob:
+    """Make a SUCCEEDED job the default export of its model version (NotReady unless it succeeded)."""
+    job = get_export_job(deps, owner, job_id)
+    if job.status is not JobStatus.SUCCEEDED:
+        raise NotReady(
+            f"export job {job_id} is {job.status}; only a succeeded export can be the default",
+            field="job_id",
+            status=str(job.status),
+        )
+    return deps.registry.set_default_export(owner, job_id)
+
+
+def cancel_export_job(deps: ApiDeps, owner: str, job_id: str, *, cancelled_by: str) -> ExportJob:
+    """Cancel the job: CANCELLED in the registry, then ask the runner to stop it.
+
+    A finished job raises InvalidTransition. The record is what counts: a runner that cannot be reached
+    is logged, not raised (its own late FAILED event is ignored, CANCELLED being terminal).
+    """
+    job = get_export_job(deps, owner, job_id)
+    reason = f"cancelled by {cancelled_by}"[:4096]
+    if job.status in TERMINAL:
+        raise InvalidTransition(
+            f"export job {job_id} is already {job.status}", field="job_id", current=str(job.status)
+        )
+    cancelled = deps.registry.transition_export_job(job_id, JobStatus.CANCELLED, updates={"reason": reason})
+    if cancelled is None:  # it finished between the read and the write
+        current = deps.registry.get_export_job(owner, job_id)
+        raise InvalidTransition(
+            f"export job {job_id} is already {current.status}", field="job_id", current=str(current.status)
+        )
+    if cancelled.batch_job_id:
+        try:
+            deps.jobs.cancel(cancelled.batch_job_id, reason)
+        except (HeimdallError, OSError) as exc:
+            logger.warning("could not stop runner job %s of %s: %s", cancelled.batch_job_id, job_id, exc)
+    return cancelled
+
+
+def download_export(
+    deps: ApiDeps, owner: str, job_id: str, *, file: Literal["package", "bundle"] = "package"
+) -> Download:
+    """A presigned GET of a SUCCEEDED job's package (or bundle); NotReady when there is none."""
+    if file not in ("package", "bundle"):
+        raise RequestInvalid("file must be package or bundle", field="file")
+    job = get_export_job(deps, owner, job_id)
+    result = job.result
+    name = None if result is None else (result.package_file if file == "package" else result.bundle_file)
+    if job.status is not JobStatus.SUCCEEDED or not name or not job.output_prefix:
+        raise NotReady(
+            f"export job {job_id} has no {file} to download (it is {job.status})",
+            field="file",
+            status=str(job.status),
+        )
+    prefix = job.output_prefix.rstrip("/")
+    uri = f"{prefix}/{name}"
+    key = uri.removeprefix("s3://").partition("/")[2]
+    size, sha256 = _file_facts(deps, f"{prefix}/{RESULT_FILE_NAME}", name)
+    if size is None:
+        size = deps.store.head(uri).size  # also: 404 if the file is gone
+    url, expires_at = deps.store.presign_get(
+        uri, expires_s=deps.api.presign_ttl_s, filename=name.rpartition("/")[2]
+    )
+    return Download(url=url, expires_at=expires_at, file=file, key=key, size_bytes=size, sha256=sha256)
+
+
+def _file_facts(deps: ApiDeps, result_uri: str, name: str) -> tuple[int | None, str | None]:
+    """The size and sha256 the job's ``result.json`` recorded for ``name`` (None, None if it cannot say)."""
+    try:
+        data = deps.store.get_bytes(result_uri, max_bytes=MAX_RESULT_BYTES)
+        result = ConversionResult.model_validate_json(data)
+    except (HeimdallError, ValidationError):
+        return None, None
+    facts = result.outputs.get(name)
+    return (facts.size_bytes, facts.sha256) if facts else (None, None)
