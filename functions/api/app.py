@@ -3,6 +3,7 @@
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from heimdall.api.app import app
@@ -13,4 +14,7 @@ from heimdall.observability import logger, metrics, tracer
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    response: dict[str, Any] = app.resolve(event, context)
+    status = int(response.get("statusCode", 500))
+    metrics.add_metric(name=f"Responses{status // 100}xx", unit=MetricUnit.Count, value=1)
+    return response
