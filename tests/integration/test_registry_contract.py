@@ -483,6 +483,15 @@ def test_a_random_event_sequence_obeys_the_machine(
 # --- default export --------------------------------------------------------------------------------
 
 
+def test_record_job_model_sets_the_model_in_any_state(registry: Registry, owner: str) -> None:
+    done = job_in(registry, owner, JobStatus.SUCCEEDED)
+    registry.record_job_model(done.job_id, "model-1")
+    stored = registry.get_export_job(owner, done.job_id)
+    assert (stored.model_id, stored.status) == ("model-1", JobStatus.SUCCEEDED)
+    with pytest.raises(RecordNotFound):
+        registry.record_job_model("no-such-job", "model-1")
+
+
 def test_set_default_export_keeps_one_default_per_model_version(registry: Registry, owner: str) -> None:
     first = job_in(registry, owner, S.SUCCEEDED, at=1)
     second = job_in(registry, owner, S.SUCCEEDED, at=2)

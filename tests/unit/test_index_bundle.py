@@ -14,7 +14,7 @@ from heimdall.bundle import parse_metadata, read_bundle, write_bundle
 from heimdall.events import DetailType, EventPublishError, InMemoryEventSink
 from heimdall.logic.bundles import BundleDeps, index_bundle
 from heimdall.notifications import ObjectCreated
-from heimdall.registry import InMemoryRegistry
+from heimdall.registry import ExportJob, InMemoryRegistry
 from heimdall.samples import localization_net_onnx, sample_bundle_metadata
 from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.storage import InMemoryObjectStore
@@ -94,12 +94,29 @@ def test_the_same_notification_twice_indexes_once(deps: BundleDeps) -> None:
 
 
 def test_a_job_bundle_is_an_export(deps: BundleDeps) -> None:
+    deps.registry.create_export_job(
+        ExportJob(
+            job_id="job-7",
+            owner="bob",
+            model_name="localization-net-v1",
+            version="1.0.0",
+            checkpoint_bucket="ingest",
+            checkpoint_key="checkpoints/localization-net-v1/1.0.0/model.safetensors",
+        )
+    )
     obj = drop(deps, "exports/job-7/localization-net-v1-v1.0.0.heimdall", bundle_bytes(), bucket="artifacts")
     outcome = index_bundle(obj, deps, owner="bob", job_id="job-7")
     assert outcome.model is not None
     assert outcome.model.source == "export" and outcome.model.export_job_id == "job-7"
     assert outcome.model.onnx_key == f"models/{outcome.model.model_id}/model.onnx"
     assert outcome.model.display_name == "localization-net-v1"
+    assert deps.registry.get_export_job("bob", "job-7").model_id == outcome.model.model_id
+
+
+def test_a_job_bundle_whose_job_is_gone_is_still_indexed(deps: BundleDeps) -> None:
+    obj = drop(deps, "exports/job-8/localization-net-v1-v1.0.0.heimdall", bundle_bytes(), bucket="artifacts")
+    outcome = index_bundle(obj, deps, owner="bob", job_id="job-8")
+    assert outcome.status == "indexed" and outcome.model is not None
 
 
 @pytest.mark.parametrize(

@@ -538,6 +538,14 @@ class Registry(Protocol):
         """
         ...
 
+    def record_job_model(self, job_id: str, model_id: str) -> None:
+        """Note on the job the model its bundle was indexed as, whatever the job's state.
+
+        The bundle is indexed from the job's own output, usually after the job reached SUCCEEDED, so
+        this is not a state transition. RecordNotFound for an unknown job.
+        """
+        ...
+
     def set_default_export(self, owner: str, job_id: str) -> ExportJob:
         """Make a SUCCEEDED job the default export of its (model_name, version), clearing the previous one.
 
@@ -755,6 +763,13 @@ class InMemoryRegistry:
             changed = job.model_copy(update={**fields, "status": target, "updated_at": self._now()})
             self._jobs[job_id] = changed
             return changed.model_copy(deep=True)
+
+    def record_job_model(self, job_id: str, model_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise RecordNotFound(f"export job {job_id} not found", field="job_id")
+            self._jobs[job_id] = job.model_copy(update={"model_id": model_id, "updated_at": self._now()})
 
     def set_default_export(self, owner: str, job_id: str) -> ExportJob:
         with self._lock:

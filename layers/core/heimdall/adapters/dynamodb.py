@@ -575,6 +575,24 @@ class DynamoRegistry:
                 return None
         raise ConflictError(f"export job {job_id} kept changing; {target} not applied", field="job_id")
 
+    def record_job_model(self, job_id: str, model_id: str) -> None:
+        """Note the model the job's bundle became (one conditional ``UpdateItem``, any job state)."""
+        try:
+            _call(
+                self.client.update_item,
+                TableName=self.table_name,
+                Key=_job_key(job_id),
+                UpdateExpression="SET #model_id = :model_id, #updated_at = :updated_at",
+                ConditionExpression="attribute_exists(PK)",
+                ExpressionAttributeNames={"#model_id": "model_id", "#updated_at": "updated_at"},
+                ExpressionAttributeValues={
+                    ":model_id": {"S": model_id},
+                    ":updated_at": {"S": json.loads(dump_job_field_json("updated_at", self._now()))},
+                },
+            )
+        except _ConditionFailed:
+            raise RecordNotFound(f"export job {job_id} not found", field="job_id") from None
+
     def set_default_export(self, owner: str, job_id: str) -> ExportJob:
         """Make a SUCCEEDED job the default export of its (model_name, version), atomically.
 

@@ -620,7 +620,9 @@ class ApiClient:
     @contextlib.contextmanager
     def _fetch(self, url: str, *, params: Mapping[str, Any] | None = None) -> Iterator[_Fetched]:
         """GET ``url`` as a stream, following redirects by hand; the token goes to the API's origin only."""
-        target = httpx.URL(url, params=_query(params))
+        # Merged, not passed as ``params=``: httpx would replace the URL's own query, and with it the
+        # signature of a presigned URL.
+        target = httpx.URL(url).copy_merge_params(_query(params))
         first: httpx.Response | None = None
         for _ in range(MAX_REDIRECTS + 1):
             own = _origin(target) == self._origin

@@ -12,6 +12,7 @@ storage or event failure releases the claim and propagates, so SQS delivers the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import uuid
@@ -24,7 +25,7 @@ from typing import Literal
 from heimdall.bundle.models import ComponentSelection
 from heimdall.bundle.verify import verify_bundle
 from heimdall.bundle.writer import write_bundle
-from heimdall.errors import ObjectNotFound, TooLarge
+from heimdall.errors import ObjectNotFound, RecordNotFound, TooLarge
 from heimdall.events import BundleIndexed, BundleRejected, EventSink, idempotency_key_for, make_event
 from heimdall.logic.once import run_once
 from heimdall.notifications import ObjectCreated
@@ -159,6 +160,10 @@ def _index(
         export_job_id=job_id,
     )
     deps.registry.put_model(record)
+    if job_id is not None:
+        # The job says which model it became; a job deleted meanwhile does not stop the indexing.
+        with contextlib.suppress(RecordNotFound):
+            deps.registry.record_job_model(job_id, model_id)
     detail = BundleIndexed(
         idempotency_key=BundleIndexed.key_for(obj.bucket, obj.key, obj.revision),
         occurred_at=deps.now(),
