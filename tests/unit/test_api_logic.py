@@ -191,6 +191,16 @@ def test_export_keeps_the_chosen_components_and_the_same_model(deps: ApiDeps, dr
     assert read.bundle.model.model_id == model.model_id
 
 
+def test_an_export_without_a_description_keeps_the_senders(deps: ApiDeps) -> None:
+    model = import_inline(deps, "alice", bundle_bytes()).model
+    assert model is not None
+    exported = export_model(deps, "alice", model.model_id, _all(), requested_by="alice")
+    assert exported.body is not None
+    meta = read_bundle(exported.body).bundle.bundle_metadata
+    assert meta.description == sample_bundle_metadata()["bundle_metadata"]["description"]
+    assert meta.created_by == "alice" and meta.heimdall_version
+
+
 def test_an_export_too_large_for_a_response_is_a_presigned_redirect(deps: ApiDeps) -> None:
     model = import_inline(deps, "alice", bundle_bytes()).model
     assert model is not None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from heimdall import __version__
 from heimdall.bundle.models import BundleMetadata, ComponentSelection
 from heimdall.bundle.reader import read_bundle
 from heimdall.bundle.writer import write_bundle
@@ -129,11 +130,14 @@ def export_model(
         with onnx.open("wb") as sink:
             read = read_bundle(stored, limits=deps.limits, onnx_sink=sink)
         stored.unlink()  # one copy of the bundle on disk at a time
+        # A new bundle (id, time, author, this release); the sender's description stays unless replaced.
+        original = read.bundle.bundle_metadata
         metadata = BundleMetadata(
             bundle_id=bundle_id,
             created_at=deps.now(),
             created_by=requested_by,
-            description=options.description,
+            description=options.description if options.description is not None else original.description,
+            heimdall_version=__version__,
         )
         bundle = read.bundle.model_copy(update={"bundle_metadata": metadata})
         written = write_bundle(bundle, onnx, out, selection=options.selection)
