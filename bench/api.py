@@ -48,7 +48,7 @@ from heimdall.api.deps import use_deps
 from heimdall.bundle.reader import parse_metadata
 from heimdall.bundle.writer import write_bundle
 from heimdall.local.gateway import HttpRequest, build_event
-from heimdall.local.stack import LocalStack, load_function
+from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.logic.api import ApiDeps
 from heimdall.registry import InMemoryRegistry, ModelRecord, utcnow
 from heimdall.samples import padded_onnx, sample_bundle_metadata
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 expect=200,
             )
             say("in-process")
-            handler = load_function("api").lambda_handler
+            handler = invoker(load_function("api"))
             _inprocess(handler, list_path, owner, 5)
             inproc_list = _inprocess(handler, list_path, owner, args.inprocess_runs)
             inproc_export = _inprocess(handler, export_path, owner, max(10, args.inprocess_runs // 4))

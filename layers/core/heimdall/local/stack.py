@@ -38,6 +38,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
 from heimdall import wiring
 from heimdall.adapters.batch import batch_job_name
 from heimdall.conversion import JobSpec
@@ -79,6 +81,27 @@ def load_function(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def invoker(module: ModuleType) -> Callable[[dict[str, Any], Any], Any]:
+    """``module.lambda_handler``, as one Lambda invocation: metrics the handler could not publish are dropped.
+
+    With ``POWERTOOLS_METRICS_DISABLED`` (set here: no CloudWatch locally) Powertools skips the flush
+    but keeps the metrics, and prints them as EMF once 100 have piled up across invocations; in Lambda
+    each container flushes every invocation, so nothing piles up.
+    """
+    from heimdall.observability import metrics  # noqa: PLC0415 - the handlers' own singleton
+
+    handler = module.lambda_handler
+
+    def invoke(event: dict[str, Any], context: Any) -> Any:
+        try:
+            return handler(event, context)
+        finally:
+            if is_metrics_disabled():
+                metrics.clear_metrics()
+
+    return invoke
 
 
 class SubprocessJobRunner:
@@ -248,7 +271,7 @@ class LocalStack:
         self.tokens = load_api_tokens(self.workdir, self._api_tokens)
         api = load_function("api")
         self.gateway = LocalGateway(
-            api.lambda_handler,
+            invoker(api),
             self.tokens.table,
             port=port,
             lock=self._handler_lock,
@@ -357,7 +380,7 @@ class LocalStack:
                 continue
             event = {"Records": [_sqs_record(m) for m in messages]}
             with self._handler_lock:
-                response = module.lambda_handler(event, _Context("ingest"))
+                response = invoker(module)(event, _Context("ingest"))
             failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
             for message in messages:
                 if message["MessageId"] not in failed:  # failures become visible again: SQS retries
@@ -372,7 +395,7 @@ class LocalStack:
             for message in self._receive(sqs, "job-state"):
                 try:
                     with self._handler_lock:
-                        module.lambda_handler(json.loads(message["Body"]), _Context("job_state"))
+                        invoker(module)(json.loads(message["Body"]), _Context("job_state"))
                 except Exception:
                     # As Lambda's retry: the message becomes visible again and is delivered later.
                     logger.warning("job-state handler failed; will retry", exc_info=True)
