@@ -547,6 +547,7 @@ def test_an_import_is_found_by_id_alone_with_its_component_selection(registry: R
         bucket="ingest",
         key="bundles/imports/x/bundle.heimdall",
         components=["training_config", "sample_predictions"],
+        upload_expires_at=datetime(2026, 11, 25, 12, 15, 30, 123456, tzinfo=UTC),
     )
     registry.put_import(record)
     found = registry.get_import_any_owner(record.import_id)

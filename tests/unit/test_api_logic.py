@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from heimdall.events import DetailType, InMemoryEventSink
 from heimdall.logic.api import ApiDeps
 from heimdall.logic.capabilities import capabilities
 from heimdall.logic.imports import (
+    UPLOAD_EXPIRED,
+    UPLOAD_GRACE_S,
     get_import,
     import_id_from_key,
     import_inline,
@@ -337,6 +339,27 @@ def test_a_presigned_import_of_a_bad_bundle_is_rejected(deps: ApiDeps) -> None:
     assert ingest(deps, "ingest", record.key or "") == "bundle:rejected"
     settled = get_import(deps, "alice", record.import_id)
     assert (settled.status, settled.error_code) == (ImportStatus.REJECTED, "INVALID_JSON")
+
+
+def test_a_presigned_import_never_uploaded_is_given_up_after_its_url_expired(deps: ApiDeps) -> None:
+    record, upload = start_presigned_import(deps, "alice", size_bytes=100)
+    assert record.upload_expires_at == upload.expires_at
+    just_after = replace(deps, now=lambda: upload.expires_at + timedelta(seconds=UPLOAD_GRACE_S - 1))
+    assert get_import(just_after, "alice", record.import_id).status is ImportStatus.PENDING
+    later = replace(deps, now=lambda: upload.expires_at + timedelta(seconds=UPLOAD_GRACE_S + 1))
+    given_up = get_import(later, "alice", record.import_id)
+    assert (given_up.status, given_up.error_code) == (ImportStatus.REJECTED, UPLOAD_EXPIRED)
+    assert get_import(deps, "alice", record.import_id).status is ImportStatus.REJECTED  # stored, not computed
+
+
+def test_a_late_but_uploaded_presigned_import_is_left_to_the_ingest(deps: ApiDeps) -> None:
+    body = bundle_bytes()
+    record, upload = start_presigned_import(deps, "alice", size_bytes=len(body))
+    deps.store.put_bytes(f"s3://ingest/{record.key}", body)
+    later = replace(deps, now=lambda: upload.expires_at + timedelta(hours=1))
+    assert get_import(later, "alice", record.import_id).status is ImportStatus.PENDING
+    assert ingest(deps, "ingest", record.key or "") == "bundle:indexed"
+    assert get_import(later, "alice", record.import_id).status is ImportStatus.INDEXED
 
 
 def test_a_presigned_import_checks_what_it_is_asked_for(tmp_path: Path) -> None:

@@ -320,6 +320,13 @@ class ImportRecord(_Record):
     key: str | None = Field(default=None, max_length=1024)
     #: The optional components to keep (names of ``heimdall.bundle.models.Component``); None: all.
     components: list[str] | None = Field(default=None, max_length=16)
+    #: When the presigned upload URL of a presigned import stops working (None for inline imports).
+    upload_expires_at: datetime | None = None
+
+    @field_validator("upload_expires_at")
+    @classmethod
+    def _utc_or_none(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _as_utc(value)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -133,6 +133,11 @@ class ImportOut(_Out):
     components: list[str] | None = Field(
         default=None, description="The optional components the import keeps (null: all of them)."
     )
+    upload_expires_at: datetime | None = Field(
+        default=None,
+        description="Presigned imports: when the upload URL stops working. An import still PENDING a few "
+        "minutes after that, with nothing uploaded, becomes REJECTED with UPLOAD_EXPIRED.",
+    )
     created_at: datetime
     updated_at: datetime
 

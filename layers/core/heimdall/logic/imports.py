@@ -19,12 +19,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from heimdall.bundle.models import Component, ComponentSelection
 from heimdall.errors import (
     BundleError,
     InvalidBundle,
+    ObjectNotFound,
     PayloadTooLarge,
     RecordNotFound,
     RequestInvalid,
@@ -37,6 +38,8 @@ from heimdall.notifications import ObjectCreated
 from heimdall.registry import IMPORT_TERMINAL, ImportRecord, ImportStatus, ModelRecord
 
 __all__ = [
+    "UPLOAD_EXPIRED",
+    "UPLOAD_GRACE_S",
     "ImportResult",
     "PresignedUpload",
     "bundle_error",
@@ -53,6 +56,10 @@ IMPORT_PREFIX = "bundles/imports/"
 IMPORT_FILE = "bundle.heimdall"
 _IMPORT_KEY = re.compile(r"^bundles/imports/(?P<id>[A-Za-z0-9][A-Za-z0-9._:-]{0,127})/bundle\.heimdall$")
 _GZIP_MAGIC = b"\x1f\x8b"
+#: How long after its upload URL expired a PENDING import waits for S3's notification before it is given up.
+UPLOAD_GRACE_S = 300
+#: The code of an import whose presigned upload never came.
+UPLOAD_EXPIRED = "UPLOAD_EXPIRED"
 #: How long an inline import waits for the ingest function when the S3 notification won the race.
 RACE_WAIT_S = 20.0
 _RACE_POLL_S = 0.25
@@ -255,14 +262,42 @@ def start_presigned_import(
         raise RequestInvalid("filename must be 1 to 1024 characters", field="filename")
     _check_size(size_bytes, deps)
     selection_of(components)
-    record = deps.registry.put_import(_new_record(deps, owner, components))
+    record = _new_record(deps, owner, components)
     url, fields, expires_at = deps.store.presign_post(
         f"s3://{record.bucket}/{record.key}", max_bytes=size_bytes, expires_s=deps.api.presign_ttl_s
     )
+    # Recorded before the URL is handed out, so the upload's notification always finds the record.
+    record = deps.registry.put_import(record.model_copy(update={"upload_expires_at": expires_at}))
     return record, PresignedUpload(url=url, fields=fields, max_bytes=size_bytes, expires_at=expires_at)
 
 
 def get_import(deps: ApiDeps, owner: str, import_id: str) -> ImportRecord:
     """The owner's import (RecordNotFound for another owner's, or an id that cannot exist)."""
     require_id(import_id, what="import", field="import_id")
-    return deps.registry.get_import(owner, import_id)
+    return _give_up_if_abandoned(deps, deps.registry.get_import(owner, import_id))
+
+
+def _give_up_if_abandoned(deps: ApiDeps, record: ImportRecord) -> ImportRecord:
+    """A PENDING presigned import whose URL expired (plus a grace) with nothing uploaded: REJECTED.
+
+    Without this a client that never uploads would leave its import PENDING for ever, and whoever
+    follows it would wait for ever. An upload that did arrive is left to the ingest function.
+    """
+    deadline = record.upload_expires_at
+    if record.status is not ImportStatus.PENDING or deadline is None:
+        return record
+    if deps.now() < deadline + timedelta(seconds=UPLOAD_GRACE_S):
+        return record
+    try:
+        deps.store.head(f"s3://{record.bucket}/{record.key}")
+    except ObjectNotFound:
+        expired = record.model_copy(
+            update={
+                "status": ImportStatus.REJECTED,
+                "error_code": UPLOAD_EXPIRED,
+                "reason": f"no bundle was uploaded before the upload URL expired at {deadline.isoformat()}",
+                "updated_at": deps.now(),
+            }
+        )
+        return deps.registry.put_import(expired)  # a terminal record written meanwhile wins
+    return record
