@@ -15,13 +15,11 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heimdall.adapters.dynamodb import DynamoRegistry, create_registry_table
+from heimdall.adapters.dynamodb import DynamoRegistry
 from heimdall.errors import (
     ConflictError,
     InvalidCursor,
@@ -67,52 +65,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture(scope="module")
-def atomic_conditional_writes() -> Iterator[None]:
-    """Give the emulator DynamoDB's guarantee that a conditional write is atomic.
-
-    Real DynamoDB evaluates a ``ConditionExpression`` and applies the write as one step per item. moto's
-    server handles requests on threads and checks then writes without a lock, so two racing conditional
-    writes can both succeed there (seen in about one run in twenty of the race tests below). The server
-    runs in this process, so its write operations are serialised here; what is tested is then our use
-    of conditions, not moto's threading.
-    """
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()
-
-    def serialised(operation: Callable[..., Any]) -> Callable[..., Any]:
-        def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
-            with lock:
-                return operation(self, *args, **kwargs)
-
-        return locked
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
-            patch.setattr(DynamoDBBackend, name, serialised(getattr(DynamoDBBackend, name)))
-        yield
-
-
-@pytest.fixture(scope="module")
-def dynamodb(emulator_endpoint: str, atomic_conditional_writes: None) -> Any:
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=emulator_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(max_pool_connections=32, retries={"max_attempts": 2, "mode": "standard"}),
-    )
-
-
-@pytest.fixture(scope="module")
-def table_name(dynamodb: Any) -> str:
-    name = f"heimdall-registry-{uuid.uuid4().hex[:8]}"
-    create_registry_table(dynamodb, name)
-    return name
 
 
 @pytest.fixture

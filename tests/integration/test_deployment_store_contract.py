@@ -1,0 +1,455 @@
+"""One behavioural contract for both deployment stores.
+
+Every test runs twice: against :class:`InMemoryDeploymentStore` and against :class:`DynamoDeploymentStore`
+on the emulator's real HTTP endpoint (a moto server), on a table made by ``create_registry_table``. Each
+test works under its own owner and ids, so the DynamoDB half shares one table per module.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from heimdall.adapters.dynamodb import DynamoRegistry
+from heimdall.adapters.dynamodb_deployments import DynamoDeploymentStore
+from heimdall.deployments import (
+    RATE_LIMITS,
+    ApiKeyRecord,
+    Deployment,
+    DeploymentAction,
+    DeploymentStatus,
+    DeploymentStore,
+    DeploymentType,
+    InMemoryDeploymentStore,
+    Tier,
+    authenticate_api_key,
+    generate_api_key,
+    hash_api_key,
+    key_matches,
+    parse_key_id,
+)
+from heimdall.errors import ConflictError, InvalidCursor, RecordNotFound, Unauthorized
+from heimdall.registry import ModelRecord
+
+ACTIVE, INACTIVE = DeploymentStatus.ACTIVE, DeploymentStatus.INACTIVE
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A settable clock."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(microseconds=1)  # every write gets its own instant, as in real life
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "dynamodb"])
+def store(request: pytest.FixtureRequest, clock: Clock) -> Iterator[DeploymentStore]:
+    if request.param == "memory":
+        yield InMemoryDeploymentStore(now=clock)
+    else:
+        yield DynamoDeploymentStore(
+            request.getfixturevalue("table_name"), request.getfixturevalue("dynamodb"), now=clock
+        )
+
+
+@pytest.fixture
+def owner() -> str:
+    return f"user-{uuid.uuid4().hex}"
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def deployment(owner: str, *, model_id: str = "model-1", at: int = 0, **extra: Any) -> Deployment:
+    return Deployment(
+        deployment_id=extra.pop("deployment_id", _id("d")),
+        owner=owner,
+        model_id=model_id,
+        type=extra.pop("type", DeploymentType.DOWNLOAD),
+        name=extra.pop("name", "my deployment"),
+        created_at=T0 + timedelta(seconds=at),
+        updated_at=T0 + timedelta(seconds=at),
+        **extra,
+    )
+
+
+def endpoint(owner: str, **extra: Any) -> tuple[Deployment, ApiKeyRecord, str]:
+    """A platform endpoint with its key record and the key itself."""
+    key_id, key = generate_api_key()
+    record = deployment(owner, type=DeploymentType.PLATFORM_ENDPOINT, tier=Tier.FREE, key_id=key_id, **extra)
+    stored = ApiKeyRecord(
+        key_id=key_id, deployment_id=record.deployment_id, owner=owner, key_hash=hash_api_key(key)
+    )
+    return record, stored, key
+
+
+def new_key(record: Deployment) -> tuple[ApiKeyRecord, str]:
+    key_id, key = generate_api_key()
+    return (
+        ApiKeyRecord(
+            key_id=key_id, deployment_id=record.deployment_id, owner=record.owner, key_hash=hash_api_key(key)
+        ),
+        key,
+    )
+
+
+def authenticates(store: DeploymentStore, key: str) -> bool:
+    """What the inference path does with a bearer key: parse, look up by id, compare the hash."""
+    key_id = parse_key_id(key)
+    if key_id is None:
+        return False
+    try:
+        record = store.get_api_key(key_id)
+    except RecordNotFound:
+        return False
+    return (
+        key_matches(key, record.key_hash) and authenticate_api_key(store, key, record.deployment_id) == record
+    )
+
+
+def collect(fetch: Callable[[str | None], Any]) -> list[list[Any]]:
+    pages, cursor = [], None
+    while True:
+        page = fetch(cursor)
+        pages.append(page.items)
+        cursor = page.cursor
+        if cursor is None:
+            return pages
+
+
+# --- API keys (pure functions) ---------------------------------------------------------------------
+
+
+def test_api_keys_parse_hash_and_compare() -> None:
+    key_id, key = generate_api_key()
+    assert key.startswith(f"hdk_{key_id}_")
+    assert parse_key_id(key) == key_id
+    assert len({generate_api_key()[1] for _ in range(50)}) == 50
+    digest = hash_api_key(key)
+    assert len(digest) == 64
+    assert key not in digest
+    assert key_matches(key, digest)
+    assert not key_matches(key + "x", digest)
+    assert not key_matches(generate_api_key()[1], digest)
+    for bad in ("", "hdk_", f"hdk_{key_id}", "Bearer " + key, key.replace("hdk_", "hdx_"), key + "!"):
+        assert parse_key_id(bad) is None, bad
+
+
+# --- deployments -----------------------------------------------------------------------------------
+
+
+def test_put_get_delete_round_trips_every_field(store: DeploymentStore, owner: str) -> None:
+    record, key_record, _ = endpoint(
+        owner,
+        export_job_id="job-1",
+        apply_normalization=True,
+        options={"nested": {"ratio": 0.25, "sizes": [1, 8]}, "flag": True},
+        artifact_key="deployments/x/package.zip",
+    )
+    assert store.put_deployment(record, api_key=key_record) == record
+    stored = store.get_deployment(owner, record.deployment_id)
+    assert stored == record
+    assert isinstance(stored.options["nested"]["ratio"], float)
+    assert store.get_deployment_any_owner(record.deployment_id) == record
+
+    with pytest.raises(ConflictError):
+        store.put_deployment(record)
+    store.delete_deployment(owner, record.deployment_id)
+    with pytest.raises(RecordNotFound) as caught:
+        store.get_deployment(owner, record.deployment_id)
+    assert caught.value.http_status == 404
+    with pytest.raises(RecordNotFound):
+        store.delete_deployment(owner, record.deployment_id)
+    with pytest.raises(RecordNotFound):
+        store.history(owner, record.deployment_id)
+
+
+def test_another_owners_deployment_is_not_found_and_not_changed(store: DeploymentStore, owner: str) -> None:
+    record, key_record, key = endpoint(owner)
+    store.put_deployment(record, api_key=key_record)
+    other = f"{owner}-other"
+    for attempt in (
+        lambda: store.get_deployment(other, record.deployment_id),
+        lambda: store.delete_deployment(other, record.deployment_id),
+        lambda: store.transition_deployment(other, record.deployment_id, INACTIVE, actor=other),
+        lambda: store.history(other, record.deployment_id),
+        lambda: store.rotate_api_key(other, record.deployment_id, new_key(record)[0], actor=other),
+    ):
+        with pytest.raises(RecordNotFound):
+            attempt()
+    assert store.list_deployments(other).items == []
+    assert store.list_deployments(other, model_id=record.model_id).items == []
+    assert store.get_deployment(owner, record.deployment_id) == record, "still there, unchanged"
+    assert authenticates(store, key)
+
+
+def test_list_deployments_newest_first_by_owner_and_model(store: DeploymentStore, owner: str) -> None:
+    made = [store.put_deployment(deployment(owner, model_id=f"m{i % 2}", at=i)) for i in range(5)]
+    pages = collect(lambda cursor: store.list_deployments(owner, limit=2, cursor=cursor))
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [d.deployment_id for p in pages for d in p] == [d.deployment_id for d in reversed(made)]
+
+    pages = collect(lambda cursor: store.list_deployments(owner, model_id="m0", limit=2, cursor=cursor))
+    assert [[d.deployment_id for d in p] for p in pages] == [
+        [made[4].deployment_id, made[2].deployment_id],
+        [made[0].deployment_id],
+    ]
+    assert store.list_deployments(owner, model_id="m9").items == []
+    cursor = store.list_deployments(owner, limit=1).cursor
+    assert cursor is not None
+    with pytest.raises(InvalidCursor):
+        store.list_deployments(owner, model_id="m0", cursor=cursor)
+    with pytest.raises(InvalidCursor):
+        store.list_deployments(f"{owner}-other", cursor=cursor)
+
+
+# --- lifecycle and history -------------------------------------------------------------------------
+
+
+def test_transitions_are_recorded_with_before_after_and_actor(store: DeploymentStore, owner: str) -> None:
+    record = store.put_deployment(deployment(owner), actor="creator")
+    off = store.transition_deployment(owner, record.deployment_id, INACTIVE, actor="alice")
+    assert off.status is INACTIVE
+    assert off.updated_at > record.updated_at
+    assert store.get_deployment(owner, record.deployment_id) == off
+    with pytest.raises(ConflictError) as caught:
+        store.transition_deployment(owner, record.deployment_id, INACTIVE, actor="alice")
+    assert caught.value.http_status == 409
+    on = store.transition_deployment(owner, record.deployment_id, ACTIVE, actor="bob")
+    assert on.status is ACTIVE
+
+    history = store.history(owner, record.deployment_id)
+    assert [(e.action, e.before, e.after, e.actor) for e in history] == [
+        (DeploymentAction.CREATED, None, ACTIVE, "creator"),
+        (DeploymentAction.DEACTIVATED, ACTIVE, INACTIVE, "alice"),
+        (DeploymentAction.ACTIVATED, INACTIVE, ACTIVE, "bob"),
+    ]
+    assert [e.at for e in history] == sorted(e.at for e in history)
+    assert all(e.deployment_id == record.deployment_id for e in history)
+
+
+def test_racing_transitions_have_exactly_one_winner(store: DeploymentStore, owner: str) -> None:
+    record = store.put_deployment(deployment(owner))
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def race(i: int) -> None:
+        barrier.wait()
+        try:
+            store.transition_deployment(owner, record.deployment_id, INACTIVE, actor=f"t{i}")
+            outcome = "won"
+        except ConflictError:
+            outcome = "conflict"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict"] * 7 + ["won"]
+    assert len(store.history(owner, record.deployment_id)) == 2
+
+
+# --- API keys in the store -------------------------------------------------------------------------
+
+
+def test_only_the_hash_is_stored_and_the_key_is_found_by_its_id(store: DeploymentStore, owner: str) -> None:
+    record, key_record, key = endpoint(owner)
+    store.put_deployment(record, api_key=key_record)
+    found = store.get_api_key(key_record.key_id)
+    assert found == key_record
+    assert (found.deployment_id, found.owner) == (record.deployment_id, owner)
+    assert key not in found.model_dump_json()
+    assert authenticates(store, key)
+    assert not authenticates(store, key[:-1] + ("A" if key[-1] != "A" else "B"))
+    with pytest.raises(RecordNotFound):
+        store.get_api_key("0" * 16)
+    with pytest.raises(ConflictError):
+        store.put_api_key(key_record)
+
+
+def test_authenticate_api_key_is_one_401_for_every_failure(store: DeploymentStore, owner: str) -> None:
+    record, key_record, key = endpoint(owner)
+    store.put_deployment(record, api_key=key_record)
+    other, other_key_record, other_key = endpoint(owner)
+    store.put_deployment(other, api_key=other_key_record)
+    assert authenticate_api_key(store, key, record.deployment_id) == key_record
+    wrong_secret = key[:-1] + ("A" if key[-1] != "A" else "B")
+    for attempt in (None, "", "Bearer x", wrong_secret, other_key, generate_api_key()[1]):
+        with pytest.raises(Unauthorized) as caught:
+            authenticate_api_key(store, attempt, record.deployment_id)
+        assert caught.value.http_status == 401
+    store.revoke_api_key(key_record.key_id)
+    with pytest.raises(Unauthorized):
+        authenticate_api_key(store, key, record.deployment_id)
+
+
+def test_a_taken_key_id_creates_nothing(store: DeploymentStore, owner: str) -> None:
+    record, key_record, _ = endpoint(owner)
+    store.put_deployment(record, api_key=key_record)
+    second = deployment(owner, type=DeploymentType.PLATFORM_ENDPOINT, key_id=key_record.key_id)
+    clash = key_record.model_copy(update={"deployment_id": second.deployment_id})
+    with pytest.raises(ConflictError):
+        store.put_deployment(second, api_key=clash)
+    with pytest.raises(RecordNotFound):
+        store.get_deployment(owner, second.deployment_id)
+    assert store.get_api_key(key_record.key_id).deployment_id == record.deployment_id
+
+
+def test_revoke_rotate_and_delete_stop_the_old_key_at_once(store: DeploymentStore, owner: str) -> None:
+    record, key_record, key = endpoint(owner)
+    store.put_deployment(record, api_key=key_record)
+
+    replacement, new = new_key(record)
+    rotated = store.rotate_api_key(owner, record.deployment_id, replacement, actor="alice")
+    assert rotated.key_id == replacement.key_id
+    assert store.get_deployment(owner, record.deployment_id).key_id == replacement.key_id
+    assert not authenticates(store, key)
+    with pytest.raises(RecordNotFound):
+        store.get_api_key(key_record.key_id)
+    assert authenticates(store, new)
+    last = store.history(owner, record.deployment_id)[-1]
+    assert (last.action, last.actor, last.before, last.after) == (
+        DeploymentAction.KEY_ROTATED,
+        "alice",
+        ACTIVE,
+        ACTIVE,
+    )
+    assert last.detail == {"old_key_id": key_record.key_id, "new_key_id": replacement.key_id}
+    with pytest.raises(ConflictError):  # a key id that exists is refused, nothing changes
+        store.rotate_api_key(owner, record.deployment_id, replacement, actor="alice")
+    assert authenticates(store, new)
+
+    store.revoke_api_key(replacement.key_id)
+    assert not authenticates(store, new)
+    with pytest.raises(RecordNotFound):
+        store.revoke_api_key("f" * 16)
+
+    third, newest = new_key(record)
+    store.rotate_api_key(owner, record.deployment_id, third, actor="alice")
+    assert authenticates(store, newest)
+    store.delete_deployment(owner, record.deployment_id)
+    assert not authenticates(store, newest)
+
+    plain = store.put_deployment(deployment(owner))
+    with pytest.raises(ConflictError):
+        store.rotate_api_key(owner, plain.deployment_id, new_key(plain)[0], actor="alice")
+
+
+# --- rate limits -----------------------------------------------------------------------------------
+
+
+def test_a_burst_over_the_limit_is_denied_until_the_next_minute(store: DeploymentStore) -> None:
+    key_id = generate_api_key()[0]
+    limit = RATE_LIMITS[Tier.FREE]
+    assert limit == 10
+    start = T0 + timedelta(seconds=20)
+    decisions = [store.consume_rate_limit(key_id, limit, start + timedelta(seconds=i)) for i in range(15)]
+    assert [d.allowed for d in decisions] == [True] * 10 + [False] * 5
+    assert [d.remaining for d in decisions[:10]] == list(range(9, -1, -1))
+    for i, denied in enumerate(decisions[10:], start=10):
+        assert 1 <= denied.retry_after_s <= 60
+        assert denied.retry_after_s == 60 - (20 + i)
+        assert denied.remaining == 0
+    assert store.consume_rate_limit(generate_api_key()[0], limit, start).allowed, "another key is not limited"
+    nxt = store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=60))
+    assert (nxt.allowed, nxt.remaining) == (True, 9)
+    with pytest.raises(ValueError):
+        store.consume_rate_limit(key_id, 0, start)
+
+
+def test_concurrent_consumers_share_one_limit(store: DeploymentStore) -> None:
+    key_id = generate_api_key()[0]
+    barrier = threading.Barrier(8)
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        barrier.wait()
+        for _ in range(3):
+            decision = store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=5))
+            with lock:
+                allowed.append(decision.allowed)
+
+    threads = [threading.Thread(target=consume) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(allowed) == 24
+    assert allowed.count(True) == 10
+
+
+# --- usage -----------------------------------------------------------------------------------------
+
+
+def test_usage_counters_add_up(store: DeploymentStore, owner: str) -> None:
+    record = store.put_deployment(deployment(owner))
+    empty = store.get_usage(record.deployment_id)
+    assert (empty.request_count, empty.last_request_at, empty.total_inference_ms) == (0, None, 0.0)
+    for i, ms in enumerate((1.5, 2.25, 3.0)):
+        store.record_usage(record.deployment_id, ms, T0 + timedelta(seconds=i))
+    usage = store.get_usage(record.deployment_id)
+    assert usage.request_count == 3
+    assert usage.total_inference_ms == pytest.approx(6.75)
+    assert usage.last_request_at == T0 + timedelta(seconds=2)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError):
+            store.record_usage(record.deployment_id, bad, T0)
+    assert store.get_usage(record.deployment_id) == usage
+    store.delete_deployment(owner, record.deployment_id)
+    assert store.get_usage(record.deployment_id).request_count == 0
+
+
+def test_on_the_table_keys_are_hashes_and_counters_expire(table_name: str, dynamodb: Any, owner: str) -> None:
+    store = DynamoDeploymentStore(table_name, dynamodb)
+    record, key_record, key = endpoint(owner)
+    store.put_deployment(record, api_key=key_record)
+    item = dynamodb.get_item(
+        TableName=table_name, Key={"PK": {"S": f"APIKEY#{key_record.key_id}"}, "SK": {"S": "META"}}
+    )
+    assert item["Item"]["key_hash"] == {"S": hash_api_key(key)}
+    secret = key.rsplit("_", 1)[-1]
+    assert secret not in str(item["Item"])
+
+    now = T0 + timedelta(seconds=75)
+    store.consume_rate_limit(key_record.key_id, 10, now)
+    window = int(now.timestamp()) // 60
+    counter = dynamodb.get_item(
+        TableName=table_name, Key={"PK": {"S": f"RATE#{key_record.key_id}#{window}"}, "SK": {"S": "WINDOW"}}
+    )["Item"]
+    assert counter["count"] == {"N": "1"}
+    assert int(counter["expires_at"]["N"]) == (window + 1) * 60 + 300
+
+
+# --- the shared table ------------------------------------------------------------------------------
+
+
+def test_deployments_do_not_show_in_the_registrys_listings(
+    table_name: str, dynamodb: Any, owner: str
+) -> None:
+    registry = DynamoRegistry(table_name, dynamodb)
+    deployments = DynamoDeploymentStore(table_name, dynamodb)
+    registry.put_model(ModelRecord(owner=owner, model_id=_id("m"), model_name="net", version="1"))
+    deployments.put_deployment(deployment(owner))
+    assert [m.model_name for m in registry.list_models(owner).items] == ["net"]
+    assert registry.list_export_jobs(owner).items == []
+    assert len(deployments.list_deployments(owner).items) == 1
