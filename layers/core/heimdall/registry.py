@@ -634,10 +634,11 @@ def paginate(
 _R = TypeVar("_R", ModelRecord, ExportJob, ImportRecord)
 
 
-def _owned(records: Mapping[str, _R], record_id: str, owner: str, *, what: str, field: str) -> _R:
-    """A copy of ``owner``'s record; another owner's record is not found, like a missing one."""
+def _owned(records: Mapping[str, _R], record_id: str, owner: str | None, *, what: str, field: str) -> _R:
+    """A copy of ``owner``'s record (``None``: whoever owns it); another owner's record is not found,
+    like a missing one."""
     record = records.get(record_id)
-    if record is None or record.owner != owner:
+    if record is None or (owner is not None and record.owner != owner):
         raise RecordNotFound(f"{what} {record_id} not found", field=field)
     return record.model_copy(deep=True)
 
@@ -726,10 +727,7 @@ class InMemoryRegistry:
 
     def get_export_job_any_owner(self, job_id: str) -> ExportJob:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise RecordNotFound(f"export job {job_id} not found", field="job_id")
-            return job.model_copy(deep=True)
+            return _owned(self._jobs, job_id, None, what="export job", field="job_id")
 
     def list_export_jobs(
         self,
@@ -773,9 +771,7 @@ class InMemoryRegistry:
 
     def record_job_model(self, job_id: str, model_id: str) -> None:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise RecordNotFound(f"export job {job_id} not found", field="job_id")
+            job = self.get_export_job_any_owner(job_id)
             self._jobs[job_id] = job.model_copy(update={"model_id": model_id, "updated_at": self._now()})
 
     def set_default_export(self, owner: str, job_id: str) -> ExportJob:
@@ -820,10 +816,7 @@ class InMemoryRegistry:
 
     def get_import_any_owner(self, import_id: str) -> ImportRecord:
         with self._lock:
-            record = self._imports.get(import_id)
-            if record is None:
-                raise RecordNotFound(f"import {import_id} not found", field="import_id")
-            return record.model_copy(deep=True)
+            return _owned(self._imports, import_id, None, what="import", field="import_id")
 
     # idempotency --------------------------------------------------------------------------------
 

@@ -373,6 +373,7 @@ class LocalStack:
         return messages
 
     def _pump_ingest(self, module: ModuleType) -> None:
+        handler = invoker(module)
         sqs = self.client("sqs")
         while not self._stop.is_set():
             messages = self._receive(sqs, "ingest")
@@ -380,7 +381,7 @@ class LocalStack:
                 continue
             event = {"Records": [_sqs_record(m) for m in messages]}
             with self._handler_lock:
-                response = invoker(module)(event, _Context("ingest"))
+                response = handler(event, _Context("ingest"))
             failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
             for message in messages:
                 if message["MessageId"] not in failed:  # failures become visible again: SQS retries
@@ -390,12 +391,13 @@ class LocalStack:
             self.handled["ingest"] += len(messages)
 
     def _pump_job_state(self, module: ModuleType) -> None:
+        handler = invoker(module)
         sqs = self.client("sqs")
         while not self._stop.is_set():
             for message in self._receive(sqs, "job-state"):
                 try:
                     with self._handler_lock:
-                        invoker(module)(json.loads(message["Body"]), _Context("job_state"))
+                        handler(json.loads(message["Body"]), _Context("job_state"))
                 except Exception:
                     # As Lambda's retry: the message becomes visible again and is delivered later.
                     logger.warning("job-state handler failed; will retry", exc_info=True)
