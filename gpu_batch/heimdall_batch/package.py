@@ -37,6 +37,17 @@ from heimdall.conversion import (
     FormatStatus,
     OutputFile,
 )
+
+# The names, types and zip conventions the deployment packages read back (the API builds edge and
+# container packages from this package): defined once, in the core layer.
+from heimdall.deploy_packages import (
+    KOTLIN_WRAPPER_PATH,
+    METADATA_FILE_NAME,
+    README_FILE_NAME,
+    SWIFT_WRAPPER_PATH,
+    TRITON_TYPES,
+    ZIP_TIMESTAMP,
+)
 from heimdall.errors import ConversionError
 from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.architectures import UNCERTAINTY_MAX, UNCERTAINTY_MIN
@@ -44,18 +55,11 @@ from heimdall_batch.outputs import file_record
 from heimdall_batch.specs import IOSpec
 
 TEMPLATES_DIR: Final = Path(__file__).resolve().parent / "templates"
-METADATA_FILE_NAME: Final = "metadata.json"
 METADATA_SCHEMA_VERSION: Final = "1"
-README_FILE_NAME: Final = "README.md"
 PYTHON_WRAPPER_PATH: Final = "runtimes/python/model_wrapper.py"
 CPP_HEADER_PATH: Final = "runtimes/cpp/model_wrapper.hpp"
 CPP_SOURCE_PATH: Final = "runtimes/cpp/model_wrapper.cpp"
-SWIFT_WRAPPER_PATH: Final = "runtimes/swift/ModelWrapper.swift"
-KOTLIN_WRAPPER_PATH: Final = "runtimes/kotlin/ModelWrapper.kt"
 
-#: The one timestamp every entry carries (the earliest a zip can record), so bytes do not depend on
-#: when the job ran.
-ZIP_TIMESTAMP: Final = (1980, 1, 1, 0, 0, 0)
 _FILE_MODE: Final = 0o100644  # a regular file, rw-r--r--
 _UNIX: Final = 3  # ``create_system`` of a zip entry made on Unix, whatever platform writes it
 _COPY_CHUNK: Final = 1024 * 1024
@@ -87,23 +91,6 @@ ONNXRUNTIME_COMPATIBILITY: Final[tuple[tuple[str, int, int], ...]] = (
 )
 ONNXRUNTIME_COMPATIBILITY_SOURCE: Final = "https://onnxruntime.ai/docs/reference/compatibility.html"
 
-#: ``TensorSpec.elem_type`` -> Triton ``data_type``.
-TRITON_TYPES: Final[Mapping[str, str]] = {
-    "bool": "TYPE_BOOL",
-    "uint8": "TYPE_UINT8",
-    "uint16": "TYPE_UINT16",
-    "uint32": "TYPE_UINT32",
-    "uint64": "TYPE_UINT64",
-    "int8": "TYPE_INT8",
-    "int16": "TYPE_INT16",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "float16": "TYPE_FP16",
-    "float32": "TYPE_FP32",
-    "float64": "TYPE_FP64",
-    "bfloat16": "TYPE_BF16",
-    "string": "TYPE_STRING",
-}
 
 # Element types each compiled wrapper can copy out of ONNX Runtime. An output of another type is
 # left out of that wrapper's result, with a comment saying so (the other wrappers still return it).

@@ -204,14 +204,16 @@ class StagedCheckpoint:
     manifest_uri: str
 
 
-def stage_checkpoint(api: ApiStack, model_name: str, checkpoint: bytes, file_name: str) -> StagedCheckpoint:
+def stage_checkpoint(
+    api: ApiStack, model_name: str, checkpoint: bytes, file_name: str, formats: tuple[str, ...] = ("onnx",)
+) -> StagedCheckpoint:
     """A checkpoint and its manifest in the ingest bucket, in folders of their own.
 
     Neither drop starts a conversion (a checkpoint with a ``heimdall.json`` beside it would: the
     pipeline's direct-drop path): the manifest's folder holds no checkpoint and the checkpoint's no
     manifest, so only an API request with both URIs converts it.
     """
-    manifest = {**MANIFEST, "model_name": model_name, "formats": ["onnx"], "created_by": "e2e"}
+    manifest = {**MANIFEST, "model_name": model_name, "formats": list(formats), "created_by": "e2e"}
     version = str(manifest["version"])
     bucket = api.names.ingest_bucket
     manifest_key = f"checkpoints/{model_name}/{version}/heimdall.json"

@@ -17,11 +17,13 @@ import pytest
 
 from heimdall.adapters.dynamodb import DynamoRegistry
 from heimdall.adapters.dynamodb_deployments import DynamoDeploymentStore
+from heimdall.bundle.models import NormalizationStats
 from heimdall.deployments import (
     RATE_LIMITS,
     ApiKeyRecord,
     Deployment,
     DeploymentAction,
+    DeploymentArtifact,
     DeploymentStatus,
     DeploymentStore,
     DeploymentType,
@@ -159,7 +161,8 @@ def test_put_get_delete_round_trips_every_field(store: DeploymentStore, owner: s
         export_job_id="job-1",
         apply_normalization=True,
         options={"nested": {"ratio": 0.25, "sizes": [1, 8]}, "flag": True},
-        artifact_key="deployments/x/package.zip",
+        artifact=DeploymentArtifact(key="deployments/x/package.zip", file_name="package.zip", size_bytes=3),
+        normalization=NormalizationStats(feature_means=[0.5, 0.25], feature_stds=[0.125, 1.0]),
     )
     assert store.put_deployment(record, api_key=key_record) == record
     stored = store.get_deployment(owner, record.deployment_id)

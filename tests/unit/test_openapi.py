@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
+from tests.unit.test_template import API_ROUTES
 
 from heimdall import __version__
 from heimdall.api.__main__ import main
@@ -21,24 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = REPO_ROOT / "layers" / "core" / "heimdall" / "api" / "openapi.json"
 
 #: The contract's route table (issue 5; DESIGN §7 without deployments and inference).
-ROUTES = {
-    ("get", "/api/v1/openapi.json"),
-    ("get", "/api/v1/models"),
-    ("get", "/api/v1/models/{model_id}"),
-    ("delete", "/api/v1/models/{model_id}"),
-    ("get", "/api/v1/models/{model_id}/export"),
-    ("get", "/api/v1/training/models/{model_id}/export"),
-    ("post", "/api/v1/models/import"),
-    ("post", "/api/v1/training/models/import"),
-    ("get", "/api/v1/imports/{import_id}"),
-    ("get", "/api/v1/export/capabilities"),
-    ("post", "/api/v1/export/jobs"),
-    ("get", "/api/v1/export/jobs/{job_id}"),
-    ("get", "/api/v1/models/{model_id}/exports"),
-    ("post", "/api/v1/export/jobs/{job_id}/set-default"),
-    ("delete", "/api/v1/export/jobs/{job_id}"),
-    ("get", "/api/v1/export/jobs/{job_id}/download"),
-}
+#: The contract's route table, the one tests/unit/test_template.py keeps equal to the template's events.
+ROUTES = {(method.lower(), path) for method, path in API_ROUTES}
 
 
 @pytest.fixture(scope="module")

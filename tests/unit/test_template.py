@@ -323,10 +323,32 @@ API_ROUTES = frozenset(
         ("POST", "/api/v1/export/jobs/{job_id}/set-default"),
         ("DELETE", "/api/v1/export/jobs/{job_id}"),
         ("GET", "/api/v1/export/jobs/{job_id}/download"),
+        ("POST", "/api/v1/deployments"),
+        ("GET", "/api/v1/deployments"),
+        ("GET", "/api/v1/deployments/{deployment_id}"),
+        ("DELETE", "/api/v1/deployments/{deployment_id}"),
+        ("PATCH", "/api/v1/deployments/{deployment_id}/activate"),
+        ("PATCH", "/api/v1/deployments/{deployment_id}/deactivate"),
+        ("GET", "/api/v1/deployments/{deployment_id}/history"),
+        ("POST", "/api/v1/deployments/{deployment_id}/rotate-key"),
+        ("GET", "/api/v1/deployments/{deployment_id}/download"),
     }
 )
-#: Routes without the JWT authorizer: the OpenAPI document only.
-PUBLIC_ROUTES = frozenset({("GET", "/api/v1/openapi.json")})
+#: The inference function's routes (issue 6): authenticated by a deployment's API key, not a JWT.
+INFER_ROUTES = frozenset(
+    {
+        ("POST", "/v1/infer/{deployment_id}"),
+        ("GET", "/v1/deployments/{deployment_id}/health"),
+        ("GET", "/v1/deployments/{deployment_id}/usage"),
+    }
+)
+#: Which function serves which routes, and the module of its resolver.
+ROUTED_FUNCTIONS = {
+    "ApiFunction": (API_ROUTES, "heimdall.api.app"),
+    "InferFunction": (INFER_ROUTES, "heimdall.serving"),
+}
+#: Routes without the JWT authorizer: the OpenAPI document, and the inference function's (API keys).
+PUBLIC_ROUTES = frozenset({("GET", "/api/v1/openapi.json")}) | INFER_ROUTES
 
 
 def _http_api_events() -> dict[tuple[str, str], dict[str, Any]]:
@@ -343,31 +365,28 @@ def _http_api_events() -> dict[tuple[str, str], dict[str, Any]]:
     return events
 
 
-def test_every_api_route_is_an_http_api_event_of_the_api_function() -> None:
+def test_every_route_is_an_http_api_event_of_its_function() -> None:
     events = _http_api_events()
-    assert set(events) == API_ROUTES, {
-        "missing": sorted(API_ROUTES - set(events)),
-        "unexpected": sorted(set(events) - API_ROUTES),
+    every = API_ROUTES | INFER_ROUTES
+    assert set(events) == every, {
+        "missing": sorted(every - set(events)),
+        "unexpected": sorted(set(events) - every),
     }
     for route, props in events.items():
-        assert props["_function"] == "ApiFunction", route
+        expected = "ApiFunction" if route in API_ROUTES else "InferFunction"
+        assert props["_function"] == expected, route
         assert props["ApiId"] == {"Ref": "HttpApi"}, route
         # Powertools' APIGatewayHttpResolver reads payload format 2.0 (SAM's default for HttpApi).
         assert props.get("PayloadFormatVersion", "2.0") == "2.0", route
 
 
-def _resolver_routes() -> set[tuple[str, str]]:
-    """(method, path) of every route registered on the resolver(s) of ``heimdall.api.app``."""
-    try:
-        module = importlib.import_module("heimdall.api.app")
-    except ModuleNotFoundError as exc:
-        if exc.name in {"heimdall.api", "heimdall.api.app"}:
-            pytest.skip("heimdall.api.app does not exist yet: the template's routes are checked alone")
-        raise
+def _resolver_routes(module_name: str) -> set[tuple[str, str]]:
+    """(method, path) of every route registered on the resolver(s) of ``module_name``."""
+    module = importlib.import_module(module_name)
     from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 
     resolvers = {id(v): v for v in vars(module).values() if isinstance(v, ApiGatewayResolver)}
-    assert resolvers, "heimdall.api.app defines no Powertools resolver"
+    assert resolvers, f"{module_name} defines no Powertools resolver"
     # Powertools keeps the registered routes (routers included) in these two lists; openapi_path is
     # the path in OpenAPI's (and API Gateway's) {name} syntax.
     return {
@@ -377,17 +396,19 @@ def _resolver_routes() -> set[tuple[str, str]]:
     }
 
 
-def test_the_gateway_routes_exactly_what_the_resolver_serves() -> None:
+@pytest.mark.parametrize("function", sorted(ROUTED_FUNCTIONS))
+def test_the_gateway_routes_exactly_what_the_resolver_serves(function: str) -> None:
     """A route only the resolver has is unreachable in AWS (the gateway 404s it before the function);
     one only the gateway has reaches a handler that 404s it."""
-    served = _resolver_routes()
-    assert served == API_ROUTES, {
-        "not_in_the_template": sorted(served - API_ROUTES),
-        "not_served": sorted(API_ROUTES - served),
+    routes, module_name = ROUTED_FUNCTIONS[function]
+    served = _resolver_routes(module_name)
+    assert served == routes, {
+        "not_in_the_template": sorted(served - routes),
+        "not_served": sorted(routes - served),
     }
 
 
-def test_only_the_openapi_document_skips_the_jwt_authorizer() -> None:
+def test_only_the_openapi_document_and_the_inference_routes_skip_the_jwt_authorizer() -> None:
     auth = _props("HttpApi")["Auth"]
     assert auth["DefaultAuthorizer"] == "JwtAuthorizer"
     jwt = auth["Authorizers"]["JwtAuthorizer"]
@@ -413,6 +434,28 @@ def test_the_api_function_validates_bundles_within_the_gateways_time_limit() -> 
     # The structural pass of an inline import ends (a 4xx naming the limit) before the function does.
     structural = float(_function_env("ApiFunction")["HEIMDALL_STRUCTURAL_TIMEOUT_S"])
     assert structural + 5 <= timeout
+
+
+def test_the_inference_function_serves_sessions_and_may_only_read_models_and_count() -> None:
+    assert {"Ref": "OnnxLayer"} in _function_setting("InferFunction", "Layers")
+    timeout = _function_setting("InferFunction", "Timeout")
+    assert isinstance(timeout, int) and timeout < 30
+    structural = float(_function_env("InferFunction")["HEIMDALL_STRUCTURAL_TIMEOUT_S"])
+    assert structural + 5 <= timeout, "a model's structural pass ends before the function does"
+    templates = [
+        p for p in _props("InferFunction")["Policies"] if isinstance(p, dict) and "Statement" not in p
+    ]
+    assert templates == [], "no SAM policy template: the inline statements say exactly what it may do"
+    actions = set()
+    for statement in _policy_statements("InferFunction"):
+        assert "*" not in _as_list(statement["Resource"]), statement["Sid"]
+        actions |= set(_as_list(statement["Action"]))
+    assert actions == {"dynamodb:GetItem", "dynamodb:UpdateItem", "s3:ListBucket", "s3:GetObject"}
+    from heimdall.logic.bundles import BUNDLE_ONNX_PREFIXES
+
+    reads = next(s for s in _policy_statements("InferFunction") if s["Action"] == "s3:GetObject")
+    granted = {r["Fn::Sub"].removeprefix("${ArtifactsBucket.Arn}/") for r in _as_list(reads["Resource"])}
+    assert granted == {f"{prefix}*" for prefix in BUNDLE_ONNX_PREFIXES}
 
 
 def test_the_api_function_writes_to_the_ingest_bucket_only_where_imports_go() -> None:
@@ -614,6 +657,7 @@ def test_outputs_name_everything_a_client_needs_and_are_exported() -> None:
         "IngestFunction",
         "JobStateFunction",
         "ApiFunction",
+        "InferFunction",
         "HttpApi",
     }
     assert wanted <= referenced, sorted(wanted - referenced)

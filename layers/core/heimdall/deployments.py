@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from heimdall.bundle.models import NormalizationStats
 from heimdall.errors import ConflictError, RecordNotFound, Unauthorized
 from heimdall.registry import (
     DEFAULT_PAGE_SIZE,
@@ -67,6 +68,7 @@ __all__ = [
     "ApiKeyRecord",
     "Deployment",
     "DeploymentAction",
+    "DeploymentArtifact",
     "DeploymentEvent",
     "DeploymentStatus",
     "DeploymentStore",
@@ -142,6 +144,15 @@ class _Stored(BaseModel):
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
 
+class DeploymentArtifact(_Stored):
+    """The file a deployment delivers (export package, edge or container zip) in the artifacts bucket."""
+
+    key: str = Field(min_length=1, max_length=1024)
+    file_name: str = Field(min_length=1, max_length=256)
+    size_bytes: int | None = Field(default=None, ge=0)
+    sha256: Sha256Hex | None = None
+
+
 class Deployment(_Stored):
     """A model put to work. ``key_id`` names the API key of a platform endpoint (never the key itself)."""
 
@@ -161,8 +172,15 @@ class Deployment(_Stored):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     key_id: str | None = Field(default=None, max_length=64)
-    #: The package or artifact built for it (artifacts bucket key), once built.
-    artifact_key: str | None = Field(default=None, max_length=1024)
+    #: The file it delivers (not for platform endpoints).
+    artifact: DeploymentArtifact | None = None
+    #: What the inference function serves (platform endpoints), copied from the model at creation so
+    #: that a request needs no registry read of the model: its version, ONNX object and checksum, and
+    #: the bundle's normalisation when the deployment applies it.
+    model_version: Name | None = None
+    onnx_key: str | None = Field(default=None, max_length=1024)
+    onnx_sha256: Sha256Hex | None = None
+    normalization: NormalizationStats | None = None
 
     @field_validator("created_at", "updated_at")
     @classmethod

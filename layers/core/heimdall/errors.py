@@ -226,6 +226,43 @@ class NoCheckpoint(ConflictError):
     code = "NO_CHECKPOINT"
 
 
+class NoExportPackage(ConflictError):
+    """A model without an export package (an imported model) asked for what only a package holds."""
+
+    code = "NO_EXPORT_PACKAGE"
+
+
+class DeploymentInactive(ConflictError):
+    """A deployment that is deactivated (it serves nothing until it is activated again)."""
+
+    code = "DEPLOYMENT_INACTIVE"
+
+
+class PackageInconsistent(HeimdallError):
+    """An export package whose parts disagree (a config or checksum that does not match its model)."""
+
+    code = "PACKAGE_INCONSISTENT"
+    http_status = 422
+
+
+class NonFiniteOutput(HeimdallError):
+    """A model that answered NaN or infinity for finite inputs: JSON cannot carry the answer."""
+
+    code = "NON_FINITE_OUTPUT"
+    http_status = 422
+
+
+class RateLimited(HeimdallError):
+    """Too many requests for an API key in the current window; ``retry_after_s`` says when to retry."""
+
+    code = "RATE_LIMITED"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int, limit: int, field: str | None = None) -> None:
+        super().__init__(message, field=field, retry_after_s=retry_after_s, limit=limit)
+        self.retry_after_s = retry_after_s
+
+
 class Unauthorized(HeimdallError):
     """No identity: no token, a bad token, or claims without a subject."""
 

@@ -53,9 +53,7 @@ class ObjectStore(Protocol):
         """Delete the object; deleting one that does not exist is not an error."""
         ...
 
-    def presign_get(
-        self, uri: str, *, expires_s: int, filename: str | None = None
-    ) -> tuple[str, datetime]:
+    def presign_get(self, uri: str, *, expires_s: int, filename: str | None = None) -> tuple[str, datetime]:
         """A URL that downloads ``uri`` without credentials, and when it expires.
 
         ``filename`` makes the download an attachment of that name. The lifetime may be shorter than
@@ -136,9 +134,7 @@ class InMemoryObjectStore:
         with self._lock:
             self.objects.pop(_split(uri), None)
 
-    def presign_get(
-        self, uri: str, *, expires_s: int, filename: str | None = None
-    ) -> tuple[str, datetime]:
+    def presign_get(self, uri: str, *, expires_s: int, filename: str | None = None) -> tuple[str, datetime]:
         """A fake ``memory://bucket/key?expires=…`` URL (nothing serves it; tests read the object)."""
         bucket, key = _split(uri)
         expires_at = datetime.now(UTC) + timedelta(seconds=expires_s)

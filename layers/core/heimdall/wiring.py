@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # each function imports only its own use case (cold-start tim
     from heimdall.logic.api import ApiDeps
     from heimdall.logic.ingest import IngestDeps
     from heimdall.logic.job_state import JobStateDeps
+    from heimdall.serving import ServingDeps
 
 _job_submitter: JobSubmitter | None = None
 
@@ -73,11 +74,13 @@ def _jobs() -> JobSubmitter:
 @lru_cache(maxsize=1)
 def api_deps() -> ApiDeps:
     """What the API function's use cases need."""
+    from heimdall.adapters.dynamodb_deployments import DynamoDeploymentStore  # noqa: PLC0415
     from heimdall.logic.api import ApiDeps  # noqa: PLC0415 - per-function imports
 
     settings = get_settings()
     registry, store, events = _adapters()
     return ApiDeps(
+        deployments=DynamoDeploymentStore.beside(registry),
         registry=registry,
         store=store,
         events=events,
@@ -98,9 +101,26 @@ def job_state_deps() -> JobStateDeps:
     return JobStateDeps(registry=registry, store=store, events=events)
 
 
+@lru_cache(maxsize=1)
+def serving_deps() -> ServingDeps:
+    """What the inference function needs (its session cache lives as long as the container)."""
+    from heimdall.adapters.dynamodb_deployments import DynamoDeploymentStore  # noqa: PLC0415
+    from heimdall.serving import ServingDeps  # noqa: PLC0415 - per-function imports
+
+    settings = get_settings()
+    registry, store, _ = _adapters()
+    return ServingDeps(
+        deployments=DynamoDeploymentStore.beside(registry),
+        store=store,
+        names=settings.resource_names(),
+        limits=settings.bundle_limits(),
+    )
+
+
 def reset() -> None:
     """Forget the cached wiring (tests change the environment between cases)."""
     _adapters.cache_clear()
+    serving_deps.cache_clear()
     ingest_deps.cache_clear()
     job_state_deps.cache_clear()
     api_deps.cache_clear()

@@ -147,6 +147,13 @@ class DynamoDeploymentStore:
         # The registry's table access: lazy client, consistent reads, paginated index queries.
         self._table = DynamoRegistry(table_name, client, now=now)
 
+    @classmethod
+    def beside(cls, registry: DynamoRegistry) -> DynamoDeploymentStore:
+        """A store on ``registry``'s table sharing its client (one client per container)."""
+        store = cls(registry.table_name, now=registry._now)
+        store._table = registry
+        return store
+
     @property
     def client(self) -> DynamoDBClient:
         """The DynamoDB client (created on first use)."""

@@ -32,7 +32,7 @@ SIGV4 = Config(signature_version="s3v4")
 MAX_PRESIGN_S = 7 * 24 * 3600
 #: Margin kept before the signing credentials expire (a URL signed by expired credentials is refused).
 _CREDENTIALS_MARGIN_S = 60
-_UNSAFE_FILENAME = re.compile(r'[^A-Za-z0-9._ ()+-]')
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ ()+-]")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -141,9 +141,7 @@ class S3ObjectStore:
         with _translated(uri):
             self.client.delete_object(Bucket=bucket, Key=key)
 
-    def presign_get(
-        self, uri: str, *, expires_s: int, filename: str | None = None
-    ) -> tuple[str, datetime]:
+    def presign_get(self, uri: str, *, expires_s: int, filename: str | None = None) -> tuple[str, datetime]:
         """A SigV4 presigned GET of ``uri``; ``filename`` makes S3 answer it as an attachment."""
         bucket, key = parse_s3_uri(uri)
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}

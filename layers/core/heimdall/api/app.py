@@ -14,11 +14,10 @@ bug: it is logged and answered with a bare 500 ``INTERNAL_ERROR``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import cache
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
@@ -26,12 +25,11 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 
 from heimdall.api.auth import authenticate
 from heimdall.api.openapi import OPENAPI_PATH, build_document, render
-from heimdall.api.routes import capabilities, export_jobs, imports, models
-from heimdall.api.schemas import JSON, RETRY_AFTER_S, documented
+from heimdall.api.responses import JSON, H, error_response, handler_of
+from heimdall.api.routes import capabilities, deployments, export_jobs, imports, models
+from heimdall.api.schemas import documented
 from heimdall.errors import HeimdallError
 from heimdall.observability import logger
-
-H = TypeVar("H", bound=Callable[..., Response[str]])
 
 #: At most this many validation problems are spelled out in one message.
 MAX_LISTED_PROBLEMS = 5
@@ -39,7 +37,7 @@ _PAGINATION_PARAMS = {("query", "limit"), ("query", "cursor")}
 
 app = APIGatewayHttpResolver(enable_validation=True)
 app.use(middlewares=[authenticate])
-for _routes in (models, imports, export_jobs, capabilities):
+for _routes in (models, imports, export_jobs, capabilities, deployments):
     app.include_router(_routes.router)
 
 
@@ -67,36 +65,8 @@ def openapi_document() -> Response[str]:
 
 
 def handles(exc_class: type[Exception]) -> Callable[[H], H]:
-    """``app.exception_handler``, with its type: the handler answers for ``exc_class`` and subclasses."""
-    register = app.exception_handler(exc_class)
-
-    def decorate(handler: H) -> H:
-        register(handler)
-        return handler
-
-    return decorate
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    field: str | None = None,
-    details: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response[str]:
-    """An ``{"error": ...}`` response (rendered here, so odd detail values cannot break serialisation)."""
-    error: dict[str, Any] = {"code": code, "message": message}
-    if field is not None:
-        error["field"] = field
-    if details:
-        error["details"] = details
-    extra = dict(headers or {})
-    if status == HTTPStatus.SERVICE_UNAVAILABLE:
-        extra.setdefault("Retry-After", str(RETRY_AFTER_S))
-    body = json.dumps({"error": error}, default=str, ensure_ascii=False)
-    return Response(status_code=status, content_type=JSON, body=body, headers=extra)
+    """``app.exception_handler``, typed (see :func:`heimdall.api.responses.handler_of`)."""
+    return handler_of(app, exc_class)
 
 
 def internal_error(exc: BaseException) -> Response[str]:

@@ -20,7 +20,8 @@ from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from pydantic.json_schema import models_json_schema
 
 from heimdall import __version__
-from heimdall.api.schemas import ERROR_RESPONSES, JSON, REQUEST_MODELS, SCHEMAS, ErrorBody
+from heimdall.api.responses import JSON
+from heimdall.api.schemas import ERROR_RESPONSES, REQUEST_MODELS, SCHEMAS, ErrorBody
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver

@@ -15,6 +15,17 @@ from typing import Any, Literal, cast
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from heimdall.api.responses import JSON
+from heimdall.deployments import (
+    Deployment,
+    DeploymentAction,
+    DeploymentArtifact,
+    DeploymentStatus,
+    DeploymentType,
+    Tier,
+    UsageSummary,
+)
+from heimdall.logic.export_jobs import Download
 from heimdall.registry import (
     ExportJob,
     ImportRecord,
@@ -29,7 +40,6 @@ from heimdall.registry import (
 )
 from heimdall.types import ExportFormat, Shape
 
-JSON = "application/json"
 SCHEMAS = "#/components/schemas/"
 
 # --------------------------------------------------------------------------------------------------
@@ -227,9 +237,111 @@ class CreateExportJobRequest(BaseModel):
         return self
 
 
+# --------------------------------------------------------------------------------------------------
+# Deployments
+
+
+class CreateDeploymentRequest(BaseModel):
+    """A deployment of a model (``model_id``) or of an export job (``export_job_id``): exactly one.
+
+    ``options`` depend on ``type``: download ``{file: package|bundle}``; platform_endpoint
+    ``{tier: free|pro|enterprise, apply_normalization: bool}``; edge_package
+    ``{precision: auto|int8|fp16|fp32}``; container ``{triton_image: str}``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: DeploymentType
+    name: Name
+    model_id: RecordId | None = None
+    export_job_id: RecordId | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="The type's options (see above).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CreateDeploymentRequest:
+        if (self.model_id is None) == (self.export_job_id is None):
+            raise ValueError("give exactly one of model_id and export_job_id")
+        return self
+
+
+class DeploymentOut(_Out):
+    """A deployment: what it delivers, its state, and (platform endpoints) where and how it serves."""
+
+    deployment_id: RecordId
+    model_id: RecordId
+    export_job_id: str | None
+    type: DeploymentType
+    name: Name
+    status: DeploymentStatus
+    tier: Tier | None
+    apply_normalization: bool
+    options: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    key_id: str | None = Field(description="Id of the endpoint's API key (the key itself is never stored).")
+    endpoint: str | None = Field(description="Path of the inference endpoint (platform endpoints).")
+    model_version: str | None
+    artifact: DeploymentArtifact | None
+    usage: UsageSummary | None = Field(
+        default=None,
+        description="What a platform endpoint served so far (in GET of one deployment; null in listings).",
+    )
+
+    @classmethod
+    def of(cls, deployment: Deployment, usage: UsageSummary | None = None) -> DeploymentOut:
+        """The public view of ``deployment``."""
+        endpoint = None
+        if deployment.type is DeploymentType.PLATFORM_ENDPOINT:
+            endpoint = f"/v1/infer/{deployment.deployment_id}"
+        return cls.model_validate({**deployment.model_dump(), "endpoint": endpoint, "usage": usage})
+
+
+class CreatedDeploymentOut(BaseModel):
+    """A new deployment; ``api_key`` (platform endpoints) is shown this once and never again."""
+
+    deployment: DeploymentOut
+    api_key: str | None = Field(description="The endpoint's API key: store it now, it cannot be read back.")
+    download: Download | None = Field(description="Where to download what the deployment delivers.")
+
+
+class RotatedKeyOut(BaseModel):
+    """The deployment with its new key; the old key stopped working."""
+
+    deployment: DeploymentOut
+    api_key: str
+
+
+class DeploymentPage(BaseModel):
+    """One page of deployments, newest first; pass ``next_cursor`` as ``cursor`` for the next one."""
+
+    items: list[DeploymentOut]
+    next_cursor: str | None
+
+
+class DeploymentEventOut(_Out):
+    """One change of a deployment: what, when, by whom, status before and after."""
+
+    at: datetime
+    actor: str
+    action: DeploymentAction
+    before: DeploymentStatus | None
+    after: DeploymentStatus | None
+    detail: dict[str, Any]
+
+
+class DeploymentHistoryOut(BaseModel):
+    """Every change of a deployment, oldest first."""
+
+    items: list[DeploymentEventOut]
+
+
 #: Bodies the routes parse themselves (:func:`heimdall.api.bodies.json_model`): Powertools does not see
 #: them, so the document's components get their schemas from this list.
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (CreateExportJobRequest, PresignedImportRequest)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    CreateExportJobRequest,
+    PresignedImportRequest,
+    CreateDeploymentRequest,
+)
 
 
 class ExportRedirectOut(BaseModel):
@@ -256,7 +368,7 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
     409: (
         "Conflict",
         "The record is not in a state that allows this (CONFLICT, INVALID_TRANSITION, NOT_READY, "
-        "NO_CHECKPOINT)",
+        "NO_CHECKPOINT, NO_EXPORT_PACKAGE, DEPLOYMENT_INACTIVE)",
     ),
     413: (
         "PayloadTooLarge",
@@ -275,8 +387,6 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
 }
 #: Every authenticated operation may answer these: no identity, no scope, a bad parameter, an outage.
 COMMON_ERRORS = (401, 403, 422, 503)
-#: Seconds a client should wait before retrying a 503.
-RETRY_AFTER_S = 5
 
 _RETRY_AFTER_HEADER = {
     "description": "Seconds to wait before retrying.",

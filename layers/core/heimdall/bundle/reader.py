@@ -128,8 +128,9 @@ def read_bundle(
                 f"model.{ONNX_FIELD} must be a base64 string, got {_json_type(raw_model[ONNX_FIELD])}",
                 field=f"model.{ONNX_FIELD}",
             )
-        raise InvalidBundle(f"model.{ONNX_FIELD} is missing: a bundle must embed its ONNX model",
-                            field=f"model.{ONNX_FIELD}")
+        raise InvalidBundle(
+            f"model.{ONNX_FIELD} is missing: a bundle must embed its ONNX model", field=f"model.{ONNX_FIELD}"
+        )
     if scanner.onnx_size == 0:
         raise InvalidBundle(f"model.{ONNX_FIELD} is empty", field=f"model.{ONNX_FIELD}")
 
@@ -725,5 +726,13 @@ def _parse_skeleton(data: bytes, max_depth: int) -> Any:
     return doc
 
 
-__all__ = ["CHUNK_BYTES", "BundleError", "BundleSource", "OnnxSink", "ReadResult", "parse_json",
-           "parse_metadata", "read_bundle"]
+__all__ = [
+    "CHUNK_BYTES",
+    "BundleError",
+    "BundleSource",
+    "OnnxSink",
+    "ReadResult",
+    "parse_json",
+    "parse_metadata",
+    "read_bundle",
+]

@@ -33,6 +33,7 @@ from heimdall import __version__
 from heimdall.cli import bundle_demo  # noqa: F401 - registers `heimdall bundle demo`
 from heimdall.cli.bundle import bundle_app
 from heimdall.cli.convert import convert
+from heimdall.cli.deploy import deploy_app, infer
 from heimdall.cli.local import demo, local_app
 from heimdall.cli.remote import jobs_app, model_export, model_import, models_list
 from heimdall.errors import HeimdallError
@@ -111,6 +112,8 @@ app.command("list")(models_list)
 app.command("export")(model_export)
 app.command("import")(model_import)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(deploy_app, name="deploy")
+app.command("infer")(infer)
 
 
 def _show_version(value: bool) -> None:

@@ -16,6 +16,9 @@ What it takes care of:
 * **The token goes to the API only.** ``Authorization`` is added to requests for the API's own origin;
   presigned storage URLs (a 307 from export, a job download link, a presigned upload form) are
   requested without it. Redirects are followed by hand for that reason; httpx never follows them.
+  The inference routes (``/v1/...``: :meth:`ApiClient.infer`, ``deployment_usage``,
+  ``deployment_health``) take a deployment's API key instead, sent in place of the token.
+* **Rate limits.** A 429 raises :class:`ApiError` whose message says when to retry (``Retry-After``).
 * **Files are streamed** both ways, a chunk at a time, with an optional progress callback. A download
   is written beside its destination and renamed into place only once complete and checked, so a
   failed or tampered download never leaves a file that looks good.
@@ -53,6 +56,10 @@ API_TOKEN_VARIABLE = "HEIMDALL_API_TOKEN"  # noqa: S105 - a variable name, not a
 #: The token file ``heimdall local up`` writes, relative to the folder it runs in.
 LOCAL_TOKEN_FILE = Path(".heimdall-local") / "api-token"
 API_PREFIX = "/api/v1"
+#: The routes a deployment's API key opens (inference, usage, health), beside the API's own.
+INFERENCE_PREFIX = "/v1"
+#: Where ``heimdall infer`` and ``deploy usage|health`` read a deployment's API key when not given.
+API_KEY_VARIABLE = "HEIMDALL_API_KEY"
 USER_AGENT = f"heimdall/{__version__}"
 #: Bundles up to this size are imported with one POST; larger ones through a presigned upload
 #: (the API's default ``HEIMDALL_API_MAX_INLINE_BYTES``; a server configured lower answers 413 and the
@@ -177,7 +184,7 @@ def error_from_response(
         field = error.get("field")
         return ApiError(
             str(error.get("code") or fallback),
-            str(error.get("message") or response.reason_phrase),
+            str(error.get("message") or response.reason_phrase) + _retry_hint(status, retry_after),
             status=status,
             field=field if isinstance(field, str) else None,
             details=details if isinstance(details, dict) else None,
@@ -190,8 +197,18 @@ def error_from_response(
     else:
         text = " ".join(_TAG.sub(" ", body[:4096].decode("utf-8", errors="replace")).split())
         detail = text[:200] or response.reason_phrase or "no body"
-    message = f"{origin} answered HTTP {status}: {detail}"
+    message = f"{origin} answered HTTP {status}: {detail}{_retry_hint(status, retry_after)}"
     return ApiError(fallback, message, status=status, retry_after=retry_after)
+
+
+def _retry_hint(status: int, retry_after: str | None) -> str:
+    """What a 429 adds to its message: when to try again, from ``Retry-After`` (seconds or a date)."""
+    if status != 429:
+        return ""
+    if not retry_after or not retry_after.strip():
+        return " (retry later: the answer gave no Retry-After)"
+    value = retry_after.strip()
+    return f" (retry after {value} s)" if value.isdigit() else f" (retry after {value})"
 
 
 def _loads(body: bytes) -> Any:
@@ -223,13 +240,25 @@ class ExportedBundle:
 
 @dataclass(frozen=True)
 class DownloadedFile:
-    """A job output downloaded to a local file."""
+    """A job output or a deployment's artifact downloaded to a local file."""
 
     path: Path
     size_bytes: int
     sha256: str
     #: The API's download answer ``{url, expires_at, file, key, size_bytes, sha256}``.
     link: Json
+
+
+@dataclass(frozen=True)
+class Inference:
+    """An answer of ``POST /v1/infer/{deployment_id}`` and the key's rate-limit headers."""
+
+    #: The JSON as the API sent it: ``{deployment_id, model_id, model_version, outputs, latency_ms,
+    #: normalized}``.
+    answer: Json
+    #: ``X-RateLimit-Limit`` and ``X-RateLimit-Remaining`` (``None`` when absent or not a number).
+    rate_limit: int | None
+    rate_remaining: int | None
 
 
 @dataclass(frozen=True)
@@ -544,8 +573,116 @@ class ApiClient:
         progress: ProgressCallback | None = None,
     ) -> DownloadedFile:
         """Download a job's package (or bundle) into ``dest``, checking the size and sha256 the API gave."""
-        link = self.download_link(job_id, file=file)
-        with self._fetch(str(link["url"])) as fetched, _replacing(dest) as part:
+        return self._download(self.download_link(job_id, file=file), dest, progress)
+
+    # --- deployments -------------------------------------------------------------------------------
+
+    def create_deployment(
+        self,
+        *,
+        deployment_type: str,
+        name: str,
+        model_id: str | None = None,
+        export_job_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Json:
+        """``POST /api/v1/deployments`` from a model or an export job: ``{deployment, api_key, download}``.
+
+        ``api_key`` (platform endpoints only) is in this answer and nowhere else: the API keeps its hash.
+        ``download`` is the artifact's presigned link for the types that deliver a file.
+        """
+        body: Json = {"type": deployment_type, "name": name, "options": dict(options or {})}
+        if model_id is not None:
+            body["model_id"] = model_id
+        if export_job_id is not None:
+            body["export_job_id"] = export_job_id
+        answer = self._json("POST", ("deployments",), json_body=body, ok=(200, 201))
+        _member(answer, "deployment")
+        return answer
+
+    def get_deployment(self, deployment_id: str) -> Json:
+        """``GET /api/v1/deployments/{deployment_id}``: one DeploymentOut."""
+        return self._json("GET", ("deployments", deployment_id))
+
+    def list_deployments(
+        self, *, model_id: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Json:
+        """``GET /api/v1/deployments``: one page ``{"items": [DeploymentOut], "next_cursor"}``."""
+        params = {"model_id": model_id, "limit": limit, "cursor": cursor}
+        return self._json("GET", ("deployments",), params=params)
+
+    def activate_deployment(self, deployment_id: str) -> Json:
+        """``PATCH /api/v1/deployments/{deployment_id}/activate``: the deployment, now ACTIVE."""
+        return self._json("PATCH", ("deployments", deployment_id, "activate"))
+
+    def deactivate_deployment(self, deployment_id: str) -> Json:
+        """``PATCH /api/v1/deployments/{deployment_id}/deactivate``: the deployment, now INACTIVE."""
+        return self._json("PATCH", ("deployments", deployment_id, "deactivate"))
+
+    def delete_deployment(self, deployment_id: str) -> None:
+        """``DELETE /api/v1/deployments/{deployment_id}``: the deployment, its key, history and usage."""
+        self._call("DELETE", ("deployments", deployment_id), ok=(200, 204))
+
+    def deployment_history(self, deployment_id: str) -> Json:
+        """``GET /api/v1/deployments/{deployment_id}/history``: ``{"items": [{at, actor, action, ...}]}``."""
+        return self._json("GET", ("deployments", deployment_id, "history"))
+
+    def rotate_deployment_key(self, deployment_id: str) -> Json:
+        """``POST /api/v1/deployments/{deployment_id}/rotate-key``: ``{deployment, api_key}``.
+
+        The old key stops working; the new one is in this answer and nowhere else.
+        """
+        return self._json("POST", ("deployments", deployment_id, "rotate-key"), ok=(200, 201))
+
+    def deployment_download(self, deployment_id: str) -> Json:
+        """``GET /api/v1/deployments/{deployment_id}/download``: a presigned link to its artifact."""
+        return self._json("GET", ("deployments", deployment_id, "download"))
+
+    def download_deployment(
+        self,
+        deployment_id: str,
+        dest: Path,
+        *,
+        link: Json | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> DownloadedFile:
+        """Download a deployment's artifact into ``dest``, checking the size and sha256 the API gave.
+
+        ``link`` is a download answer already in hand (the one ``create_deployment`` returns);
+        without it one is asked for.
+        """
+        return self._download(link or self.deployment_download(deployment_id), dest, progress)
+
+    # --- inference (a deployment's API key, not the token) -----------------------------------------
+
+    def infer(self, deployment_id: str, key: str, body: Json) -> Inference:
+        """``POST /v1/infer/{deployment_id}`` with the deployment's API ``key`` instead of the token.
+
+        ``body`` is ``{"inputs": {name: nested list}}`` or ``{"input": nested list}``.
+        """
+        response = self._call("POST", ("infer", deployment_id), json_body=body, key=key)
+        return Inference(
+            answer=_object(response),
+            rate_limit=_int_header(response, "x-ratelimit-limit"),
+            rate_remaining=_int_header(response, "x-ratelimit-remaining"),
+        )
+
+    def deployment_usage(self, deployment_id: str, key: str) -> Json:
+        """``GET /v1/deployments/{deployment_id}/usage``: request count, last request, inference time."""
+        return self._json("GET", ("deployments", deployment_id, "usage"), key=key)
+
+    def deployment_health(self, deployment_id: str, key: str) -> Json:
+        """``GET /v1/deployments/{deployment_id}/health``: status, model, version, whether it is loaded."""
+        return self._json("GET", ("deployments", deployment_id, "health"), key=key)
+
+    # --- plumbing ----------------------------------------------------------------------------------
+
+    def _download(self, link: Json, dest: Path, progress: ProgressCallback | None) -> DownloadedFile:
+        """Stream a presigned download answer's file into ``dest``; its size and sha256 must match."""
+        url = link.get("url")
+        if not isinstance(url, str):
+            raise ApiError("INVALID_RESPONSE", "the API's download answer has no url", status=None)
+        with self._fetch(url) as fetched, _replacing(dest) as part:
             size, sha256 = _save(fetched.response, part, progress)
             expected_sha, expected_size = link.get("sha256"), link.get("size_bytes")
             if isinstance(expected_size, int) and expected_size != size:
@@ -561,15 +698,15 @@ class ApiClient:
                 )
         return DownloadedFile(path=dest, size_bytes=size, sha256=sha256, link=link)
 
-    # --- plumbing ----------------------------------------------------------------------------------
+    def _url(self, *segments: str, prefix: str = API_PREFIX) -> str:
+        return self.base_url + prefix + "".join("/" + _segment(s) for s in segments)
 
-    def _url(self, *segments: str) -> str:
-        return self.base_url + API_PREFIX + "".join("/" + _segment(s) for s in segments)
-
-    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    def _headers(self, extra: Mapping[str, str] | None = None, *, key: str | None = None) -> dict[str, str]:
+        """``extra`` with the bearer: a deployment's API ``key`` when given (never with the token)."""
         headers = dict(extra or {})
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
+        bearer = key if key is not None else self._token
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
         return headers
 
     def _call(
@@ -582,8 +719,10 @@ class ApiClient:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
+        key: str | None = None,
     ) -> httpx.Response:
-        url = self._url(*path)
+        """One request to the API; with ``key``, to the inference routes with that key as the bearer."""
+        url = self._url(*path, prefix=API_PREFIX if key is None else INFERENCE_PREFIX)
         with self._transport_errors(url, api=True):
             response = self._http.request(
                 method,
@@ -591,26 +730,23 @@ class ApiClient:
                 params=_query(params),
                 json=json_body,
                 content=content,
-                headers=self._headers(headers),
+                headers=self._headers(headers, key=key),
             )
         if response.status_code not in ok:
-            raise self._error(response)
+            raise self._error(response, keyed=key is not None)
         return response
 
     def _json(self, method: str, path: tuple[str, ...], **kwargs: Any) -> Json:
-        response = self._call(method, path, **kwargs)
-        doc = _loads(response.content)
-        if not isinstance(doc, dict):
-            raise ApiError(
-                "INVALID_RESPONSE",
-                f"{method} {response.request.url.path} answered {response.status_code} without a JSON object",
-                status=response.status_code,
-            )
-        return doc
+        return _object(self._call(method, path, **kwargs))
 
-    def _error(self, response: httpx.Response) -> ApiError:
+    def _error(self, response: httpx.Response, *, keyed: bool = False) -> ApiError:
         error = error_from_response(response)
-        if error.status == 401 and not self._token:
+        if error.status == 401 and keyed:
+            error.message += (
+                f" (the deployment's API key was refused: check --key or {API_KEY_VARIABLE}; "
+                "`heimdall deploy rotate-key` issues a new one)"
+            )
+        elif error.status == 401 and not self._token:
             error.message += (
                 f" (no token was sent: pass --token, set {API_TOKEN_VARIABLE}, or run where "
                 f"`heimdall local up` wrote {LOCAL_TOKEN_FILE})"
@@ -794,6 +930,24 @@ def _segment(value: str) -> str:
     # Ids are percent-encoded whole: "a/b" stays one segment, and "." or ".." cannot climb the path.
     quoted = quote(value, safe="")
     return quoted.replace(".", "%2E") if set(value) <= {"."} else quoted
+
+
+def _object(response: httpx.Response) -> Json:
+    """The JSON object an answer carries (anything else is an ``INVALID_RESPONSE``)."""
+    doc = _loads(response.content)
+    if not isinstance(doc, dict):
+        request = response.request
+        raise ApiError(
+            "INVALID_RESPONSE",
+            f"{request.method} {request.url.path} answered {response.status_code} without a JSON object",
+            status=response.status_code,
+        )
+    return doc
+
+
+def _int_header(response: httpx.Response, name: str) -> int | None:
+    value = response.headers.get(name, "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def _member(doc: Json, key: str) -> Json:

@@ -78,6 +78,16 @@ _LINGER_S = 2.0
 LambdaHandler = Callable[[dict[str, Any], Any], Any]
 
 
+@dataclass(frozen=True)
+class Integration:
+    """A Lambda behind some of the gateway's paths: its handler, its context, and whether the JWT
+    authorizer guards it (the inference function's routes check a deployment's API key instead)."""
+
+    handler: LambdaHandler
+    context_factory: Callable[[], Any] = lambda: None
+    authorizer: bool = True
+
+
 # --- identities and tokens ---------------------------------------------------------------------------
 
 
@@ -404,7 +414,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         """The refusal this request gets before its body is read (auth, declared size), or None."""
         gateway = self.server.gateway
         path = self.path.partition("?")[0]
-        if (self.command, path) not in gateway.public_routes:
+        if gateway.authorized(self.command, path):
             scheme, _, token = (self.headers.get("Authorization") or "").strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return error_response(
@@ -437,7 +447,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         )
 
     def _identity(self) -> ApiIdentity | None:
-        if (self.command, self.path.partition("?")[0]) in self.server.gateway.public_routes:
+        if not self.server.gateway.authorized(self.command, self.path.partition("?")[0]):
             return None
         token = (self.headers.get("Authorization") or "").strip().partition(" ")[2].strip()
         return self.server.gateway.identify(token)
@@ -554,7 +564,9 @@ class LocalGateway:
 
     ``tokens`` maps bearer tokens to identities; ``lock`` (optional) serialises the requests that
     change state with the other users of the same lock; ``context_factory`` builds the Lambda context
-    object for each call. ``port=0`` picks a free port; :attr:`url` says which.
+    object for each call. ``integrations`` sends the paths under a prefix to another function (as
+    the template's routes do), with or without the JWT authorizer. ``port=0`` picks a free port;
+    :attr:`url` says which.
     """
 
     def __init__(
@@ -570,8 +582,12 @@ class LocalGateway:
         max_request_bytes: int = MAX_REQUEST_BYTES,
         max_event_bytes: int = MAX_EVENT_BYTES,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        integrations: Mapping[str, Integration] | None = None,
     ) -> None:
         self.handler = handler
+        self._default = Integration(handler, context_factory)
+        # Longest prefix first, so that a more specific prefix wins.
+        self._integrations = sorted((integrations or {}).items(), key=lambda item: -len(item[0]))
         self._tokens = [(token.encode("utf-8"), identity) for token, identity in tokens.items()]
         self.host = host
         self.port = port
@@ -622,6 +638,17 @@ class LocalGateway:
 
     # --- requests --------------------------------------------------------------------------------------
 
+    def integration_for(self, path: str) -> Integration:
+        """The function that serves ``path``."""
+        for prefix, integration in self._integrations:
+            if path.startswith(prefix):
+                return integration
+        return self._default
+
+    def authorized(self, method: str, path: str) -> bool:
+        """Whether the JWT authorizer guards ``method path`` (a bearer token of the table is needed)."""
+        return (method, path) not in self.public_routes and self.integration_for(path).authorizer
+
     def identify(self, token: str) -> ApiIdentity | None:
         """The identity of ``token``, compared in constant time with every known token."""
         given = token.encode("utf-8", "surrogateescape")
@@ -644,9 +671,10 @@ class LocalGateway:
                 f"{self.max_event_bytes} bytes (binary bodies grow by a third in base64)",
             )
         lock = self._lock if request.method in MUTATING_METHODS else nullcontext()
+        integration = self.integration_for(request.target.partition("?")[0])
         try:
             with lock:
-                result = self.handler(event, self._context_factory())
+                result = integration.handler(event, integration.context_factory())
             size = len(json.dumps(result))
         except Exception:
             logger.exception("%s: the handler failed", where)

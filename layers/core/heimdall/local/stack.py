@@ -43,7 +43,7 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from heimdall import wiring
 from heimdall.adapters.batch import batch_job_name
 from heimdall.conversion import JobSpec
-from heimdall.local.gateway import DEFAULT_SUB, ApiTokens, LocalGateway, load_api_tokens
+from heimdall.local.gateway import DEFAULT_SUB, ApiTokens, Integration, LocalGateway, load_api_tokens
 from heimdall.settings import ResourceNames, get_settings
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ DEFAULT_PORT = 4566
 DEFAULT_API_PORT = 3000
 REGION = "us-east-1"
 FUNCTIONS_DIR = Path(__file__).resolve().parents[4] / "functions"
+#: Paths the inference function serves (template.yaml: InferFunction's events), with no JWT authorizer.
+INFER_PREFIXES = ("/v1/infer/", "/v1/deployments/")
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "heimdall-local",
     "AWS_SECRET_ACCESS_KEY": "heimdall-local",
@@ -270,12 +272,18 @@ class LocalStack:
     def _start_api(self, port: int) -> None:
         self.tokens = load_api_tokens(self.workdir, self._api_tokens)
         api = load_function("api")
+        infer = Integration(
+            invoker(load_function("infer")),
+            lambda: _Context("infer", memory_limit_in_mb=2048),
+            authorizer=False,
+        )
         self.gateway = LocalGateway(
             invoker(api),
             self.tokens.table,
             port=port,
             lock=self._handler_lock,
             context_factory=lambda: _Context("api"),
+            integrations={prefix: infer for prefix in INFER_PREFIXES},
         ).start()
 
     @property

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from heimdall.adapters.batch import JobSubmitter
+from heimdall.deployments import DeploymentStore, InMemoryDeploymentStore
 from heimdall.errors import RecordNotFound
 from heimdall.events import EventSink
 from heimdall.logic.bundles import BundleDeps
@@ -47,6 +48,8 @@ class ApiDeps:
     names: ResourceNames
     limits: BundleLimits
     api: ApiLimits = field(default_factory=ApiLimits)
+    #: Deployments, their keys, history and usage (the registry's table in AWS).
+    deployments: DeploymentStore = field(default_factory=InMemoryDeploymentStore)
     now: Callable[[], datetime] = utcnow
     #: Where bundles are assembled and validated (Lambda: /tmp; None: the system's temp dir).
     workdir: Path | None = None

@@ -34,6 +34,10 @@ from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.storage import ObjectStore
 
 _ID_NAMESPACE = uuid.UUID("5d8d3a8e-3f43-4b9c-8c2e-6a9f0f1e2d4b")
+#: Where indexed models' ONNX files live in the artifacts bucket (the inference function reads them).
+EXPORTED_ONNX_PREFIX = "models/"
+IMPORTED_ONNX_PREFIX = "imported/"
+BUNDLE_ONNX_PREFIXES = (EXPORTED_ONNX_PREFIX, IMPORTED_ONNX_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,9 @@ def _index(
         model_id = str(uuid.uuid5(_ID_NAMESPACE, claim))
         name, version = bundle.model.model_name, bundle.model.version
         onnx_key = (
-            f"imported/{model_id}/{name}-{version}.onnx" if imported else f"models/{model_id}/model.onnx"
+            f"{IMPORTED_ONNX_PREFIX}{model_id}/{name}-{version}.onnx"
+            if imported
+            else f"{EXPORTED_ONNX_PREFIX}{model_id}/model.onnx"
         )
         bundle_key = f"bundles/{model_id}/{name}-v{version}.heimdall"
         deps.store.upload(onnx_path, f"s3://{artifacts}/{onnx_key}", content_type="application/octet-stream")

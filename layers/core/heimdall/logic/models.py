@@ -21,7 +21,7 @@ from heimdall import __version__
 from heimdall.bundle.models import BundleMetadata, ComponentSelection
 from heimdall.bundle.reader import read_bundle
 from heimdall.bundle.writer import write_bundle
-from heimdall.errors import ChecksumMismatch, NotReady, RequestInvalid
+from heimdall.errors import ChecksumMismatch, ConflictError, NotReady, RequestInvalid
 from heimdall.logic.api import ApiDeps, require_id
 from heimdall.registry import DEFAULT_PAGE_SIZE, ModelRecord, Page
 
@@ -90,9 +90,16 @@ def delete_model(deps: ApiDeps, owner: str, model_id: str) -> None:
     """Delete the model: its stored ONNX and bundle objects and exports assembled of it, then its record.
 
     Objects go first, so that a failure half-way leaves the record to retry the delete with (deleting
-    an object that is already gone is not an error).
+    an object that is already gone is not an error). A model that still has deployments is refused
+    (ConflictError): an endpoint would lose its model under it; delete the deployments first.
     """
     record = get_model(deps, owner, model_id)
+    deployed = deps.deployments.list_deployments(owner, model_id=model_id, limit=1)
+    if deployed.items:
+        raise ConflictError(
+            f"model {model_id} has deployments (e.g. {deployed.items[0].deployment_id}): delete them first",
+            field="model_id",
+        )
     artifacts = deps.names.artifacts_bucket
     keys = [key for key in (record.onnx_key, record.bundle_key) if key]
     keys += deps.store.list_keys(f"s3://{artifacts}/{_downloads_prefix(record.model_id)}")

@@ -12,8 +12,8 @@ from heimdall.api.auth import current_caller
 from heimdall.api.bodies import MULTIPART, json_model, media_type, multipart_file, raw_body
 from heimdall.api.deps import api_deps
 from heimdall.api.params import path_id
+from heimdall.api.responses import JSON
 from heimdall.api.schemas import (
-    JSON,
     SCHEMAS,
     ImportedOut,
     ImportOut,

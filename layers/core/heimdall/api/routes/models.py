@@ -12,7 +12,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from heimdall.api.auth import current_caller
 from heimdall.api.deps import api_deps
 from heimdall.api.params import Cursor, Limit, path_id
-from heimdall.api.schemas import JSON, ExportRedirectOut, ModelOut, ModelPage, documented
+from heimdall.api.responses import JSON
+from heimdall.api.schemas import ExportRedirectOut, ModelOut, ModelPage, documented
 from heimdall.bundle.models import ComponentSelection
 from heimdall.logic import models as logic
 from heimdall.logic.models import ExportedBundle, ExportOptions
@@ -100,9 +101,9 @@ def get_model(model_id: str) -> ModelOut:
 @router.delete(
     "/api/v1/models/<model_id>",
     summary="Delete a model",
-    description="Deletes the record and its stored ONNX model and bundle.",
+    description="Deletes the record and its stored ONNX model and bundle; 409 while it has deployments.",
     tags=TAGS,
-    responses=documented(204, "Deleted", errors=(404,)),
+    responses=documented(204, "Deleted", errors=(404, 409)),
 )
 def delete_model(model_id: str) -> Response[None]:
     """Delete one of the caller's models and its stored objects."""

@@ -1,0 +1,485 @@
+"""Use cases: deployments through the API — create (four types), read, list, (de)activate, delete,
+history, key rotation, and the download of what a deployment delivers (DESIGN §7).
+
+A deployment is made from an export job or directly from a model (an imported model has no export
+job, so only a ``platform_endpoint`` can serve it):
+
+``download``
+    the job's export package (or its bundle): a presigned GET, minutes of validity, never longer than
+    the signing credentials (the S3 adapter clamps it).
+``edge_package`` / ``container``
+    a zip built here from the export package (:mod:`heimdall.deploy_packages`, which checks the
+    package's checksums and its Triton config against the model's declared I/O first), stored under
+    ``deployments/{deployment_id}/`` in the artifacts bucket and handed out as a presigned GET.
+``platform_endpoint``
+    the model served by the inference function. The model's ONNX key, checksum and version, and the
+    bundle's normalisation when the deployment applies it, are copied into the deployment so that an
+    inference request needs no registry read of the model. Its API key is returned once; only its
+    hash is stored.
+
+Every change of status is recorded in the deployment's history with who made it, and announced:
+a deployment that becomes active (created, or activated) emits ``Deployment Activated``, one that
+stops (deactivated, or deleted while active) ``Deployment Deactivated``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from heimdall.bundle import read_bundle
+from heimdall.bundle.models import NormalizationStats
+from heimdall.deployments import (
+    ApiKeyRecord,
+    Deployment,
+    DeploymentArtifact,
+    DeploymentEvent,
+    DeploymentStatus,
+    DeploymentType,
+    Tier,
+    UsageSummary,
+    generate_api_key,
+    hash_api_key,
+)
+from heimdall.errors import (
+    DeploymentInactive,
+    HeimdallError,
+    NoExportPackage,
+    NotReady,
+    RequestInvalid,
+)
+from heimdall.events import DeploymentActivated, DeploymentDeactivated, idempotency_key_for, make_event
+from heimdall.logic.api import ApiDeps, require_id
+from heimdall.logic.export_jobs import Download
+from heimdall.registry import DEFAULT_PAGE_SIZE, ExportJob, JobStatus, ModelRecord, Page
+
+__all__ = [
+    "CreateDeployment",
+    "CreatedDeployment",
+    "activate_deployment",
+    "create_deployment",
+    "deactivate_deployment",
+    "delete_deployment",
+    "deployment_download",
+    "deployment_history",
+    "deployment_usage",
+    "get_deployment",
+    "list_deployments",
+    "rotate_key",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Where built deployment packages live in the artifacts bucket.
+DEPLOYMENTS_PREFIX = "deployments/"
+_ZIP = "application/zip"
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DownloadOptions(_Options):
+    """``download``: which of the job's files the link fetches."""
+
+    file: Literal["package", "bundle"] = "package"
+
+
+class EndpointOptions(_Options):
+    """``platform_endpoint``: the key's tier, and whether inputs get the bundle's normalisation."""
+
+    tier: Tier = Tier.FREE
+    apply_normalization: bool = False
+
+
+class EdgeOptions(_Options):
+    """``edge_package``: the model precision shipped (``auto``: INT8, else FP16, else FP32)."""
+
+    precision: Literal["auto", "int8", "fp16", "fp32"] = "auto"
+
+
+class ContainerOptions(_Options):
+    """``container``: the Triton server image the Dockerfile builds on (default: the pinned one)."""
+
+    triton_image: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+OPTIONS_MODELS: dict[DeploymentType, type[_Options]] = {
+    DeploymentType.DOWNLOAD: DownloadOptions,
+    DeploymentType.PLATFORM_ENDPOINT: EndpointOptions,
+    DeploymentType.EDGE_PACKAGE: EdgeOptions,
+    DeploymentType.CONTAINER: ContainerOptions,
+}
+
+
+@dataclass(frozen=True)
+class CreateDeployment:
+    """What a caller asks for: a type, a name, the source (a model or an export job) and options."""
+
+    type: DeploymentType
+    name: str
+    model_id: str | None = None
+    export_job_id: str | None = None
+    options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CreatedDeployment:
+    """A new deployment, its API key (platform endpoints: shown this once) and its download link."""
+
+    deployment: Deployment
+    api_key: str | None = None
+    download: Download | None = None
+
+
+def parse_options(kind: DeploymentType, raw: dict[str, Any] | None) -> _Options:
+    """The type's options, validated; RequestInvalid naming ``options.<field>`` otherwise."""
+    try:
+        return OPTIONS_MODELS[kind].model_validate(raw or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        field = f"options.{where}" if where else "options"
+        raise RequestInvalid(
+            f"{field}: {first.get('msg', 'invalid')} (a {kind} deployment takes "
+            f"{', '.join(OPTIONS_MODELS[kind].model_fields) or 'no options'})",
+            field=field,
+        ) from None
+
+
+# --- create ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    model: ModelRecord | None
+    job: ExportJob | None
+
+
+def create_deployment(deps: ApiDeps, owner: str, request: CreateDeployment) -> CreatedDeployment:
+    """Create a deployment of the owner's model or export job (see the module docstring)."""
+    kind = DeploymentType(request.type)
+    options = parse_options(kind, request.options)
+    source = _source(deps, owner, request)
+    deployment_id = str(uuid.uuid4())
+    base: dict[str, Any] = {
+        "deployment_id": deployment_id,
+        "owner": owner,
+        "type": kind,
+        "name": request.name,
+        "export_job_id": source.job.job_id if source.job is not None else None,
+        "options": options.model_dump(mode="json", exclude_none=True),
+        "created_at": deps.now(),
+        "updated_at": deps.now(),
+    }
+    api_key: str | None = None
+    key_record: ApiKeyRecord | None = None
+    if isinstance(options, EndpointOptions):
+        model = _served_model(source, deployment_id)
+        key_id, api_key = generate_api_key()
+        key_record = ApiKeyRecord(
+            key_id=key_id, deployment_id=deployment_id, owner=owner, key_hash=hash_api_key(api_key)
+        )
+        base.update(
+            model_id=model.model_id,
+            tier=options.tier,
+            apply_normalization=options.apply_normalization,
+            key_id=key_id,
+            model_version=model.version,
+            onnx_key=model.onnx_key,
+            onnx_sha256=model.onnx_sha256,
+            normalization=_normalization(deps, model) if options.apply_normalization else None,
+        )
+        artifact = None
+    else:
+        job = _packaged_job(source, kind)
+        base["model_id"] = _model_id_of(source, job)
+        artifact = _artifact(deps, deployment_id, request.name, job, options)
+        base["artifact"] = artifact
+    deployment = Deployment.model_validate(base)
+    try:
+        deps.deployments.put_deployment(deployment, api_key=key_record, actor=owner)
+    except BaseException:
+        if artifact is not None and artifact.key.startswith(DEPLOYMENTS_PREFIX):
+            _delete_quietly(deps, artifact.key)
+        raise
+    _announce(deps, deployment, DeploymentStatus.ACTIVE, revision="created")
+    download = _download(deps, deployment) if artifact is not None else None
+    return CreatedDeployment(deployment=deployment, api_key=api_key, download=download)
+
+
+def _source(deps: ApiDeps, owner: str, request: CreateDeployment) -> _Source:
+    if (request.model_id is None) == (request.export_job_id is None):
+        raise RequestInvalid("give exactly one of model_id and export_job_id", field="model_id")
+    if request.export_job_id is not None:
+        require_id(request.export_job_id, what="export job", field="export_job_id")
+        source_job = deps.registry.get_export_job(owner, request.export_job_id)
+        if source_job.status is not JobStatus.SUCCEEDED:
+            raise NotReady(
+                f"export job {source_job.job_id} is {source_job.status}; only a succeeded export can be "
+                "deployed",
+                field="export_job_id",
+                status=str(source_job.status),
+            )
+        indexed = deps.registry.get_model(owner, source_job.model_id) if source_job.model_id else None
+        return _Source(model=indexed, job=source_job)
+    assert request.model_id is not None
+    require_id(request.model_id, what="model", field="model_id")
+    model = deps.registry.get_model(owner, request.model_id)
+    job: ExportJob | None = None
+    if model.export_job_id:
+        try:
+            job = deps.registry.get_export_job(owner, model.export_job_id)
+        except HeimdallError:
+            job = None  # the job record is gone: the model can still be served
+    return _Source(model=model, job=job)
+
+
+def _served_model(source: _Source, deployment_id: str) -> ModelRecord:
+    model = source.model
+    if model is None:
+        job_id = source.job.job_id if source.job else "?"
+        raise NotReady(
+            f"export job {job_id} succeeded but its model is not indexed yet; retry in a few seconds",
+            field="export_job_id",
+        )
+    if not model.onnx_key or not model.onnx_sha256:
+        raise NotReady(f"model {model.model_id} has no stored ONNX model to serve", field="model_id")
+    return model
+
+
+def _normalization(deps: ApiDeps, model: ModelRecord) -> NormalizationStats:
+    """The normalisation of the model's stored bundle; RequestInvalid when it has none."""
+    if "normalization_stats" in model.components and model.bundle_key:
+        uri = f"s3://{deps.names.artifacts_bucket}/{model.bundle_key}"
+        with tempfile.TemporaryDirectory(prefix="heimdall-deploy-", dir=deps.workdir) as tmp:
+            path = Path(tmp) / "bundle.heimdall"
+            deps.store.download(uri, path, max_bytes=deps.limits.max_bundle_bytes)
+            stats = read_bundle(path, limits=deps.limits).bundle.normalization_stats
+        if stats is not None:
+            return stats
+    raise RequestInvalid(
+        f"model {model.model_id}'s bundle has no normalization_stats: "
+        "create the endpoint with apply_normalization false",
+        field="options.apply_normalization",
+    )
+
+
+def _packaged_job(source: _Source, kind: DeploymentType) -> ExportJob:
+    job = source.job
+    if job is None or job.status is not JobStatus.SUCCEEDED or not job.output_prefix or job.result is None:
+        what = source.model.model_id if source.model else "this model"
+        raise NoExportPackage(
+            f"a {kind} deployment is made from an export package, and {what} has none "
+            "(an imported model): deploy it as a platform_endpoint, or export it first",
+            field="model_id",
+        )
+    return job
+
+
+def _model_id_of(source: _Source, job: ExportJob) -> str:
+    if source.model is not None:
+        return source.model.model_id
+    if job.model_id:
+        return job.model_id
+    raise NotReady(
+        f"export job {job.job_id} succeeded but its model is not indexed yet; retry in a few seconds",
+        field="export_job_id",
+    )
+
+
+def _job_file(job: ExportJob, file: Literal["package", "bundle"]) -> tuple[str, str]:
+    """(uri, file name) of a succeeded job's package or bundle."""
+    assert job.result is not None and job.output_prefix is not None
+    name = job.result.package_file if file == "package" else job.result.bundle_file
+    if not name:
+        raise NoExportPackage(f"export job {job.job_id} built no {file}", field="export_job_id")
+    return f"{job.output_prefix.rstrip('/')}/{name}", name.rpartition("/")[2]
+
+
+def _artifact(
+    deps: ApiDeps, deployment_id: str, name: str, job: ExportJob, options: _Options
+) -> DeploymentArtifact:
+    if isinstance(options, DownloadOptions):
+        uri, file_name = _job_file(job, options.file)
+        size = deps.store.head(uri).size  # also: 404 when the file is gone
+        return DeploymentArtifact(key=_key_of(uri), file_name=file_name, size_bytes=size)
+    from heimdall import deploy_packages  # noqa: PLC0415 - only the package types need it
+
+    package_uri, _ = _job_file(job, "package")
+    with tempfile.TemporaryDirectory(prefix="heimdall-deploy-", dir=deps.workdir) as tmp:
+        package = Path(tmp) / "export-package.zip"
+        deps.store.download(package_uri, package, max_bytes=deploy_packages.MAX_PACKAGE_BYTES)
+        out_dir = Path(tmp) / "out"
+        out_dir.mkdir()
+        if isinstance(options, EdgeOptions):
+            built = deploy_packages.build_edge_package(
+                package, out_dir, name=name, precision=options.precision
+            )
+        else:
+            assert isinstance(options, ContainerOptions)
+            built = deploy_packages.build_container_package(
+                package, out_dir, name=name, triton_image=options.triton_image
+            )
+        key = f"{DEPLOYMENTS_PREFIX}{deployment_id}/{built.file_name}"
+        deps.store.upload(built.path, f"s3://{deps.names.artifacts_bucket}/{key}", content_type=_ZIP)
+    return DeploymentArtifact(
+        key=key, file_name=built.file_name, size_bytes=built.size_bytes, sha256=built.sha256
+    )
+
+
+def _key_of(uri: str) -> str:
+    return uri.removeprefix("s3://").partition("/")[2]
+
+
+def _download(deps: ApiDeps, deployment: Deployment) -> Download:
+    artifact = deployment.artifact
+    assert artifact is not None
+    # Job outputs and built packages both live in the artifacts bucket.
+    uri = f"s3://{deps.names.artifacts_bucket}/{artifact.key}"
+    url, expires_at = deps.store.presign_get(
+        uri, expires_s=deps.api.presign_ttl_s, filename=artifact.file_name
+    )
+    return Download(
+        url=url,
+        expires_at=expires_at,
+        file=artifact.file_name,
+        key=artifact.key,
+        size_bytes=artifact.size_bytes,
+        sha256=artifact.sha256,
+    )
+
+
+def _delete_quietly(deps: ApiDeps, key: str) -> None:
+    try:
+        deps.store.delete(f"s3://{deps.names.artifacts_bucket}/{key}")
+    except HeimdallError as exc:
+        logger.warning("could not delete deployment artifact %s: %s", key, exc)
+
+
+def _announce(deps: ApiDeps, deployment: Deployment, status: DeploymentStatus, *, revision: str) -> None:
+    """``Deployment Activated``/``Deactivated``; the key names the change, so a retry dedupes."""
+    detail_class = DeploymentActivated if status is DeploymentStatus.ACTIVE else DeploymentDeactivated
+    detail = detail_class(
+        idempotency_key=idempotency_key_for(
+            deployment.deployment_id, revision, detail_class.detail_type.value
+        ),
+        occurred_at=deployment.updated_at,
+        owner=deployment.owner,
+        deployment_id=deployment.deployment_id,
+        model_id=deployment.model_id,
+        deployment_type=deployment.type.value,
+    )
+    deps.events.publish([make_event(detail)])
+
+
+# --- read, list, history ---------------------------------------------------------------------------
+
+
+def get_deployment(deps: ApiDeps, owner: str, deployment_id: str) -> Deployment:
+    """The owner's deployment; RecordNotFound for a missing one, another owner's, or a malformed id."""
+    require_id(deployment_id, what="deployment", field="deployment_id")
+    return deps.deployments.get_deployment(owner, deployment_id)
+
+
+def list_deployments(
+    deps: ApiDeps,
+    owner: str,
+    *,
+    model_id: str | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+) -> Page[Deployment]:
+    """The owner's deployments (of one model if given), newest first."""
+    if model_id is not None:
+        require_id(model_id, what="model", field="model_id")
+    return deps.deployments.list_deployments(owner, model_id=model_id, limit=limit, cursor=cursor)
+
+
+def deployment_history(deps: ApiDeps, owner: str, deployment_id: str) -> list[DeploymentEvent]:
+    """Every recorded change of the deployment, oldest first."""
+    require_id(deployment_id, what="deployment", field="deployment_id")
+    return deps.deployments.history(owner, deployment_id)
+
+
+def deployment_usage(deps: ApiDeps, deployment: Deployment) -> UsageSummary | None:
+    """What a platform endpoint served (None for the other types)."""
+    if deployment.type is not DeploymentType.PLATFORM_ENDPOINT:
+        return None
+    return deps.deployments.get_usage(deployment.deployment_id)
+
+
+# --- lifecycle -------------------------------------------------------------------------------------
+
+
+def _transition(deps: ApiDeps, owner: str, deployment_id: str, target: DeploymentStatus) -> Deployment:
+    require_id(deployment_id, what="deployment", field="deployment_id")
+    changed = deps.deployments.transition_deployment(owner, deployment_id, target, actor=owner)
+    _announce(deps, changed, target, revision=_revision(changed.updated_at))
+    return changed
+
+
+def _revision(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def activate_deployment(deps: ApiDeps, owner: str, deployment_id: str) -> Deployment:
+    """INACTIVE → ACTIVE (ConflictError if it is active already)."""
+    return _transition(deps, owner, deployment_id, DeploymentStatus.ACTIVE)
+
+
+def deactivate_deployment(deps: ApiDeps, owner: str, deployment_id: str) -> Deployment:
+    """ACTIVE → INACTIVE (ConflictError if it is inactive already). Its endpoint answers 409 meanwhile."""
+    return _transition(deps, owner, deployment_id, DeploymentStatus.INACTIVE)
+
+
+def delete_deployment(deps: ApiDeps, owner: str, deployment_id: str) -> None:
+    """Delete the deployment: its key stops working at once, its built package is removed."""
+    deployment = get_deployment(deps, owner, deployment_id)
+    deps.deployments.delete_deployment(owner, deployment_id)
+    if deployment.artifact is not None and deployment.artifact.key.startswith(DEPLOYMENTS_PREFIX):
+        _delete_quietly(deps, deployment.artifact.key)
+    if deployment.status is DeploymentStatus.ACTIVE:
+        gone = deployment.model_copy(update={"updated_at": deps.now()})
+        _announce(deps, gone, DeploymentStatus.INACTIVE, revision="deleted")
+
+
+def rotate_key(deps: ApiDeps, owner: str, deployment_id: str) -> CreatedDeployment:
+    """A new API key for a platform endpoint; the old one stops working at once."""
+    current = get_deployment(deps, owner, deployment_id)
+    if current.type is not DeploymentType.PLATFORM_ENDPOINT:
+        raise NotReady(
+            f"deployment {deployment_id} is a {current.type} deployment: only a platform_endpoint has a key",
+            field="deployment_id",
+        )
+    key_id, api_key = generate_api_key()
+    record = ApiKeyRecord(
+        key_id=key_id, deployment_id=deployment_id, owner=owner, key_hash=hash_api_key(api_key)
+    )
+    changed = deps.deployments.rotate_api_key(owner, deployment_id, record, actor=owner)
+    return CreatedDeployment(deployment=changed, api_key=api_key)
+
+
+def deployment_download(deps: ApiDeps, owner: str, deployment_id: str) -> Download:
+    """A fresh presigned GET of what an active deployment delivers (not for platform endpoints)."""
+    deployment = get_deployment(deps, owner, deployment_id)
+    if deployment.artifact is None:
+        raise NotReady(
+            f"deployment {deployment_id} is a {deployment.type}: it has no file to download",
+            field="deployment_id",
+        )
+    if deployment.status is not DeploymentStatus.ACTIVE:
+        raise DeploymentInactive(
+            f"deployment {deployment_id} is inactive: activate it to download", field="deployment_id"
+        )
+    return _download(deps, deployment)

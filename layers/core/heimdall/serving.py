@@ -1,0 +1,304 @@
+"""The inference endpoint (DESIGN §7): ``POST /v1/infer/{deployment_id}`` and the endpoint's health and usage.
+
+The resolver the inference function (``functions/infer/app.py``) serves. Its callers are not the API's
+users but holders of a deployment's API key: every route takes ``Authorization: Bearer hdk_…`` and
+checks it against the stored hash in constant time (:func:`heimdall.deployments.authenticate_api_key`);
+a missing, malformed, unknown, rotated or revoked key, and another deployment's key, are the same 401.
+
+A request to infer, in order:
+
+1. the key (401), then the deployment: a platform endpoint that is ``ACTIVE`` (409
+   ``DEPLOYMENT_INACTIVE`` otherwise, ``NOT_READY`` for another type);
+2. the key's rate limit for the minute, one conditional counter in the registry table shared by every
+   instance (429 ``RATE_LIMITED`` with ``Retry-After``);
+3. the body: ``{"inputs": {name: nested list}}`` or ``{"input": nested list}`` (400 ``INVALID_JSON`` /
+   ``INVALID_INPUT``; 413 over the inline limit);
+4. the model's ONNX Runtime session, created once per container and model version
+   (:class:`heimdall.inference.ModelCache`: fetched from S3 to ``/tmp``, sha256 checked, structural
+   pass, then the session);
+5. inputs checked against the model's declared names, dtypes and shapes (400 with the expected
+   shape), the bundle's normalisation when the deployment applies it, ``session.run``;
+6. the usage counters (request count, last request time, total inference time), then the answer:
+   outputs by the model's names, ``latency_ms`` (the run alone), ``model_version``, with
+   ``X-RateLimit-Limit``/``X-RateLimit-Remaining``. A model answering NaN or infinity is a 422
+   ``NON_FINITE_OUTPUT`` (JSON cannot carry it), counted in usage like any run.
+
+Only the requests that reach the model count as usage; every request with a valid key counts against
+the rate limit, whatever its body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+
+from heimdall.api.bodies import raw_body
+from heimdall.api.responses import JSON, error_response, handler_of
+from heimdall.deployments import (
+    RATE_LIMITS,
+    Deployment,
+    DeploymentStatus,
+    DeploymentStore,
+    DeploymentType,
+    Tier,
+    authenticate_api_key,
+)
+from heimdall.errors import (
+    DeploymentInactive,
+    HeimdallError,
+    InvalidJson,
+    NonFiniteOutput,
+    NotReady,
+    RateLimited,
+)
+from heimdall.inference import InvalidInput, ModelCache, normalize, prepare_inputs, run
+from heimdall.registry import utcnow
+from heimdall.settings import MIB, BundleLimits, ResourceNames
+from heimdall.storage import ObjectStore
+
+__all__ = ["ServingDeps", "app", "use_serving_deps"]
+
+logger = logging.getLogger(__name__)
+
+#: The largest request body (JSON) the endpoint reads: 4 MiB of float32 as text is about 1M values.
+MAX_REQUEST_BYTES = 6 * MIB
+INFER_PATH = "/v1/infer/<deployment_id>"
+
+
+@dataclass(frozen=True)
+class ServingDeps:
+    """What the inference function needs: deployments and keys, the model objects, the session cache."""
+
+    deployments: DeploymentStore
+    store: ObjectStore
+    names: ResourceNames
+    limits: BundleLimits
+    cache: ModelCache = field(default_factory=ModelCache)
+    #: Where model files are fetched to (``/tmp`` in Lambda, reused by the container's next requests).
+    workdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "heimdall-models")
+    now: Callable[[], datetime] = utcnow
+    max_request_bytes: int = MAX_REQUEST_BYTES
+
+
+_provider: Callable[[], ServingDeps] | None = None
+
+
+def use_serving_deps(provider: Callable[[], ServingDeps] | None) -> None:
+    """Serve with ``provider``'s collaborators (None: the wired ones)."""
+    global _provider  # noqa: PLW0603 - one process-wide choice (the local stack, tests, benchmarks)
+    _provider = provider
+
+
+def serving_deps() -> ServingDeps:
+    """The collaborators for this request (built once per container by the wiring)."""
+    if _provider is not None:
+        return _provider()
+    from heimdall.wiring import serving_deps as wired  # noqa: PLC0415 - boto3 adapters only when needed
+
+    return wired()
+
+
+app = APIGatewayHttpResolver()
+
+
+# --- the key and the deployment ----------------------------------------------------------------------
+
+
+def _bearer() -> str | None:
+    header = app.current_event.headers.get("authorization") or ""
+    scheme, _, value = header.strip().partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _authorized(deps: ServingDeps, deployment_id: str) -> tuple[Deployment, str]:
+    """The deployment the request's key opens, and the key's id; 401 for any key that does not."""
+    record = authenticate_api_key(deps.deployments, _bearer(), deployment_id)
+    deployment = deps.deployments.get_deployment_any_owner(deployment_id)
+    return deployment, record.key_id
+
+
+def _served(deployment: Deployment) -> Deployment:
+    """The deployment if it serves inference now; 409 otherwise."""
+    if deployment.type is not DeploymentType.PLATFORM_ENDPOINT or not deployment.onnx_key:
+        raise NotReady(
+            f"deployment {deployment.deployment_id} is not a platform endpoint", field="deployment_id"
+        )
+    if deployment.status is not DeploymentStatus.ACTIVE:
+        raise DeploymentInactive(
+            f"deployment {deployment.deployment_id} is inactive; its owner can activate it again",
+            field="deployment_id",
+        )
+    return deployment
+
+
+# --- routes ------------------------------------------------------------------------------------------
+
+
+@app.post(INFER_PATH)
+def infer(deployment_id: str) -> Response[str]:
+    """Run the deployment's model on the request's inputs."""
+    deps = serving_deps()
+    deployment, key_id = _authorized(deps, deployment_id)
+    _served(deployment)
+    limit = RATE_LIMITS[deployment.tier or Tier.FREE]
+    decision = deps.deployments.consume_rate_limit(key_id, limit, deps.now())
+    if not decision.allowed:
+        raise RateLimited(
+            f"rate limit of {limit} requests per minute reached for this key; "
+            f"retry in {decision.retry_after_s} s",
+            retry_after_s=decision.retry_after_s,
+            limit=limit,
+        )
+    payload = _payload(raw_body(app.current_event, max_bytes=deps.max_request_bytes))
+    loaded = deps.cache.load(
+        deployment.model_id,
+        str(deployment.onnx_sha256),
+        _fetcher(deps, str(deployment.onnx_key)),
+        workdir=deps.workdir,
+        limits=deps.limits,
+    )
+    arrays = prepare_inputs(loaded.session.get_inputs(), payload)
+    normalized = deployment.apply_normalization and deployment.normalization is not None
+    if normalized:
+        assert deployment.normalization is not None
+        arrays = normalize(arrays, deployment.normalization)
+    result = run(loaded.session, arrays)
+    deps.deployments.record_usage(deployment.deployment_id, result.latency_ms, deps.now())
+    answer = {
+        "deployment_id": deployment.deployment_id,
+        "model_id": deployment.model_id,
+        "model_version": deployment.model_version,
+        "outputs": result.outputs,
+        "latency_ms": round(result.latency_ms, 4),
+        "normalized": normalized,
+    }
+    try:
+        body = json.dumps(answer, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise _non_finite(result.outputs) from None
+    headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(decision.remaining)}
+    return Response(status_code=200, content_type=JSON, body=body, headers=headers)
+
+
+@app.get("/v1/deployments/<deployment_id>/usage")
+def usage(deployment_id: str) -> Response[str]:
+    """What the endpoint served: request count, last request time, total inference time."""
+    deps = serving_deps()
+    deployment, _ = _authorized(deps, deployment_id)
+    summary = deps.deployments.get_usage(deployment.deployment_id)
+    return _json({"deployment_id": deployment.deployment_id, **summary.model_dump(mode="json")})
+
+
+@app.get("/v1/deployments/<deployment_id>/health")
+def health(deployment_id: str) -> Response[str]:
+    """Whether the endpoint serves (``ready``) and whether this instance has the model loaded."""
+    deps = serving_deps()
+    deployment, _ = _authorized(deps, deployment_id)
+    loaded = deployment.onnx_sha256 is not None and (
+        deps.cache.get(deployment.model_id, deployment.onnx_sha256) is not None
+    )
+    return _json(
+        {
+            "deployment_id": deployment.deployment_id,
+            "status": deployment.status.value,
+            "ready": deployment.status is DeploymentStatus.ACTIVE,
+            "model_id": deployment.model_id,
+            "model_version": deployment.model_version,
+            "model_loaded": loaded,
+            "tier": deployment.tier.value if deployment.tier else None,
+        }
+    )
+
+
+def _json(document: dict[str, Any]) -> Response[str]:
+    return Response(status_code=200, content_type=JSON, body=json.dumps(document))
+
+
+# --- the body and the answer -------------------------------------------------------------------------
+
+
+def _payload(body: bytes) -> dict[str, Any]:
+    """``{"inputs": {...}}`` → the named inputs; ``{"input": x}`` → ``{"input": x}``."""
+    if not body.strip():
+        raise InvalidInput(
+            'the body is empty: send {"inputs": {name: values}} or {"input": values}', field="body"
+        )
+    try:
+        document = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJson(f"the body is not valid JSON: {exc}", field="body") from None
+    if isinstance(document, dict) and set(document) == {"inputs"} and isinstance(document["inputs"], dict):
+        inputs: dict[str, Any] = document["inputs"]
+        if inputs:
+            return inputs
+    if isinstance(document, dict) and set(document) == {"input"}:
+        return document
+    raise InvalidInput(
+        'expected {"inputs": {name: values, ...}} or {"input": values} (nested lists of numbers)',
+        field="body",
+    )
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _fetcher(deps: ServingDeps, onnx_key: str) -> Callable[[Path], None]:
+    def fetch(path: Path) -> None:
+        uri = f"s3://{deps.names.artifacts_bucket}/{onnx_key}"
+        deps.store.download(uri, path, max_bytes=deps.limits.max_onnx_bytes)
+
+    return fetch
+
+
+def _non_finite(outputs: dict[str, list[Any]]) -> NonFiniteOutput:
+    names = [name for name, values in outputs.items() if not _all_finite(values)]
+    return NonFiniteOutput(
+        f"the model answered NaN or infinity in {', '.join(repr(n) for n in names)} for these inputs",
+        field="outputs",
+        outputs=names,
+    )
+
+
+def _all_finite(values: Any) -> bool:
+    if isinstance(values, list):
+        return all(_all_finite(v) for v in values)
+    return not isinstance(values, float) or math.isfinite(values)
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+@handler_of(app, HeimdallError)
+def _typed(exc: HeimdallError) -> Response[str]:
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="heimdall-inference"'
+    if exc.http_status >= 500:
+        logger.error("inference request failed", extra={"code": exc.code, "error": exc.message})
+    return error_response(
+        exc.http_status, exc.code, exc.message, field=exc.field, details=exc.details, headers=headers
+    )
+
+
+@handler_of(app, NotFoundError)
+def _no_route(exc: NotFoundError) -> Response[str]:
+    return error_response(404, "NOT_FOUND", "no such endpoint")
+
+
+@handler_of(app, Exception)
+def _unexpected(exc: Exception) -> Response[str]:
+    logger.exception("unhandled error in the inference endpoint", extra={"error_type": type(exc).__name__})
+    return error_response(500, "INTERNAL_ERROR", "internal error")
