@@ -30,6 +30,7 @@ from heimdall.deployments import (
     InMemoryDeploymentStore,
     Tier,
     authenticate_api_key,
+    authorize_request,
     generate_api_key,
     hash_api_key,
     key_matches,
@@ -303,6 +304,31 @@ def test_authenticate_api_key_is_one_401_for_every_failure(store: DeploymentStor
     store.revoke_api_key(key_record.key_id)
     with pytest.raises(Unauthorized):
         authenticate_api_key(store, key, record.deployment_id)
+
+
+def test_authorize_request_reads_the_key_and_the_deployment_together(
+    store: DeploymentStore, owner: str
+) -> None:
+    record, key_record, key = endpoint(owner)
+    store.put_deployment(record, api_key=key_record)
+    other, other_key_record, other_key = endpoint(owner)
+    store.put_deployment(other, api_key=other_key_record)
+    assert authorize_request(store, key, record.deployment_id) == (key_record, record)
+    assert store.get_api_key_and_deployment(key_record.key_id, other.deployment_id) == (key_record, other)
+    assert store.get_api_key_and_deployment("0" * 16, "no-such-deployment") == (None, None)
+    for attempt in (None, "", other_key, key[:-1] + ("A" if key[-1] != "A" else "B")):
+        with pytest.raises(Unauthorized):
+            authorize_request(store, attempt, record.deployment_id)
+    with pytest.raises(Unauthorized):  # a live key of a deployment id that names nothing
+        authorize_request(store, key, "no-such-deployment")
+    store.revoke_api_key(key_record.key_id)
+    assert store.get_api_key_and_deployment(key_record.key_id, record.deployment_id) == (None, record)
+    with pytest.raises(Unauthorized):
+        authorize_request(store, key, record.deployment_id)
+    store.delete_deployment(owner, other.deployment_id)
+    assert store.get_api_key_and_deployment(other_key_record.key_id, other.deployment_id) == (None, None)
+    with pytest.raises(Unauthorized):
+        authorize_request(store, other_key, other.deployment_id)
 
 
 def test_a_taken_key_id_creates_nothing(store: DeploymentStore, owner: str) -> None:

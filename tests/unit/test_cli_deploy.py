@@ -554,6 +554,11 @@ def test_download_writes_the_artifact_and_checks_its_hash(
         pytest.param({"inputs": {"image": [[0.5, 1]]}}, {"inputs": {"image": [[0.5, 1]]}}, id="named"),
         pytest.param({"input": [[0.5, 1]]}, {"input": [[0.5, 1]]}, id="single"),
         pytest.param([[0.5, 1]], {"input": [[0.5, 1]]}, id="bare-list"),
+        pytest.param(
+            {"inputs": {"image": {"dtype": "float32", "shape": [1, 1], "data_b64": "AACAPw=="}}},
+            {"inputs": {"image": {"dtype": "float32", "shape": [1, 1], "data_b64": "AACAPw=="}}},
+            id="binary-tensor",
+        ),
     ],
 )
 def test_infer_sends_the_body_with_the_api_key_not_the_token(

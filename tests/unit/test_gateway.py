@@ -21,6 +21,7 @@ from heimdall.local.gateway import (
     DEFAULT_SCOPES,
     MAX_RESPONSE_BYTES,
     ApiIdentity,
+    Integration,
     LocalGateway,
     load_api_tokens,
 )
@@ -399,6 +400,32 @@ def test_reads_run_concurrently_and_writes_one_at_a_time(gateway: LocalGateway, 
     assert sorted(body_of(r) for r in reads) == sorted(f"/api/v1/models/m{i}".encode() for i in range(8))
     assert [r.status for r in writes] == [200] * 8
     assert active["most"] == 1
+
+
+def test_a_prefix_goes_to_its_own_function_without_the_authorizer_or_the_lock(recorder: Recorder) -> None:
+    """As the template routes /v1/ to the inference function: no JWT (it checks its keys itself), and
+    its POSTs run concurrently (it serialises its own counter writes)."""
+    inside = threading.Barrier(4, timeout=10)
+    served: list[dict[str, Any]] = []
+
+    def infer(event: dict[str, Any], context: Any) -> Any:
+        served.append(event)
+        inside.wait()  # breaks unless all 4 POSTs are inside at once, although the lock is held
+        return {"statusCode": 200, "body": "inferred"}
+
+    lock = threading.Lock()
+    integrations = {"/v1/": Integration(infer, authorizer=False, serialized=False)}
+    with LocalGateway(recorder, TOKENS, port=0, lock=lock, integrations=integrations) as gateway:
+        with lock, ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(lambda i: call(gateway, "POST", f"/v1/infer/d{i}", body=b"{}", token=None), range(4))
+            )
+        assert [(a.status, body_of(a)) for a in answers] == [(200, b"inferred")] * 4
+        assert (
+            call(gateway, "GET", "/api/v1/models", token=None).status == 401
+        )  # the API keeps its authorizer
+    assert recorder.events == [] and len(served) == 4
+    assert all("authorizer" not in event["requestContext"] for event in served)
 
 
 def test_a_connection_is_kept_alive(gateway: LocalGateway) -> None:

@@ -7,6 +7,7 @@ second per model).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -387,3 +388,66 @@ def test_run_names_outputs_and_times_only_the_run() -> None:
     result = run(Slow(lambda: time.sleep(0.02)), {"x": np.zeros(1, dtype=np.float32)})
     assert result.outputs == {"b": [1.0], "a": [[2, 3]]}
     assert 20 <= result.latency_ms < 1000
+
+
+# --- binary tensors ------------------------------------------------------------------------------------
+
+
+def binary(array: np.ndarray, **overrides: Any) -> dict[str, Any]:
+    """``array`` as the endpoint's binary tensor form (little-endian raw values, base64)."""
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    tensor = {
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "data_b64": base64.b64encode(little.tobytes()).decode(),
+    }
+    return {**tensor, **overrides}
+
+
+def test_a_binary_tensor_gives_exactly_the_array_sent(localization: Any) -> None:
+    x = image(3)
+    got = prepare_inputs(localization.get_inputs(), {"input": binary(x)})["input"]
+    assert got.dtype == np.float32 and got.shape == x.shape and np.array_equal(got, x)
+    # Bit for bit: a value JSON would round (when printed short) arrives unchanged.
+    ints = [Spec("ids", "tensor(int64)", ["batch", 3])]
+    big = np.array([[2**62 + 1, -(2**40), 7]], dtype=np.int64)
+    assert np.array_equal(prepare_inputs(ints, {"ids": binary(big)})["ids"], big)
+    flags = [Spec("mask", "tensor(bool)", [2])]
+    assert prepare_inputs(flags, {"mask": binary(np.array([True, False]))})["mask"].tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"dtype": "float64"}, "dtype 'float64' (no conversion: send float32)"),
+        ({"shape": [1, 3, 128]}, "shape [1, 3, 128]"),
+        ({"shape": [1, 3, 128, 31]}, "shape [1, 3, 128, 31]"),
+        ({"shape": [1, 3, 128, "32"]}, "shape [1, 3, 128, '32']"),
+        ({"shape": [1, 3, 128, True]}, "shape"),
+        ({"shape": "1,3,128,32"}, "shape '1,3,128,32'"),
+        ({"data_b64": "AAAA"}, "must be the base64 of 49152 bytes"),
+        ({"data_b64": 12}, "must be the base64 of"),
+        ({"extra": 1}, "exactly the keys"),
+    ],
+)
+def test_binary_tensors_that_do_not_fit_are_refused(
+    localization: Any, overrides: dict[str, Any], reason: str
+) -> None:
+    error = refusal(localization.get_inputs(), {"input": binary(image(1), **overrides)})
+    assert reason in error.message, error.message
+    assert error.details["expected_shape"] == ["batch", 3, 128, 32]
+
+
+def test_binary_tensor_data_is_checked_like_lists() -> None:
+    spec = [Spec("x", "tensor(float)", ["batch", 2])]
+    assert (
+        "NaN or infinite" in refusal(spec, {"x": binary(np.array([[np.nan, 1.0]], dtype=np.float32))}).message
+    )
+    bad = binary(np.zeros((1, 2), dtype=np.float32))
+    bad["data_b64"] = "!" * len(bad["data_b64"])
+    assert "not valid base64" in refusal(spec, {"x": bad}).message
+    flags = [Spec("mask", "tensor(bool)", [2])]
+    two = {"dtype": "bool", "shape": [2], "data_b64": base64.b64encode(b"\x01\x02").decode()}
+    assert "bytes 0 and 1 only" in refusal(flags, {"mask": two}).message
+    huge = {"dtype": "float32", "shape": [1 << 23, 2], "data_b64": ""}
+    assert "more than" in refusal(spec, {"x": huge}).message

@@ -450,7 +450,13 @@ def test_the_inference_function_serves_sessions_and_may_only_read_models_and_cou
     for statement in _policy_statements("InferFunction"):
         assert "*" not in _as_list(statement["Resource"]), statement["Sid"]
         actions |= set(_as_list(statement["Action"]))
-    assert actions == {"dynamodb:GetItem", "dynamodb:UpdateItem", "s3:ListBucket", "s3:GetObject"}
+    assert actions == {
+        "dynamodb:BatchGetItem",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "s3:ListBucket",
+        "s3:GetObject",
+    }
     from heimdall.logic.bundles import BUNDLE_ONNX_PREFIXES
 
     reads = next(s for s in _policy_statements("InferFunction") if s["Action"] == "s3:GetObject")

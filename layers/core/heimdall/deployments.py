@@ -39,6 +39,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -75,10 +76,12 @@ __all__ = [
     "DeploymentType",
     "InMemoryDeploymentStore",
     "RateDecision",
+    "SerializedCounters",
     "Tier",
     "UsageSummary",
     "action_for",
     "authenticate_api_key",
+    "authorize_request",
     "check_latency",
     "check_rate_limit",
     "generate_api_key",
@@ -270,6 +273,19 @@ def key_matches(key: str, stored_hash: str) -> bool:
 _NO_HASH = "0" * 64
 
 
+def _unauthorized() -> Unauthorized:
+    return Unauthorized("a valid API key for this deployment is required", field="authorization")
+
+
+def _checked_key(key: str | None, record: ApiKeyRecord | None, deployment_id: str) -> ApiKeyRecord:
+    """``record`` if ``key`` hashes to it and it belongs to ``deployment_id``; the hash is compared in
+    constant time whether or not a record was found."""
+    matches = key_matches(key or "", record.key_hash if record is not None else _NO_HASH)
+    if record is None or not matches or record.deployment_id != deployment_id:
+        raise _unauthorized()
+    return record
+
+
 def authenticate_api_key(store: DeploymentStore, key: str | None, deployment_id: str) -> ApiKeyRecord:
     """The key record of ``key`` if it is a live key of ``deployment_id``; else :class:`Unauthorized`.
 
@@ -283,10 +299,21 @@ def authenticate_api_key(store: DeploymentStore, key: str | None, deployment_id:
             record = store.get_api_key(key_id)
         except RecordNotFound:
             record = None
-    matches = key_matches(key or "", record.key_hash if record is not None else _NO_HASH)
-    if record is None or not matches or record.deployment_id != deployment_id:
-        raise Unauthorized("a valid API key for this deployment is required", field="authorization")
-    return record
+    return _checked_key(key, record, deployment_id)
+
+
+def authorize_request(
+    store: DeploymentStore, key: str | None, deployment_id: str
+) -> tuple[ApiKeyRecord, Deployment]:
+    """:func:`authenticate_api_key` and the deployment, read together (one round trip in DynamoDB)."""
+    key_id = parse_key_id(key) if key else None
+    if key_id is None:
+        _checked_key(key, None, deployment_id)  # the same comparison as any other refusal
+    record, deployment = store.get_api_key_and_deployment(key_id or "", deployment_id)
+    checked = _checked_key(key, record, deployment_id)
+    if deployment is None:  # deleted between the key's revocation and now: no key opens it
+        raise _unauthorized()
+    return checked, deployment
 
 
 def rate_window(now: datetime) -> tuple[int, int]:
@@ -367,6 +394,13 @@ class DeploymentStore(Protocol):
         """The key record, whoever owns it; RecordNotFound if there is none or it was revoked."""
         ...
 
+    def get_api_key_and_deployment(
+        self, key_id: str, deployment_id: str
+    ) -> tuple[ApiKeyRecord | None, Deployment | None]:
+        """The live key record and the deployment (any owner), read together; None for what is absent
+        (a revoked key is absent)."""
+        ...
+
     def revoke_api_key(self, key_id: str) -> None:
         """Revoke the key (it stops working at once); RecordNotFound for an unknown key."""
         ...
@@ -420,6 +454,30 @@ def same_status_conflict(deployment: Deployment, target: DeploymentStatus) -> Co
 def action_for(target: DeploymentStatus) -> DeploymentAction:
     """The history action of a transition to ``target``."""
     return DeploymentAction.ACTIVATED if target is DeploymentStatus.ACTIVE else DeploymentAction.DEACTIVATED
+
+
+class SerializedCounters:
+    """``store`` with its rate-limit and usage writes made under ``lock``; every other call passes through.
+
+    For an emulator whose conditional writes are not atomic under concurrency (moto's DynamoDB): the
+    local stack lets inference requests run concurrently, as Lambda instances do, and serialises only
+    the writes DynamoDB itself makes atomic.
+    """
+
+    def __init__(self, store: DeploymentStore, lock: AbstractContextManager[object]) -> None:
+        self._store = store
+        self._lock = lock
+
+    def consume_rate_limit(self, key_id: str, limit_per_minute: int, now: datetime) -> RateDecision:
+        with self._lock:
+            return self._store.consume_rate_limit(key_id, limit_per_minute, now)
+
+    def record_usage(self, deployment_id: str, latency_ms: float, now: datetime) -> None:
+        with self._lock:
+            self._store.record_usage(deployment_id, latency_ms, now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -564,6 +622,15 @@ class InMemoryDeploymentStore:
             if record is None or record.revoked_at is not None:
                 raise RecordNotFound("api key not found", field="key_id")
             return record.model_copy(deep=True)
+
+    def get_api_key_and_deployment(
+        self, key_id: str, deployment_id: str
+    ) -> tuple[ApiKeyRecord | None, Deployment | None]:
+        with self._lock:
+            record = self._keys.get(key_id)
+            deployment = self._deployments.get(deployment_id)
+            live = None if record is None or record.revoked_at is not None else record.model_copy(deep=True)
+            return live, None if deployment is None else deployment.model_copy(deep=True)
 
     def _revoke(self, key_id: str) -> None:
         record = self._keys[key_id]

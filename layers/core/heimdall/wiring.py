@@ -7,12 +7,14 @@ instead of submitting them to AWS Batch.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from heimdall.adapters.dynamodb import DynamoRegistry
 from heimdall.adapters.eventbridge import EventBridgePublisher
 from heimdall.adapters.s3 import S3ObjectStore
+from heimdall.deployments import DeploymentStore, SerializedCounters
 from heimdall.settings import get_settings
 
 if TYPE_CHECKING:  # each function imports only its own use case (cold-start time)
@@ -23,6 +25,7 @@ if TYPE_CHECKING:  # each function imports only its own use case (cold-start tim
     from heimdall.serving import ServingDeps
 
 _job_submitter: JobSubmitter | None = None
+_counter_lock: AbstractContextManager[object] | None = None
 
 
 def use_job_submitter(submitter: JobSubmitter | None) -> None:
@@ -31,6 +34,14 @@ def use_job_submitter(submitter: JobSubmitter | None) -> None:
     _job_submitter = submitter
     ingest_deps.cache_clear()
     api_deps.cache_clear()
+
+
+def use_counter_lock(lock: AbstractContextManager[object] | None) -> None:
+    """Serialise the inference function's counter writes under ``lock`` (the local stack: moto's
+    conditional writes are not atomic under concurrency). Clears the cached wiring."""
+    global _counter_lock  # noqa: PLW0603 - one process-wide choice, set by the local stack
+    _counter_lock = lock
+    serving_deps.cache_clear()
 
 
 @lru_cache(maxsize=1)
@@ -109,8 +120,11 @@ def serving_deps() -> ServingDeps:
 
     settings = get_settings()
     registry, store, _ = _adapters()
+    deployments: DeploymentStore = DynamoDeploymentStore.beside(registry)
+    if _counter_lock is not None:
+        deployments = cast("DeploymentStore", SerializedCounters(deployments, _counter_lock))
     return ServingDeps(
-        deployments=DynamoDeploymentStore.beside(registry),
+        deployments=deployments,
         store=store,
         names=settings.resource_names(),
         limits=settings.bundle_limits(),

@@ -368,6 +368,34 @@ class DynamoDeploymentStore:
             raise RecordNotFound("api key not found", field="key_id")
         return record
 
+    def get_api_key_and_deployment(
+        self, key_id: str, deployment_id: str
+    ) -> tuple[ApiKeyRecord | None, Deployment | None]:
+        """Both items in one consistent ``BatchGetItem`` (what an inference request reads first)."""
+        keys = [_api_key_key(key_id), _deployment_key(deployment_id)]
+        found: list[dict[str, Any]] = []
+        for _ in range(_MAX_RACES):
+            response = _call(
+                self.client.batch_get_item,
+                RequestItems={self.table_name: {"Keys": keys, "ConsistentRead": True}},
+            )
+            found += response.get("Responses", {}).get(self.table_name, [])
+            keys = response.get("UnprocessedKeys", {}).get(self.table_name, {}).get("Keys", [])
+            if not keys:
+                break
+        else:  # throttled each time: read what is left one by one (each read has its own retries)
+            found += [item for key in keys if (item := self._table._get(key)) is not None]
+        record: ApiKeyRecord | None = None
+        deployment: Deployment | None = None
+        for item in found:
+            if item.get("entity", {}).get("S") == "API_KEY":
+                record = _decode(item, ApiKeyRecord)
+            elif item.get("entity", {}).get("S") == "DEPLOYMENT":
+                deployment = _decode(item, Deployment)
+        if record is not None and record.revoked_at is not None:
+            record = None
+        return record, deployment
+
     def revoke_api_key(self, key_id: str) -> None:
         """Set ``revoked_at`` (the first revocation's time is kept); RecordNotFound for an unknown key."""
         update = self._revoke_update(key_id, self._now())["Update"]

@@ -59,6 +59,7 @@ from heimdall.cli.remote import (
 )
 from heimdall.deployments import DeploymentType, Tier
 from heimdall.errors import HeimdallError
+from heimdall.inference import BINARY_TENSOR_KEYS
 from heimdall.registry import DEFAULT_PAGE_SIZE
 from heimdall.settings import MIB, BundleLimits
 
@@ -67,7 +68,10 @@ INPUT_MAX_BYTES = INLINE_MAX_BYTES
 #: How many values of each output ``infer`` shows (``--json`` has them all).
 SHOWN_VALUES = 6
 _STATE_STYLE = {"ACTIVE": "green", "INACTIVE": "yellow"}
-_INPUT_SHAPES = '{"inputs": {NAME: nested list, ...}}, {"input": nested list} or a bare nested list'
+_INPUT_SHAPES = (
+    '{"inputs": {NAME: value, ...}}, {"input": value} or a bare nested list, a value being a nested '
+    'list or a binary tensor {"dtype", "shape", "data_b64"}'
+)
 
 deploy_app = typer.Typer(
     name="deploy",
@@ -508,6 +512,11 @@ def read_inputs(source: str) -> Json:
     return _request_body(doc, name)
 
 
+def _is_value(value: Any) -> bool:
+    """A nested list, or a binary tensor ``{"dtype", "shape", "data_b64"}`` (the endpoint checks the rest)."""
+    return isinstance(value, list) or (isinstance(value, dict) and set(value) == BINARY_TENSOR_KEYS)
+
+
 def _request_body(doc: Any, name: str) -> Json:
     """``doc`` as the request body, or a usage error that says what is wrong with it."""
     if isinstance(doc, list):
@@ -515,9 +524,9 @@ def _request_body(doc: Any, name: str) -> Json:
     problem = f"it is {_kind(doc)}"
     if isinstance(doc, dict):
         if set(doc) == {"input"}:
-            if isinstance(doc["input"], list):
+            if _is_value(doc["input"]):
                 return doc
-            problem = f'its "input" is {_kind(doc["input"])}, not a list'
+            problem = f'its "input" is {_kind(doc["input"])}, not a list or a binary tensor'
         elif set(doc) == {"inputs"}:
             inputs = doc["inputs"]
             if not isinstance(inputs, dict):
@@ -526,7 +535,9 @@ def _request_body(doc: Any, name: str) -> Json:
                 problem = 'its "inputs" names no input'
             else:
                 wrong = [
-                    f'"{k}" is {_kind(v)}, not a list' for k, v in inputs.items() if not isinstance(v, list)
+                    f'"{k}" is {_kind(v)}, not a list or a binary tensor'
+                    for k, v in inputs.items()
+                    if not _is_value(v)
                 ]
                 if "" in inputs:
                     wrong.append("an input has an empty name")

@@ -86,6 +86,9 @@ class Integration:
     handler: LambdaHandler
     context_factory: Callable[[], Any] = lambda: None
     authorizer: bool = True
+    #: Whether its state-changing requests take the gateway's lock (a function that serialises its own
+    #: writes, as the inference function's counters do locally, runs concurrently like Lambda).
+    serialized: bool = True
 
 
 # --- identities and tokens ---------------------------------------------------------------------------
@@ -377,6 +380,9 @@ class _Server(ThreadingHTTPServer):
 class _RequestHandler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive, so concurrent clients reuse their connections
+    # Headers and body go out as separate writes: with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK of the headers (about 40 ms per keep-alive request). API Gateway has no such stall.
+    disable_nagle_algorithm = True
     timeout = 60  # an idle or stalled connection does not hold its thread for ever
     _linger = False
 
@@ -670,8 +676,9 @@ class LocalGateway:
                 f"the request makes a {event_size}-byte Lambda event; Lambda accepts at most "
                 f"{self.max_event_bytes} bytes (binary bodies grow by a third in base64)",
             )
-        lock = self._lock if request.method in MUTATING_METHODS else nullcontext()
         integration = self.integration_for(request.target.partition("?")[0])
+        serialized = integration.serialized and request.method in MUTATING_METHODS
+        lock = self._lock if serialized else nullcontext()
         try:
             with lock:
                 result = integration.handler(event, integration.context_factory())

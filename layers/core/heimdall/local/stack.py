@@ -272,10 +272,14 @@ class LocalStack:
     def _start_api(self, port: int) -> None:
         self.tokens = load_api_tokens(self.workdir, self._api_tokens)
         api = load_function("api")
+        # Inference requests run concurrently, as Lambda instances do; only their counter writes
+        # (rate limit, usage) take the handler lock, the atomicity DynamoDB gives them in AWS.
+        wiring.use_counter_lock(self._handler_lock)
         infer = Integration(
             invoker(load_function("infer")),
             lambda: _Context("infer", memory_limit_in_mb=2048),
             authorizer=False,
+            serialized=False,
         )
         self.gateway = LocalGateway(
             invoker(api),
@@ -304,6 +308,7 @@ class LocalStack:
         for thread in self._threads:
             thread.join(timeout=5)
         wiring.use_job_submitter(None)
+        wiring.use_counter_lock(None)
         wiring.reset()
         if self._server is not None:
             self._server.stop()
