@@ -46,3 +46,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert summary["formats"]["tensorrt"]["status"] == "skipped"
     assert (out / "bundle" / "export-package.zip").is_file()
     assert summary["elapsed_s"] > 0
+    deployment = summary["deployment"]
+    assert deployment["endpoint"] == f"/v1/infer/{deployment['deployment_id']}"
+    assert deployment["max_abs_err_vs_pytorch"] <= 1e-4 and deployment["latency_ms"] > 0
+    assert events.count("Deployment Activated") == 1, events
+    for step in ("deployed", "inferred"):
+        assert f"✓ {step}" in done.stdout, done.stdout

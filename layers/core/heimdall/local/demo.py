@@ -33,7 +33,16 @@ MANIFEST: dict[str, Any] = {
     "description": "Heimdall demo: the reference localization net",
     "created_by": "heimdall demo",
 }
-PIPELINE_STEPS = ("received", "submitted", "converting", "succeeded", "indexed")
+PIPELINE_STEPS = (
+    "received",
+    "submitted",
+    "converting",
+    "succeeded",
+    "indexed",
+    "imported",
+    "deployed",
+    "inferred",
+)
 
 
 class DemoFailed(Exception):
@@ -194,6 +203,7 @@ def run_demo(
     if imported_model.onnx_sha256 != model.onnx_sha256:
         raise DemoFailed("the re-imported model's ONNX differs from the exported one")
     on_step("imported", f"{imported_model.display_name} → model {imported_model.model_id}")
+    deployment = _deploy_and_infer(stack, model_id, checkpoint, on_step) if stack.api_url else None
     subscriber.poll()
 
     fp32 = next(f for f in result["formats"] if f["format"] == "onnx")
@@ -219,5 +229,67 @@ def run_demo(
             "package": f"s3://{names.artifacts_bucket}/{package_key}" if package_key else None,
             "local_copies": str(out / "bundle"),
             "endpoint": stack.endpoint,
+            "deployment": deployment,
         },
     )
+
+
+def _deploy_and_infer(
+    stack: LocalStack, model_id: str, checkpoint: Path, on_step: Callable[[str, str], None]
+) -> dict[str, Any]:
+    """A platform endpoint of the model through the HTTP API, one inference, compared with PyTorch."""
+    import httpx  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from heimdall_batch.architectures import resolve  # noqa: PLC0415
+
+    headers = {"Authorization": f"Bearer {stack.api_token}"}
+    with httpx.Client(base_url=str(stack.api_url), headers=headers, timeout=120) as api:
+        created = api.post(
+            "/api/v1/deployments",
+            json={
+                "type": "platform_endpoint",
+                "name": "demo-endpoint",
+                "model_id": model_id,
+                "options": {"tier": "pro", "apply_normalization": True},
+            },
+        )
+        if created.status_code != 201:
+            raise DemoFailed(f"creating the deployment answered {created.status_code}: {created.text}")
+        deployment = created.json()["deployment"]
+        key = created.json()["api_key"]
+        on_step("deployed", f"platform endpoint {deployment['endpoint']} (pro, normalised inputs)")
+        x = np.random.default_rng(0).random((1, *MANIFEST["input_shape"][1:]), dtype=np.float32)
+        answer = httpx.post(
+            f"{stack.api_url}{deployment['endpoint']}",
+            json={"input": x.tolist()},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        )
+    if answer.status_code != 200:
+        raise DemoFailed(f"the inference answered {answer.status_code}: {answer.text}")
+    model = resolve(str(MANIFEST["architecture"]))()
+    model.load_state_dict(load_file(str(checkpoint)))
+    model.eval()
+    stats = MANIFEST["normalization_stats"]
+    means = np.asarray(stats["feature_means"], dtype=np.float32).reshape(1, -1, 1, 1)
+    stds = np.asarray(stats["feature_stds"], dtype=np.float32).reshape(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = [t.numpy() for t in model(torch.from_numpy((x - means) / stds))]
+    outputs = answer.json()["outputs"]
+    error = max(
+        float(np.max(np.abs(np.asarray(outputs[name]) - value)))
+        for name, value in zip(MANIFEST["output_names"], expected, strict=True)
+    )
+    if error > 1e-4:
+        raise DemoFailed(f"the endpoint's answer differs from PyTorch's by {error:.2e}")
+    latency = answer.json()["latency_ms"]
+    on_step("inferred", f"{', '.join(outputs)} in {latency:.2f} ms; max |endpoint - PyTorch| = {error:.1e}")
+    return {
+        "deployment_id": deployment["deployment_id"],
+        "endpoint": deployment["endpoint"],
+        "latency_ms": latency,
+        "max_abs_err_vs_pytorch": error,
+    }
