@@ -261,3 +261,24 @@ def test_a_key_opens_only_its_own_deployment_and_unknown_paths_are_404(endpoint:
     assert status == 401, answer
     status, _, answer = endpoint.call("GET", "/v1/nothing-here")
     assert status == 404 and answer["error"]["code"] == "NOT_FOUND"
+
+
+def test_the_endpoints_openapi_document_is_public_valid_and_complete(endpoint: Endpoint) -> None:
+    from openapi_spec_validator import validate
+
+    status, _, document = endpoint.call("GET", "/v1/openapi.json", key=None)
+    assert status == 200
+    validate(document)
+    operations = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert operations == {
+        ("post", "/v1/infer/{deployment_id}"),
+        ("get", "/v1/deployments/{deployment_id}/usage"),
+        ("get", "/v1/deployments/{deployment_id}/health"),
+        ("get", "/v1/openapi.json"),
+    }
+    infer = document["paths"]["/v1/infer/{deployment_id}"]["post"]
+    assert {"200", "400", "401", "409", "413", "422", "429"} <= set(infer["responses"])
+    assert document["components"]["responses"]["TooManyRequests"]["headers"]["Retry-After"]["required"]
+    assert document["paths"]["/v1/openapi.json"]["get"]["security"] == []
+    body = document["components"]["schemas"]["InferenceRequest"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in body["anyOf"]} == {"NamedInputs", "SingleInput"}

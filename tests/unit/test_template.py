@@ -340,6 +340,7 @@ INFER_ROUTES = frozenset(
         ("POST", "/v1/infer/{deployment_id}"),
         ("GET", "/v1/deployments/{deployment_id}/health"),
         ("GET", "/v1/deployments/{deployment_id}/usage"),
+        ("GET", "/v1/openapi.json"),
     }
 )
 #: Which function serves which routes, and the module of its resolver.

@@ -37,15 +37,19 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from heimdall.api.bodies import raw_body
+from heimdall.api.openapi import DocumentSpec, build_document, render
 from heimdall.api.responses import JSON, error_response, handler_of
+from heimdall.api.schemas import documented, json_request_body
 from heimdall.deployments import (
     RATE_LIMITS,
     Deployment,
@@ -112,6 +116,113 @@ def serving_deps() -> ServingDeps:
 
 app = APIGatewayHttpResolver()
 
+OPENAPI_PATH = "/v1/openapi.json"
+TAGS = ["inference"]
+
+
+# --- bodies (for the OpenAPI document; the handler reads the body itself, see _payload) ---------------
+
+
+class BinaryTensor(BaseModel):
+    """An input as raw little-endian values of the input's own dtype, base64-encoded, in C order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str = Field(description="The input's dtype (float32, int64, ...): no conversion is made.")
+    shape: list[int] = Field(description="The tensor's shape; it must fit the model's declared one.")
+    data_b64: str = Field(description="Standard base64 of exactly prod(shape) × itemsize bytes.")
+
+
+#: A nested list of numbers (or booleans), or a binary tensor.
+InputValue = list[Any] | BinaryTensor
+
+
+class NamedInputs(BaseModel):
+    """Every input of the model by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, InputValue] = Field(min_length=1)
+
+
+class SingleInput(BaseModel):
+    """The one input of a single-input model, whatever its name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: InputValue
+
+
+class InferenceRequest(RootModel[NamedInputs | SingleInput]):
+    """``{"inputs": {name: value}}`` or ``{"input": value}``."""
+
+
+class InferenceOut(BaseModel):
+    """The model's outputs by its own names, and the time ``session.run`` took."""
+
+    deployment_id: str
+    model_id: str
+    model_version: str | None
+    outputs: dict[str, Any] = Field(description="Nested lists (a number for a scalar output).")
+    latency_ms: float
+    normalized: bool = Field(description="Whether the bundle's normalisation was applied to the inputs.")
+
+
+class UsageOut(BaseModel):
+    """What the endpoint served: runs of the model, the last one's time, their total inference time."""
+
+    deployment_id: str
+    request_count: int
+    last_request_at: datetime | None
+    total_inference_ms: float
+
+
+class HealthOut(BaseModel):
+    """Whether the endpoint serves (``ready``) and whether this instance holds the model's session."""
+
+    deployment_id: str
+    status: DeploymentStatus
+    ready: bool
+    model_id: str
+    model_version: str | None
+    model_loaded: bool
+    tier: Tier | None
+
+
+INFERENCE_DOCUMENT = DocumentSpec(
+    title="Heimdall Export inference endpoint",
+    description=(
+        "Platform endpoints of Heimdall Export deployments. Every operation but this document needs "
+        "the deployment's API key as a bearer token (hdk_...; shown once when the deployment was "
+        "created or its key rotated). Keys are rate-limited per minute by the deployment's tier. "
+        'Errors are JSON {"error": {"code", "message"}}.'
+    ),
+    tags=(*TAGS, "meta"),
+    public_path=OPENAPI_PATH,
+    bearer_format="hdk_{key_id}_{secret}",
+    bearer_description="A deployment's API key.",
+    request_models=(InferenceRequest,),
+)
+
+
+@cache
+def openapi_text() -> str:
+    """The generated OpenAPI document of the inference endpoint, rendered once per container."""
+    return render(build_document(app, INFERENCE_DOCUMENT))
+
+
+@app.get(
+    OPENAPI_PATH,
+    summary="This endpoint's OpenAPI document",
+    tags=["meta"],
+    responses=documented(
+        200, "The OpenAPI 3.1 document", content={JSON: {"schema": {"type": "object"}}}, public=True
+    ),
+)
+def openapi_document() -> Response[str]:
+    """The OpenAPI document (no key needed)."""
+    return Response(status_code=200, content_type=JSON, body=openapi_text())
+
 
 # --- the key and the deployment ----------------------------------------------------------------------
 
@@ -145,7 +256,32 @@ def _served(deployment: Deployment) -> Deployment:
 # --- routes ------------------------------------------------------------------------------------------
 
 
-@app.post(INFER_PATH)
+@app.post(
+    INFER_PATH,
+    summary="Run the deployment's model",
+    description=(
+        "Inputs are checked against the model's declared names, dtypes and shapes; the bundle's "
+        "normalisation is applied when the deployment asks for it."
+    ),
+    tags=TAGS,
+    responses=documented(
+        200,
+        "The outputs",
+        InferenceOut,
+        errors=(400, 404, 409, 413, 422, 429),
+        headers={
+            "X-RateLimit-Limit": {
+                "description": "Requests a minute this key may make.",
+                "schema": {"type": "string"},
+            },
+            "X-RateLimit-Remaining": {
+                "description": "Requests left this minute.",
+                "schema": {"type": "string"},
+            },
+        },
+    ),
+    openapi_extensions={"requestBody": json_request_body(InferenceRequest, "The inputs.")},
+)
 def infer(deployment_id: str) -> Response[str]:
     """Run the deployment's model on the request's inputs."""
     deps = serving_deps()
@@ -191,7 +327,12 @@ def infer(deployment_id: str) -> Response[str]:
     return Response(status_code=200, content_type=JSON, body=body, headers=headers)
 
 
-@app.get("/v1/deployments/<deployment_id>/usage")
+@app.get(
+    "/v1/deployments/<deployment_id>/usage",
+    summary="The endpoint's usage",
+    tags=TAGS,
+    responses=documented(200, "Runs, last run, total inference time", UsageOut, errors=(404,)),
+)
 def usage(deployment_id: str) -> Response[str]:
     """What the endpoint served: request count, last request time, total inference time."""
     deps = serving_deps()
@@ -200,7 +341,14 @@ def usage(deployment_id: str) -> Response[str]:
     return _json({"deployment_id": deployment.deployment_id, **summary.model_dump(mode="json")})
 
 
-@app.get("/v1/deployments/<deployment_id>/health")
+@app.get(
+    "/v1/deployments/<deployment_id>/health",
+    summary="The endpoint's health",
+    tags=TAGS,
+    responses=documented(
+        200, "Ready or not, and whether this instance holds the model", HealthOut, errors=(404,)
+    ),
+)
 def health(deployment_id: str) -> Response[str]:
     """Whether the endpoint serves (``ready``) and whether this instance has the model loaded."""
     deps = serving_deps()

@@ -13,10 +13,12 @@ The document is served at ``GET /api/v1/openapi.json`` and committed as ``heimda
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from heimdall import __version__
@@ -35,25 +37,47 @@ DESCRIPTION = (
     'caller: another caller\'s are not found (404). Errors are JSON {"error": {"code", "message"}}.'
 )
 SECURITY_SCHEME = "bearerAuth"
-TAGS = ["models", "imports", "export jobs", "capabilities", "meta"]
+TAGS = ["models", "imports", "export jobs", "capabilities", "deployments", "meta"]
+
+
+@dataclass(frozen=True)
+class DocumentSpec:
+    """What a document adds to its resolver's routes: its title and description, the bearer scheme,
+    the one public route (the document itself) and the request bodies the routes read themselves."""
+
+    title: str
+    description: str
+    tags: tuple[str, ...]
+    public_path: str
+    bearer_format: str
+    bearer_description: str
+    request_models: tuple[type[BaseModel], ...]
+
+
+API_DOCUMENT = DocumentSpec(
+    title=TITLE,
+    description=DESCRIPTION,
+    tags=tuple(TAGS),
+    public_path=OPENAPI_PATH,
+    bearer_format="JWT",
+    bearer_description=(
+        "In AWS a JWT from the configured issuer; locally the token `heimdall local up` prints."
+    ),
+    request_models=REQUEST_MODELS,
+)
 
 _RESPONSES = "#/components/responses/"
 
 
-def build_document(resolver: APIGatewayHttpResolver) -> dict[str, Any]:
+def build_document(resolver: APIGatewayHttpResolver, spec: DocumentSpec = API_DOCUMENT) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``resolver``'s routes, completed as the module docstring says."""
     raw = resolver.get_openapi_json_schema(
-        title=TITLE,
+        title=spec.title,
         version=__version__,
-        description=DESCRIPTION,
-        tags=list(TAGS),
+        description=spec.description,
+        tags=list(spec.tags),
         security_schemes={
-            SECURITY_SCHEME: HTTPBearer(
-                bearerFormat="JWT",
-                description=(
-                    "In AWS a JWT from the configured issuer; locally the token `heimdall local up` prints."
-                ),
-            )
+            SECURITY_SCHEME: HTTPBearer(bearerFormat=spec.bearer_format, description=spec.bearer_description)
         },
         security=[{SECURITY_SCHEME: []}],
     )
@@ -61,7 +85,7 @@ def build_document(resolver: APIGatewayHttpResolver) -> dict[str, Any]:
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     _, request_schemas = models_json_schema(
-        [(model, "validation") for model in REQUEST_MODELS], ref_template=SCHEMAS + "{model}"
+        [(model, "validation") for model in spec.request_models], ref_template=SCHEMAS + "{model}"
     )
     for name, schema in request_schemas.get("$defs", {}).items():
         schemas.setdefault(name, schema)
@@ -69,14 +93,16 @@ def build_document(resolver: APIGatewayHttpResolver) -> dict[str, Any]:
     shared: dict[str, Any] = {}
     for path, item in document["paths"].items():
         for operation in item.values():
-            _complete_operation(path, operation, shared)
+            _complete_operation(path, operation, shared, public_path=spec.public_path)
     components["responses"] = dict(sorted(shared.items()))
     _drop_unused_schemas(document)
     return document
 
 
-def _complete_operation(path: str, operation: dict[str, Any], shared: dict[str, Any]) -> None:
-    if path == OPENAPI_PATH:
+def _complete_operation(
+    path: str, operation: dict[str, Any], shared: dict[str, Any], *, public_path: str
+) -> None:
+    if path == public_path:
         operation["security"] = []  # public, like its route in AWS (Auth: NONE)
     if not operation.get("parameters") and "requestBody" not in operation:
         operation["responses"].pop("422", None)  # nothing to validate: never a validation error

@@ -359,8 +359,9 @@ class ExportRedirectOut(BaseModel):
 ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
     400: (
         "BadRequest",
-        "Malformed request: invalid JSON, a bad cursor or page size, or a body that is not what its "
-        "content type says (INVALID_JSON, INVALID_CURSOR, INVALID_PAGINATION, BAD_REQUEST)",
+        "Malformed request: invalid JSON, a bad cursor or page size, a body that is not what its "
+        "content type says, or inputs that do not fit the model (INVALID_JSON, INVALID_CURSOR, "
+        "INVALID_PAGINATION, BAD_REQUEST, INVALID_INPUT)",
     ),
     401: ("Unauthorized", "No identity: no token, a bad token, or claims without a subject (UNAUTHORIZED)"),
     403: ("Forbidden", "The caller lacks the scope this request needs (FORBIDDEN)"),
@@ -376,8 +377,12 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
     ),
     422: (
         "Unprocessable",
-        "Request validation failed (VALIDATION_ERROR), or the bundle was refused (INVALID_BUNDLE, "
-        "CHECKSUM_MISMATCH, ...)",
+        "Request validation failed (VALIDATION_ERROR), the bundle or package was refused (INVALID_BUNDLE, "
+        "CHECKSUM_MISMATCH, PACKAGE_INCONSISTENT, ...), or the model answered NaN (NON_FINITE_OUTPUT)",
+    ),
+    429: (
+        "TooManyRequests",
+        "The API key's requests for this minute are used up; retry after Retry-After seconds (RATE_LIMITED)",
     ),
     503: (
         "Unavailable",
@@ -434,7 +439,7 @@ def documented(
             "description": ERROR_RESPONSES[code][1],
             "content": {JSON: {"model": ErrorBody}},
         }
-        if code == 503:
+        if code in (429, 503):
             error["headers"] = {"Retry-After": _RETRY_AFTER_HEADER}
         out[code] = error
     return cast(dict[int, OpenAPIResponse], out)

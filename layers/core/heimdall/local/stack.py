@@ -53,7 +53,7 @@ DEFAULT_API_PORT = 3000
 REGION = "us-east-1"
 FUNCTIONS_DIR = Path(__file__).resolve().parents[4] / "functions"
 #: Paths the inference function serves (template.yaml: InferFunction's events), with no JWT authorizer.
-INFER_PREFIXES = ("/v1/infer/", "/v1/deployments/")
+INFER_PREFIXES = ("/v1/",)
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "heimdall-local",
     "AWS_SECRET_ACCESS_KEY": "heimdall-local",
