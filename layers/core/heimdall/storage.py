@@ -18,6 +18,18 @@ from heimdall.errors import ObjectNotFound, TooLarge
 
 
 @dataclass(frozen=True)
+class Download:
+    """A presigned GET of a stored file (a job's package or bundle, a deployment's zip)."""
+
+    url: str
+    expires_at: datetime
+    file: str
+    key: str
+    size_bytes: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     """What a HEAD tells: size, and the revision that makes this write unique."""
 

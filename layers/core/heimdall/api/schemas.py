@@ -25,7 +25,6 @@ from heimdall.deployments import (
     Tier,
     UsageSummary,
 )
-from heimdall.logic.export_jobs import Download
 from heimdall.registry import (
     ExportJob,
     ImportRecord,
@@ -38,6 +37,7 @@ from heimdall.registry import (
     RecordId,
     Sha256Hex,
 )
+from heimdall.storage import Download
 from heimdall.types import ExportFormat, Shape
 
 SCHEMAS = "#/components/schemas/"

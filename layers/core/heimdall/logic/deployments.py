@@ -57,8 +57,8 @@ from heimdall.errors import (
 )
 from heimdall.events import DeploymentActivated, DeploymentDeactivated, idempotency_key_for, make_event
 from heimdall.logic.api import ApiDeps, require_id
-from heimdall.logic.export_jobs import Download
 from heimdall.registry import DEFAULT_PAGE_SIZE, ExportJob, JobStatus, ModelRecord, Page
+from heimdall.storage import Download
 
 __all__ = [
     "CreateDeployment",

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from typing import Literal
 
@@ -34,6 +32,7 @@ from heimdall.logic.checkpoints import JobRequest, load_manifest, start_export_j
 from heimdall.logic.once import run_once
 from heimdall.notifications import KeyKind, classify_ingest_key
 from heimdall.registry import DEFAULT_PAGE_SIZE, TERMINAL, ExportJob, JobStatus, Page
+from heimdall.storage import Download
 from heimdall.types import ExportFormat
 
 __all__ = [
@@ -54,18 +53,6 @@ _API_JOB_NAMESPACE = uuid.UUID("0f6d3c52-8b1e-4d7a-9c3f-2e5a7b9d1c84")
 MAX_IDEMPOTENCY_KEY_CHARS = 256
 #: ``result.json`` is a few KiB; anything this large is not one.
 MAX_RESULT_BYTES = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Download:
-    """A presigned GET of one of a finished job's files."""
-
-    url: str
-    expires_at: datetime
-    file: str
-    key: str
-    size_bytes: int | None
-    sha256: str | None
 
 
 def job_id_for(owner: str, idempotency_key: str | None) -> str:

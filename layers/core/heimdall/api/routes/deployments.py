@@ -26,8 +26,8 @@ from heimdall.api.schemas import (
 )
 from heimdall.deployments import Deployment
 from heimdall.logic import deployments as logic
-from heimdall.logic.export_jobs import Download
 from heimdall.registry import DEFAULT_PAGE_SIZE, RecordId
+from heimdall.storage import Download
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated
 

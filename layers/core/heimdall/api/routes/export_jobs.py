@@ -20,8 +20,8 @@ from heimdall.api.schemas import (
     json_request_body,
 )
 from heimdall.logic import export_jobs as logic
-from heimdall.logic.export_jobs import Download
 from heimdall.registry import DEFAULT_PAGE_SIZE
+from heimdall.storage import Download
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated
 
