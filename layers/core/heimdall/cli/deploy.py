@@ -45,17 +45,17 @@ from heimdall.cli.remote import (
     Limit,
     Output,
     Token,
-    _check_folder,
-    _collect,
-    _connect,
-    _details,
-    _err,
-    _out,
-    _print_json,
-    _show_listing,
-    _size,
-    _transfer,
-    _when,
+    check_folder,
+    collect_pages,
+    connect,
+    details_table,
+    err_console,
+    human_size,
+    out_console,
+    print_json,
+    show_listing,
+    transfer_progress,
+    when_text,
 )
 from heimdall.deployments import DeploymentType, Tier
 from heimdall.errors import HeimdallError
@@ -180,8 +180,8 @@ def deploy_create(
                 "a platform endpoint has no file to download; -o goes with download, edge_package, container",
                 param_hint="--output",
             )
-        _check_folder(output)
-    with _connect(api, token) as client:
+        check_folder(output)
+    with connect(api, token) as client:
         answer = client.create_deployment(
             deployment_type=deployment_type.value,
             name=name,
@@ -194,25 +194,25 @@ def deploy_create(
         if output is not None:
             deployment_id = str(deployment.get("deployment_id"))
             # Said before the download, so that the new id is known even if the download fails.
-            _err.print(f"created deployment {deployment_id}; downloading its artifact…")
+            err_console.print(f"created deployment {deployment_id}; downloading its artifact…")
             link = answer.get("download")
-            with _transfer(f"downloading {deployment_id}") as progress:
+            with transfer_progress(f"downloading {deployment_id}") as progress:
                 downloaded = client.download_deployment(
                     deployment_id, output, link=link if isinstance(link, dict) else None, progress=progress
                 )
         base_url = client.base_url
     if as_json:
-        _print_json({**answer, "downloaded": _downloaded_summary(downloaded) if downloaded else None})
+        print_json({**answer, "downloaded": _downloaded_summary(downloaded) if downloaded else None})
         if answer.get("api_key"):
-            _err.print("the api_key in this answer will not be shown again: store it now")
+            err_console.print("the api_key in this answer will not be shown again: store it now")
         return
-    _out.print(
+    out_console.print(
         _deployment_table(deployment, base_url, title=f"created deployment {deployment.get('deployment_id')}")
     )
     if answer.get("api_key"):
         _show_key(str(deployment.get("deployment_id")), str(answer["api_key"]), rotated=False)
     if downloaded:
-        _out.print(_downloaded_table(downloaded))
+        out_console.print(_downloaded_table(downloaded))
 
 
 def _type_options(
@@ -259,13 +259,13 @@ def _deployment_command(name: str, call: Callable[[ApiClient, str], Json], summa
         token: Token = None,
         as_json: AsJson = False,
     ) -> None:
-        with _connect(api, token) as client:
+        with connect(api, token) as client:
             deployment = call(client, deployment_id)
             base_url = client.base_url
         if as_json:
-            _print_json(deployment)
+            print_json(deployment)
         else:
-            _out.print(_deployment_table(deployment, base_url))
+            out_console.print(_deployment_table(deployment, base_url))
 
     command.__doc__ = summary
     deploy_app.command(name)(command)
@@ -300,11 +300,11 @@ def deploy_list(
     as_json: AsJson = False,
 ) -> None:
     """List your deployments (or one model's)."""
-    with _connect(api, token) as client:
-        items, next_cursor = _collect(
+    with connect(api, token) as client:
+        items, next_cursor = collect_pages(
             lambda c: client.list_deployments(model_id=model_id, limit=limit, cursor=c), cursor, all_pages
         )
-    _show_listing(
+    show_listing(
         f"deployments ({len(items)})",
         ("ID", "Name", "Type", "Status", "Model", "Tier", "Created"),
         [
@@ -315,7 +315,7 @@ def deploy_list(
                 _state(item.get("status")),
                 str(item.get("model_id")),
                 str(item.get("tier") or "–"),
-                _when(item.get("created_at")),
+                when_text(item.get("created_at")),
             )
             for item in items
         ],
@@ -330,12 +330,12 @@ def deploy_delete(
     deployment_id: DeployId, *, api: ApiUrl = DEFAULT_API_URL, token: Token = None, as_json: AsJson = False
 ) -> None:
     """Delete a deployment; its API key stops working at once."""
-    with _connect(api, token) as client:
+    with connect(api, token) as client:
         client.delete_deployment(deployment_id)
     if as_json:
-        _print_json({"deployment_id": deployment_id, "deleted": True})
+        print_json({"deployment_id": deployment_id, "deleted": True})
     else:
-        _out.print(f"deleted deployment {deployment_id}")
+        out_console.print(f"deleted deployment {deployment_id}")
 
 
 @deploy_app.command("history")
@@ -343,15 +343,15 @@ def deploy_history(
     deployment_id: DeployId, *, api: ApiUrl = DEFAULT_API_URL, token: Token = None, as_json: AsJson = False
 ) -> None:
     """What happened to a deployment: created, activated, deactivated, key rotated; who and when."""
-    with _connect(api, token) as client:
+    with connect(api, token) as client:
         answer = client.deployment_history(deployment_id)
     items = [item for item in answer.get("items") or [] if isinstance(item, dict)]
-    _show_listing(
+    show_listing(
         f"history of {deployment_id} ({len(items)})",
         ("At", "Action", "Actor", "Status", "Detail"),
         [
             (
-                _when(item.get("at")),
+                when_text(item.get("at")),
                 str(item.get("action")),
                 str(item.get("actor")),
                 f"{item.get('before') or '–'} → {item.get('after') or '–'}",
@@ -370,16 +370,18 @@ def deploy_rotate_key(
     deployment_id: DeployId, *, api: ApiUrl = DEFAULT_API_URL, token: Token = None, as_json: AsJson = False
 ) -> None:
     """Replace a platform endpoint's API key: the old one stops working, the new one is printed once."""
-    with _connect(api, token) as client:
+    with connect(api, token) as client:
         answer = client.rotate_deployment_key(deployment_id)
         base_url = client.base_url
     if as_json:
-        _print_json(answer)
-        _err.print("the api_key in this answer will not be shown again: store it now")
+        print_json(answer)
+        err_console.print("the api_key in this answer will not be shown again: store it now")
         return
     deployment = answer.get("deployment")
     if isinstance(deployment, dict):
-        _out.print(_deployment_table(deployment, base_url, title=f"new key for deployment {deployment_id}"))
+        out_console.print(
+            _deployment_table(deployment, base_url, title=f"new key for deployment {deployment_id}")
+        )
     _show_key(deployment_id, str(answer.get("api_key")), rotated=True)
 
 
@@ -393,13 +395,13 @@ def deploy_download(
     as_json: AsJson = False,
 ) -> None:
     """Download a deployment's artifact (package, edge package, container) through its presigned URL."""
-    _check_folder(output)
-    with _connect(api, token) as client, _transfer(f"downloading {deployment_id}") as progress:
+    check_folder(output)
+    with connect(api, token) as client, transfer_progress(f"downloading {deployment_id}") as progress:
         downloaded = client.download_deployment(deployment_id, output, progress=progress)
     if as_json:
-        _print_json({"deployment_id": deployment_id, **_downloaded_summary(downloaded)})
+        print_json({"deployment_id": deployment_id, **_downloaded_summary(downloaded)})
     else:
-        _out.print(_downloaded_table(downloaded))
+        out_console.print(_downloaded_table(downloaded))
 
 
 # --- with the deployment's API key: heimdall infer, deploy usage|health ---------------------------
@@ -423,11 +425,11 @@ def infer(
 ) -> None:
     """Run a platform endpoint on the inputs in a JSON file; prints its outputs and latency."""
     body, api_key = read_inputs(input_file), _required(key)
-    with _connect(api, None) as client:
+    with connect(api, None) as client:
         inference = client.infer(deployment_id, api_key, body)
     answer = inference.answer
     if as_json:
-        _print_json(answer)
+        print_json(answer)
         return
     outputs = answer.get("outputs")
     table = Table(title=f"outputs of {deployment_id}", title_justify="left", box=box.SIMPLE_HEAD)
@@ -436,7 +438,7 @@ def infer(
     table.add_column("First values", overflow="fold")
     for output_name, value in (outputs if isinstance(outputs, dict) else {}).items():
         table.add_row(Text(str(output_name)), Text(_shape_text(value)), Text(_first_values(value)))
-    _out.print(table)
+    out_console.print(table)
     rows: list[tuple[str, str | Text]] = [
         ("model", f"{answer.get('model_id')} version {answer.get('model_version')}"),
         ("latency", f"{answer.get('latency_ms')} ms"),
@@ -444,7 +446,7 @@ def infer(
     ]
     if inference.rate_remaining is not None and inference.rate_limit is not None:
         rows.append(("rate limit", f"{inference.rate_remaining} of {inference.rate_limit} left this minute"))
-    _out.print(_details("inference", rows))
+    out_console.print(details_table("inference", rows))
 
 
 @deploy_app.command("usage")
@@ -459,7 +461,7 @@ def deploy_usage(
         lambda client, k: client.deployment_usage(deployment_id, k),
         rows=lambda usage: [
             ("requests", str(usage.get("request_count"))),
-            ("last request", _when(usage.get("last_request_at"))),
+            ("last request", when_text(usage.get("last_request_at"))),
             ("inference time", f"{usage.get('total_inference_ms')} ms in all"),
         ],
         title=f"usage of {deployment_id}",
@@ -563,12 +565,12 @@ def _keyed_action(
 ) -> None:
     """Make one call with the deployment's API key and show its answer."""
     api_key = _required(key)
-    with _connect(api, None) as client:  # the key replaces the token on these routes
+    with connect(api, None) as client:  # the key replaces the token on these routes
         answer = call(client, api_key)
     if as_json:
-        _print_json(answer)
+        print_json(answer)
     else:
-        _out.print(_details(title, rows(answer)))
+        out_console.print(details_table(title, rows(answer)))
 
 
 def _required(key: str | None) -> str:
@@ -603,24 +605,24 @@ def _deployment_table(deployment: Json, base_url: str, *, title: str | None = No
         size = artifact.get("size_bytes")
         rows.append(("artifact", str(artifact.get("file_name") or artifact.get("key"))))
         if isinstance(size, int):
-            rows.append(("size", _size(size)))
+            rows.append(("size", human_size(size)))
         if artifact.get("sha256"):
             rows.append(("sha256", str(artifact["sha256"])))
     usage = deployment.get("usage")
     if isinstance(usage, dict):
         rows.append(("requests", str(usage.get("request_count"))))
-        rows.append(("last request", _when(usage.get("last_request_at"))))
-    rows.append(("created", _when(deployment.get("created_at"))))
-    rows.append(("updated", _when(deployment.get("updated_at"))))
-    return _details(title or f"deployment {deployment.get('deployment_id')}", rows)
+        rows.append(("last request", when_text(usage.get("last_request_at"))))
+    rows.append(("created", when_text(deployment.get("created_at"))))
+    rows.append(("updated", when_text(deployment.get("updated_at"))))
+    return details_table(title or f"deployment {deployment.get('deployment_id')}", rows)
 
 
 def _show_key(deployment_id: str, key: str, *, rotated: bool) -> None:
     """The API key, once, on a line of its own (never wrapped, so that it copies whole)."""
-    _out.print(Text("API key (shown only now):", style="bold yellow"))
-    _out.print(Text(f"  {key}", style="bold"), soft_wrap=True)
+    out_console.print(Text("API key (shown only now):", style="bold yellow"))
+    out_console.print(Text(f"  {key}", style="bold"), soft_wrap=True)
     retired = " The previous key no longer works." if rotated else ""
-    _out.print(
+    out_console.print(
         Text(
             "Store it now: it will not be shown again (the API keeps only its hash)."
             f"{retired} Lost it? `heimdall deploy rotate-key {deployment_id}` issues a new one.",
@@ -628,7 +630,7 @@ def _show_key(deployment_id: str, key: str, *, rotated: bool) -> None:
         ),
         soft_wrap=True,
     )
-    _out.print(
+    out_console.print(
         f"Use it: heimdall infer {deployment_id} --key KEY --input inputs.json (or set {API_KEY_VARIABLE})",
         soft_wrap=True,
     )
@@ -646,11 +648,11 @@ def _downloaded_summary(downloaded: DownloadedFile) -> Json:
 
 def _downloaded_table(downloaded: DownloadedFile) -> Table:
     checked = " (matches the API's)" if downloaded.link.get("sha256") is not None else ""
-    return _details(
+    return details_table(
         f"downloaded {downloaded.link.get('key') or 'the artifact'}",
         [
             ("output", str(downloaded.path)),
-            ("size", _size(downloaded.size_bytes)),
+            ("size", human_size(downloaded.size_bytes)),
             ("sha256", downloaded.sha256 + checked),
         ],
     )

@@ -60,8 +60,8 @@ from heimdall.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, TERMINAL, JobSta
 from heimdall.settings import MIB
 from heimdall.types import ExportFormat
 
-_out = Console(highlight=False)
-_err = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
 _STATUS_STYLE = {
     "SUCCEEDED": "green",
     "INDEXED": "green",
@@ -104,7 +104,7 @@ Output = Annotated[
 
 
 @contextmanager
-def _connect(api: str, token: str | None) -> Iterator[ApiClient]:
+def connect(api: str, token: str | None) -> Iterator[ApiClient]:
     """The client for ``--api`` with the resolved token; a malformed URL is a usage error (exit 2)."""
     try:
         client = ApiClient(api, resolve_token(token))
@@ -128,11 +128,11 @@ def models_list(
     as_json: AsJson = False,
 ) -> None:
     """List your models: ID, name, version, accuracy / val loss, created."""
-    with _connect(api, token) as client:
-        items, next_cursor = _collect(
+    with connect(api, token) as client:
+        items, next_cursor = collect_pages(
             lambda c: client.list_models(limit=limit, cursor=c, name=name), cursor, all_pages
         )
-    _show_listing(
+    show_listing(
         f"models ({len(items)})",
         ("ID", "Model", "Version", "Accuracy / val loss", "Created"),
         [
@@ -141,7 +141,7 @@ def models_list(
                 str(model.get("display_name") or model.get("model_name")),
                 str(model.get("version")),
                 _metrics_text(model.get("metrics") or {}),
-                _when(model.get("created_at")),
+                when_text(model.get("created_at")),
             )
             for model in items
         ],
@@ -172,8 +172,8 @@ def model_export(
 
     The file is read back and its ONNX sha256 checked against the API's before it is written.
     """
-    _check_folder(output)
-    with _connect(api, token) as client, _transfer(f"exporting {model_id}") as progress:
+    check_folder(output)
+    with connect(api, token) as client, transfer_progress(f"exporting {model_id}") as progress:
         exported = client.export_model(
             model_id,
             output,
@@ -202,18 +202,18 @@ def model_export(
         "redirected": exported.redirected,
     }
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
     components = [f"{c} ({samples})" if c == Component.SAMPLE_PREDICTIONS else c for c in bundle.components()]
     checked = "matches the API's" if exported.declared_onnx_sha256 else "the API sent none to compare"
-    _out.print(
-        _details(
+    out_console.print(
+        details_table(
             f"exported {model_id}",
             [
                 ("bundle id", bundle.bundle_metadata.bundle_id),
                 ("model", f"{bundle.model.model_name} {bundle.model.version}"),
                 ("output", str(exported.path)),
-                ("size", _size(exported.size_bytes) + (" (gzip)" if exported.read.compressed else "")),
+                ("size", human_size(exported.size_bytes) + (" (gzip)" if exported.read.compressed else "")),
                 ("components", ", ".join(components) or "none (model only)"),
                 ("onnx sha256", f"{exported.read.onnx_sha256} ({checked})"),
             ],
@@ -263,18 +263,18 @@ def model_import(
     mode: ImportMode = "auto" if presigned is None else "presigned" if presigned else "inline"
 
     def uploaded(record: Json) -> None:
-        _err.print(f"uploaded; waiting for import {record.get('import_id')} to be indexed…")
+        err_console.print(f"uploaded; waiting for import {record.get('import_id')} to be indexed…")
 
-    with _connect(api, token) as client, _transfer(f"uploading {file.name}") as progress:
+    with connect(api, token) as client, transfer_progress(f"uploading {file.name}") as progress:
         outcome = client.import_bundle(
             file, components=chosen, mode=mode, timeout_s=timeout, progress=progress, on_uploaded=uploaded
         )
     if as_json:
-        _print_json({"mode": outcome.mode, "import": outcome.record, "model": outcome.model})
+        print_json({"mode": outcome.mode, "import": outcome.record, "model": outcome.model})
         return
     model = outcome.model
-    _out.print(
-        _details(
+    out_console.print(
+        details_table(
             f"imported as model {model.get('model_id')}",
             [
                 ("model id", str(model.get("model_id"))),
@@ -346,7 +346,7 @@ def job_create(
         if uri is not None and not uri.startswith("s3://"):
             raise typer.BadParameter(f"expected an s3:// URI, got {uri!r}", param_hint=option)
     chosen = _split(formats, [f.value for f in ExportFormat], "--formats")
-    with _connect(api, token) as client:
+    with connect(api, token) as client:
         job = client.create_export_job(
             model_id=model_id,
             checkpoint_uri=checkpoint,
@@ -381,11 +381,11 @@ def job_list(
     as_json: AsJson = False,
 ) -> None:
     """List the export jobs of a model (its name and version)."""
-    with _connect(api, token) as client:
-        items, next_cursor = _collect(
+    with connect(api, token) as client:
+        items, next_cursor = collect_pages(
             lambda c: client.list_model_exports(model_id, limit=limit, cursor=c), cursor, all_pages
         )
-    _show_listing(
+    show_listing(
         f"export jobs of {model_id} ({len(items)})",
         ("Job ID", "Status", "Formats", "Default", "Created", "Reason"),
         [
@@ -394,7 +394,7 @@ def job_list(
                 _status(job.get("status")),
                 ", ".join(job.get("formats") or []),
                 "✓" if job.get("is_default") else "",
-                _when(job.get("created_at")),
+                when_text(job.get("created_at")),
                 str(job.get("reason") or ""),
             )
             for job in items
@@ -434,8 +434,8 @@ def job_download(
     as_json: AsJson = False,
 ) -> None:
     """Download a succeeded job's package (or bundle) through its presigned URL, checking its sha256."""
-    _check_folder(output)
-    with _connect(api, token) as client, _transfer(f"downloading {file.value}") as progress:
+    check_folder(output)
+    with connect(api, token) as client, transfer_progress(f"downloading {file.value}") as progress:
         downloaded = client.download_export(job_id, output, file=file.value, progress=progress)
     summary = {
         "job_id": job_id,
@@ -447,14 +447,14 @@ def job_download(
         "key": downloaded.link.get("key"),
     }
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
-    _out.print(
-        _details(
+    out_console.print(
+        details_table(
             f"downloaded the {file.value} of job {job_id}",
             [
                 ("output", str(downloaded.path)),
-                ("size", _size(downloaded.size_bytes)),
+                ("size", human_size(downloaded.size_bytes)),
                 ("sha256", downloaded.sha256 + (" (matches the API's)" if summary["sha256_checked"] else "")),
             ],
         )
@@ -463,7 +463,7 @@ def job_download(
 
 def _job_action(api: str, token: str | None, as_json: bool, call: Callable[[ApiClient], Json]) -> None:
     """Make one call that answers with a job, and show that job."""
-    with _connect(api, token) as client:
+    with connect(api, token) as client:
         _show_job(call(client), as_json)
 
 
@@ -471,14 +471,14 @@ def _wait(client: ApiClient, job: Json, timeout: float) -> Json:
     """Follow a job to its end, printing each status it reaches on stderr."""
 
     def on_status(current: Json) -> None:
-        _err.print(Text.assemble(f"job {current.get('job_id')}: ", _status(current.get("status"))))
+        err_console.print(Text.assemble(f"job {current.get('job_id')}: ", _status(current.get("status"))))
 
     return client.wait_for_job(str(job["job_id"]), timeout_s=timeout, on_status=on_status)
 
 
 def _show_job(job: Json, as_json: bool) -> None:
     if as_json:
-        _print_json(job)
+        print_json(job)
         return
     result = job.get("result") if isinstance(job.get("result"), dict) else None
     rows: list[tuple[str, str | Text]] = [
@@ -490,8 +490,8 @@ def _show_job(job: Json, as_json: bool) -> None:
         ("checkpoint", str(job.get("checkpoint_uri") or "–")),
         ("manifest", str(job.get("manifest_uri") or "–")),
         ("model id", str(job.get("model_id") or "–")),
-        ("created", _when(job.get("created_at"))),
-        ("updated", _when(job.get("updated_at"))),
+        ("created", when_text(job.get("created_at"))),
+        ("updated", when_text(job.get("updated_at"))),
     ]
     if job.get("reason"):
         rows.append(("reason", str(job["reason"])))
@@ -500,18 +500,18 @@ def _show_job(job: Json, as_json: bool) -> None:
     if result:
         for outcome in result.get("formats") or []:
             size = outcome.get("size_bytes")
-            detail = _size(size) if isinstance(size, int) else outcome.get("reason") or ""
+            detail = human_size(size) if isinstance(size, int) else outcome.get("reason") or ""
             rows.append((f"format {outcome.get('format')}", f"{outcome.get('status')} {detail}".rstrip()))
         for label in ("package_file", "bundle_file"):
             if result.get(label):
                 rows.append((label.replace("_", " "), str(result[label])))
-    _out.print(_details(f"export job {job.get('job_id')}", rows))
+    out_console.print(details_table(f"export job {job.get('job_id')}", rows))
 
 
 # --- rendering helpers -----------------------------------------------------------------------------
 
 
-def _collect(
+def collect_pages(
     fetch: Callable[[str | None], Json], cursor: str | None, all_pages: bool
 ) -> tuple[list[Json], Any]:
     """The items of one page, or of every page from ``cursor`` on; and the cursor still to follow."""
@@ -524,7 +524,7 @@ def _collect(
     return items, page.get("next_cursor")
 
 
-def _show_listing(
+def show_listing(
     title: str,
     columns: tuple[str, ...],
     rows: list[tuple[str | Text, ...]],
@@ -535,7 +535,7 @@ def _show_listing(
 ) -> None:
     """A listing as a table (and how to get more on stderr), or as ``{"items", "next_cursor"}``."""
     if as_json:
-        _print_json({"items": items, "next_cursor": next_cursor})
+        print_json({"items": items, "next_cursor": next_cursor})
         return
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for index, column in enumerate(columns):
@@ -543,12 +543,12 @@ def _show_listing(
         table.add_column(column, overflow="fold", no_wrap=index == 0 or column == "Created")
     for row in rows:
         table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
-    _out.print(table)
+    out_console.print(table)
     if next_cursor:
-        _err.print(f"more: rerun with --all, or with --cursor {next_cursor}", soft_wrap=True)
+        err_console.print(f"more: rerun with --all, or with --cursor {next_cursor}", soft_wrap=True)
 
 
-def _details(title: str, rows: list[tuple[str, str | Text]]) -> Table:
+def details_table(title: str, rows: list[tuple[str, str | Text]]) -> Table:
     table = Table(title=title, title_justify="left", show_header=False, box=box.SIMPLE, pad_edge=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
@@ -570,7 +570,7 @@ def _metrics_text(metrics: Json) -> Text:
     return Text(f"{shown} / {'–' if loss is None else f'{loss:.4g}'}")
 
 
-def _when(value: Any) -> Text:
+def when_text(value: Any) -> Text:
     """An ISO-8601 time as ``YYYY-MM-DD HH:MM`` UTC (or as it came, when it does not parse)."""
     try:
         moment = datetime.fromisoformat(str(value))
@@ -581,7 +581,7 @@ def _when(value: Any) -> Text:
     return Text(moment.strftime("%Y-%m-%d %H:%M"))
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     return f"{decimal(n)} ({n:,} bytes)"
 
 
@@ -597,18 +597,18 @@ def _split(value: str | None, allowed: list[str], option: str) -> list[str] | No
     return names
 
 
-def _check_folder(output: Path) -> None:
+def check_folder(output: Path) -> None:
     if not output.parent.is_dir():
         raise typer.BadParameter(f"the folder {output.parent} does not exist", param_hint="--output")
 
 
-def _print_json(value: Any) -> None:
+def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
     sys.stdout.flush()
 
 
 @contextmanager
-def _transfer(description: str) -> Iterator[ProgressCallback]:
+def transfer_progress(description: str) -> Iterator[ProgressCallback]:
     """A progress bar on stderr (when it is a terminal) and the callback that moves it."""
     bar = Progress(
         TextColumn("{task.description}"),
@@ -616,9 +616,9 @@ def _transfer(description: str) -> Iterator[ProgressCallback]:
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=_err,
+        console=err_console,
         transient=True,
-        disable=not _err.is_terminal,
+        disable=not err_console.is_terminal,
     )
     with bar:
         task = bar.add_task(description, total=None)
