@@ -66,6 +66,11 @@ def up(
             f"API: {stack.api_url}  (OpenAPI document: {stack.api_url}/api/v1/openapi.json)", soft_wrap=True
         )
         _out.print(f"API token: {stack.api_token}", soft_wrap=True)
+        _out.print(
+            f"Inference: {stack.api_url}/v1/infer/DEPLOYMENT_ID with a deployment's API key "
+            f"(OpenAPI document: {stack.api_url}/v1/openapi.json)",
+            soft_wrap=True,
+        )
         try:
             while True:
                 time.sleep(1)
