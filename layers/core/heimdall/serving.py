@@ -338,7 +338,7 @@ def usage(deployment_id: str) -> Response[str]:
     deps = serving_deps()
     deployment, _ = _authorized(deps, deployment_id)
     summary = deps.deployments.get_usage(deployment.deployment_id)
-    return _json({"deployment_id": deployment.deployment_id, **summary.model_dump(mode="json")})
+    return _json(UsageOut(deployment_id=deployment.deployment_id, **summary.model_dump()))
 
 
 @app.get(
@@ -357,20 +357,20 @@ def health(deployment_id: str) -> Response[str]:
         deps.cache.get(deployment.model_id, deployment.onnx_sha256) is not None
     )
     return _json(
-        {
-            "deployment_id": deployment.deployment_id,
-            "status": deployment.status.value,
-            "ready": deployment.status is DeploymentStatus.ACTIVE,
-            "model_id": deployment.model_id,
-            "model_version": deployment.model_version,
-            "model_loaded": loaded,
-            "tier": deployment.tier.value if deployment.tier else None,
-        }
+        HealthOut(
+            deployment_id=deployment.deployment_id,
+            status=deployment.status,
+            ready=deployment.status is DeploymentStatus.ACTIVE,
+            model_id=deployment.model_id,
+            model_version=deployment.model_version,
+            model_loaded=loaded,
+            tier=deployment.tier,
+        )
     )
 
 
-def _json(document: dict[str, Any]) -> Response[str]:
-    return Response(status_code=200, content_type=JSON, body=json.dumps(document))
+def _json(answer: BaseModel) -> Response[str]:
+    return Response(status_code=200, content_type=JSON, body=answer.model_dump_json())
 
 
 # --- the body and the answer -------------------------------------------------------------------------

@@ -172,6 +172,7 @@ def create_deployment(deps: ApiDeps, owner: str, request: CreateDeployment) -> C
     options = parse_options(kind, request.options)
     source = _source(deps, owner, request)
     deployment_id = str(uuid.uuid4())
+    now = deps.now()
     base: dict[str, Any] = {
         "deployment_id": deployment_id,
         "owner": owner,
@@ -179,13 +180,13 @@ def create_deployment(deps: ApiDeps, owner: str, request: CreateDeployment) -> C
         "name": request.name,
         "export_job_id": source.job.job_id if source.job is not None else None,
         "options": options.model_dump(mode="json", exclude_none=True),
-        "created_at": deps.now(),
-        "updated_at": deps.now(),
+        "created_at": now,
+        "updated_at": now,
     }
     api_key: str | None = None
     key_record: ApiKeyRecord | None = None
     if isinstance(options, EndpointOptions):
-        model = _served_model(source, deployment_id)
+        model = _served_model(source)
         key_id, api_key = generate_api_key()
         key_record = ApiKeyRecord(
             key_id=key_id, deployment_id=deployment_id, owner=owner, key_hash=hash_api_key(api_key)
@@ -245,7 +246,7 @@ def _source(deps: ApiDeps, owner: str, request: CreateDeployment) -> _Source:
     return _Source(model=model, job=job)
 
 
-def _served_model(source: _Source, deployment_id: str) -> ModelRecord:
+def _served_model(source: _Source) -> ModelRecord:
     model = source.model
     if model is None:
         job_id = source.job.job_id if source.job else "?"
