@@ -648,3 +648,42 @@ def test_deploy_and_infer_from_the_command_line(
     )
     history = cli.json("deploy", "history", deployment_id)
     assert [e["action"] for e in history["items"]] == ["created", "deactivated"]
+
+
+def test_deploy_create_with_output_writes_the_package(
+    api: ApiStack, job: dict[str, Any], tmp_path: Path
+) -> None:
+    cli = Cli(api=api, cwd=tmp_path)
+    target = tmp_path / "edge.zip"
+    created = cli.json(
+        "deploy",
+        "create",
+        "--job",
+        job["job_id"],
+        "--type",
+        "edge_package",
+        "--name",
+        "cli-edge",
+        "-o",
+        str(target),
+    )
+    artifact = created["deployment"]["artifact"]
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == artifact["sha256"]
+    with zipfile.ZipFile(target) as archive:
+        assert "runtimes/kotlin/ModelWrapper.kt" in archive.namelist()
+    refused = cli.run(
+        "deploy",
+        "create",
+        "--job",
+        job["job_id"],
+        "--type",
+        "edge_package",
+        "--name",
+        "x",
+        "--tier",
+        "pro",
+        expect=2,
+    )
+    assert "--tier" in refused.stderr
+    listed = cli.json("deploy", "list", "--model", job["model_id"])
+    assert created["deployment"]["deployment_id"] in [d["deployment_id"] for d in listed["items"]]

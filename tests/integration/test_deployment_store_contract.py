@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import pytest
 
 from heimdall.adapters.dynamodb import DynamoRegistry
@@ -482,3 +483,45 @@ def test_deployments_do_not_show_in_the_registrys_listings(
     assert [m.model_name for m in registry.list_models(owner).items] == ["net"]
     assert registry.list_export_jobs(owner).items == []
     assert len(deployments.list_deployments(owner).items) == 1
+
+
+def test_batch_reads_retry_unprocessed_keys_then_fall_back_to_single_reads(owner: str) -> None:
+    """DynamoDB may leave keys of a ``BatchGetItem`` unprocessed (throttling): they are asked for again,
+    and after a few tries read one by one, so a request is never refused for the database's sake."""
+    from botocore.stub import ANY, Stubber
+
+    from heimdall.adapters.dynamodb_deployments import _api_key_item, _deployment_item
+
+    record, key_record, key = endpoint(owner)
+    items = {"key": _api_key_item(key_record), "deployment": _deployment_item(record)}
+    keys = {name: {"PK": item["PK"], "SK": item["SK"]} for name, item in items.items()}
+    client = boto3.client(
+        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    store = DynamoDeploymentStore("t", client)
+    stub = Stubber(client)
+    # One key at a time, then both, each time with the other left unprocessed.
+    stub.add_response(
+        "batch_get_item",
+        {"Responses": {"t": [items["key"]]}, "UnprocessedKeys": {"t": {"Keys": [keys["deployment"]]}}},
+        {"RequestItems": ANY},
+    )
+    stub.add_response("batch_get_item", {"Responses": {"t": [items["deployment"]]}}, {"RequestItems": ANY})
+    # Nothing processed five times: single consistent reads of both keys.
+    for _ in range(5):
+        stub.add_response(
+            "batch_get_item",
+            {"Responses": {"t": []}, "UnprocessedKeys": {"t": {"Keys": list(keys.values())}}},
+            {"RequestItems": ANY},
+        )
+    for name in ("key", "deployment"):
+        stub.add_response(
+            "get_item", {"Item": items[name]}, {"TableName": "t", "Key": keys[name], "ConsistentRead": True}
+        )
+    with stub:
+        assert authorize_request(store, key, record.deployment_id) == (key_record, record)
+        assert store.get_api_key_and_deployment(key_record.key_id, record.deployment_id) == (
+            key_record,
+            record,
+        )
+    stub.assert_no_pending_responses()
