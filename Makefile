@@ -35,10 +35,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[convert,onnx,dev]'
 	@touch $@
 
-# Exit code 5 means "no tests collected": not a failure of the suite itself.
+# A run that collects no test fails (pytest's exit code 5): a green suite must have run something.
 test: venv
-	@rc=0; $(BIN)/pytest -q || rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/pytest -q
 
 lint: venv
 	$(BIN)/ruff check .
