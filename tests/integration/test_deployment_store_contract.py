@@ -387,7 +387,7 @@ def test_revoke_rotate_and_delete_stop_the_old_key_at_once(store: DeploymentStor
 # --- rate limits -----------------------------------------------------------------------------------
 
 
-def test_a_burst_over_the_limit_is_denied_until_the_next_minute(store: DeploymentStore) -> None:
+def test_a_burst_over_the_limit_is_denied_until_retry_after(store: DeploymentStore) -> None:
     key_id = generate_api_key()[0]
     limit = RATE_LIMITS[Tier.FREE]
     assert limit == 10
@@ -396,14 +396,37 @@ def test_a_burst_over_the_limit_is_denied_until_the_next_minute(store: Deploymen
     assert [d.allowed for d in decisions] == [True] * 10 + [False] * 5
     assert [d.remaining for d in decisions[:10]] == list(range(9, -1, -1))
     for i, denied in enumerate(decisions[10:], start=10):
-        assert 1 <= denied.retry_after_s <= 60
-        assert denied.retry_after_s == 60 - (20 + i)
+        # The rest of this minute, then 6 s of the next: the 10 requests weigh 10 x 54/60 = 9 by then.
+        assert denied.retry_after_s == (60 - (20 + i)) + 6
         assert denied.remaining == 0
     assert store.consume_rate_limit(generate_api_key()[0], limit, start).allowed, "another key is not limited"
-    nxt = store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=60))
-    assert (nxt.allowed, nxt.remaining) == (True, 9)
+    last = start + timedelta(seconds=14)
+    retry = timedelta(seconds=decisions[-1].retry_after_s)
+    assert not store.consume_rate_limit(key_id, limit, last + retry - timedelta(seconds=1)).allowed
+    assert store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=60)).allowed is False
+    on_time = store.consume_rate_limit(key_id, limit, last + retry)
+    assert (on_time.allowed, on_time.remaining) == (True, 0)
+    # Two minutes on, nothing of the burst weighs any more.
+    later = [store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=180)) for _ in range(11)]
+    assert [d.allowed for d in later] == [True] * 10 + [False]
     with pytest.raises(ValueError):
         store.consume_rate_limit(key_id, 0, start)
+
+
+def test_a_burst_across_a_minute_boundary_gets_no_more_than_the_limit_through(store: DeploymentStore) -> None:
+    key_id = generate_api_key()[0]
+    before = [store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=59.5)) for _ in range(7)]
+    after = [store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=60.2)) for _ in range(8)]
+    # A fixed minute window would let all 15 through; the 7 just before still weigh 7 x 59.8/60 -> 7.
+    assert [d.allowed for d in before] == [True] * 7
+    assert [d.allowed for d in after] == [True] * 3 + [False] * 5
+    assert [d.remaining for d in after[:3]] == [2, 1, 0]
+    # One more fits once the 7 weigh no more than 10 - 1 - 3 = 6: 7 x (60 - t)/60 <= 6 at t >= 8.57 s,
+    # 8.37 s after the refusal at 0.2 s: Retry-After 9.
+    refused = after[-1]
+    assert refused.retry_after_s == 9
+    assert not store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=68.2)).allowed
+    assert store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=69.2)).allowed
 
 
 def test_concurrent_consumers_share_one_limit(store: DeploymentStore) -> None:
@@ -449,6 +472,33 @@ def test_usage_counters_add_up(store: DeploymentStore, owner: str) -> None:
     assert store.get_usage(record.deployment_id).request_count == 0
 
 
+def test_the_previous_minute_is_read_once_per_key_and_minute(table_name: str, dynamodb: Any) -> None:
+    store = DynamoDeploymentStore(table_name, dynamodb)
+    reads: list[str] = []
+
+    def count_read(**_: Any) -> None:
+        reads.append("get")
+
+    dynamodb.meta.events.register("before-call.dynamodb.GetItem", count_read)
+    try:
+        _read_the_previous_minute_once(store, reads)
+    finally:
+        dynamodb.meta.events.unregister("before-call.dynamodb.GetItem", count_read)
+
+
+def _read_the_previous_minute_once(store: DynamoDeploymentStore, reads: list[str]) -> None:
+    key_id = generate_api_key()[0]
+    assert store.consume_rate_limit(key_id, 100, T0 + timedelta(seconds=1)).allowed
+    assert store.consume_rate_limit(key_id, 100, T0 + timedelta(seconds=1.5)).allowed
+    assert len(reads) == 2, "within 2 s of the boundary the previous minute may still change: read again"
+    for second in range(3, 40):
+        assert store.consume_rate_limit(key_id, 100, T0 + timedelta(seconds=second)).allowed
+    assert len(reads) == 3, "settled: read once more, then kept"
+    # The next minute reads this one, which now weighs 39 requests.
+    decision = store.consume_rate_limit(key_id, 40, T0 + timedelta(seconds=62))
+    assert len(reads) == 4 and decision.allowed and decision.remaining == 40 - 38 - 1
+
+
 def test_on_the_table_keys_are_hashes_and_counters_expire(table_name: str, dynamodb: Any, owner: str) -> None:
     store = DynamoDeploymentStore(table_name, dynamodb)
     record, key_record, key = endpoint(owner)
@@ -467,7 +517,8 @@ def test_on_the_table_keys_are_hashes_and_counters_expire(table_name: str, dynam
         TableName=table_name, Key={"PK": {"S": f"RATE#{key_record.key_id}#{window}"}, "SK": {"S": "WINDOW"}}
     )["Item"]
     assert counter["count"] == {"N": "1"}
-    assert int(counter["expires_at"]["N"]) == (window + 1) * 60 + 300
+    # A counter outlives its minute and the next one (where it still weighs), plus a grace.
+    assert int(counter["expires_at"]["N"]) == (window + 2) * 60 + 300
 
 
 # --- the shared table ------------------------------------------------------------------------------

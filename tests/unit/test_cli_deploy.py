@@ -609,7 +609,7 @@ def test_infer_table_shows_outputs_latency_and_rate_limit(
         "[1, 1]",
         "m1 version 1.0.0",
         "3.25 ms",
-        "9 of 10 left this minute",
+        "9 of 10 left in the sliding minute",
     ):
         assert text in result.stdout, result.stdout
     assert api.seen[0].json() == {"input": [[1, 2]]}

@@ -169,14 +169,17 @@ def test_a_model_answering_nan_is_a_422_not_a_broken_body(endpoint: Endpoint) ->
     assert endpoint.deployments.get_usage("dep-1").request_count == 2  # the model ran both times
 
 
-def test_the_rate_limit_answers_429_with_retry_after_until_the_next_minute(endpoint: Endpoint) -> None:
+def test_the_rate_limit_answers_429_with_retry_after_until_a_request_fits(endpoint: Endpoint) -> None:
     for _ in range(10):
         assert endpoint.infer({"input": [[1.0, 1.0]]})[0] == 200
     status, headers, answer = endpoint.infer({"input": [[1.0, 1.0]]})
     assert status == 429 and answer["error"]["code"] == "RATE_LIMITED"
-    assert headers["retry-after"] == "30"  # 12:00:30 → the window ends at 12:01:00
-    assert answer["error"]["details"] == {"retry_after_s": 30, "limit": 10}
-    endpoint.clock.now += timedelta(seconds=30)
+    # 12:00:30: the rest of the minute, then 6 s of the next (the 10 weigh 10 x 54/60 = 9 by then).
+    assert headers["retry-after"] == "36"
+    assert answer["error"]["details"] == {"retry_after_s": 36, "limit": 10}
+    endpoint.clock.now += timedelta(seconds=35)
+    assert endpoint.infer({"input": [[1.0, 1.0]]})[0] == 429
+    endpoint.clock.now += timedelta(seconds=1)
     assert endpoint.infer({"input": [[1.0, 1.0]]})[0] == 200
     assert endpoint.deployments.get_usage("dep-1").request_count == 11
 

@@ -22,9 +22,15 @@ API keys
     revoked key is not found by :meth:`DeploymentStore.get_api_key`, so it stops working at once.
 
 Rate limits
-    One conditional counter per (key id, minute window): ``ADD count 1`` only while ``count < limit``.
-    Every instance increments the same item, so a limit holds across concurrent Lambda instances; the
-    item expires (``expires_at``) a few minutes after its window.
+    A sliding window over minute counters: one conditional counter per (key id, minute), and a
+    request is allowed while this minute's count plus the previous minute's count, weighted by the
+    share of that minute still inside the last 60 s (rounded up), stays below the limit
+    (:func:`rate_allowance`). A fixed minute window would let twice the limit through in a burst that
+    straddles a minute boundary; this lets at most the limit through in any burst. Every instance
+    increments the same item (``ADD count 1`` only while ``count < allowance``), so a limit holds across
+    concurrent Lambda instances; the item expires (``expires_at``) a few minutes after its window.
+    ``Retry-After`` is exact: the first whole second at which one more request would be allowed if no
+    other arrived (:func:`rate_limited`).
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ __all__ = [
     "DeploymentType",
     "InMemoryDeploymentStore",
     "RateDecision",
+    "RateWindow",
     "SerializedCounters",
     "Tier",
     "UsageSummary",
@@ -89,6 +96,8 @@ __all__ = [
     "key_matches",
     "new_event_id",
     "parse_key_id",
+    "rate_allowance",
+    "rate_limited",
     "rate_window",
     "same_status_conflict",
 ]
@@ -316,11 +325,54 @@ def authorize_request(
     return checked, deployment
 
 
-def rate_window(now: datetime) -> tuple[int, int]:
-    """The minute window ``now`` falls in (its number) and the seconds until the next one (1 to 60)."""
+@dataclass(frozen=True)
+class RateWindow:
+    """The minute ``now`` falls in: its number (Unix minutes) and the seconds of it already gone."""
+
+    number: int
+    elapsed_s: float
+
+    @property
+    def expires_at(self) -> int:
+        """When the minute's counter may go (Unix seconds): a grace after its successor's end too."""
+        return (self.number + 2) * RATE_WINDOW_S + RATE_COUNTER_GRACE_S
+
+
+def rate_window(now: datetime) -> RateWindow:
+    """The minute window ``now`` falls in."""
     moment = _as_utc(now).timestamp()
-    window = math.floor(moment / RATE_WINDOW_S)
-    return window, max(1, math.ceil((window + 1) * RATE_WINDOW_S - moment))
+    number = math.floor(moment / RATE_WINDOW_S)
+    return RateWindow(number=number, elapsed_s=moment - number * RATE_WINDOW_S)
+
+
+# Float noise must not turn an exact boundary (previous x share = a whole number) into one more request.
+_RATE_EPSILON = 1e-9
+
+
+def rate_allowance(limit: int, previous: int, window: RateWindow) -> int:
+    """How far this minute's counter may go: ``limit`` less the previous minute's ``previous`` requests
+    weighted by the share of that minute still inside the last 60 s, rounded up (so the two minutes
+    together never let more than ``limit`` through in a burst). May be zero or negative."""
+    remaining_share = (RATE_WINDOW_S - window.elapsed_s) / RATE_WINDOW_S
+    return limit - max(0, math.ceil(previous * remaining_share - _RATE_EPSILON))
+
+
+def rate_limited(limit: int, previous: int, current: int, window: RateWindow) -> RateDecision:
+    """The refusal of a request when this minute counted ``current`` and the previous ``previous``.
+
+    ``retry_after_s`` is the first whole second from now at which one more request is allowed if no
+    other arrives: later this minute, once the previous minute's weight has shrunk enough, or in the next
+    minute, once this minute's weight has.
+    """
+    room = limit - 1 - current  # how much of the previous minute may still weigh on this one
+    if room >= 0:
+        # previous * (60 - t) / 60 <= room  <=>  t >= 60 * (1 - room / previous); at once if it already
+        # holds (a concurrent writer made the counter look fuller than it was).
+        wait = RATE_WINDOW_S * (1 - room / previous) - window.elapsed_s if previous > room else 0.0
+    else:
+        # Next minute: this one's ``current`` (>= limit) requests weigh on it, by the same rule.
+        wait = RATE_WINDOW_S - window.elapsed_s + RATE_WINDOW_S * (1 - (limit - 1) / current)
+    return RateDecision(allowed=False, retry_after_s=max(1, math.ceil(wait - _RATE_EPSILON)), remaining=0)
 
 
 def new_event_id() -> str:
@@ -415,7 +467,7 @@ class DeploymentStore(Protocol):
         ...
 
     def consume_rate_limit(self, key_id: str, limit_per_minute: int, now: datetime) -> RateDecision:
-        """Count one request of ``key_id`` in ``now``'s minute if fewer than the limit were counted."""
+        """Count one request of ``key_id`` in ``now``'s minute if :func:`rate_allowance` leaves room."""
         ...
 
     def record_usage(self, deployment_id: str, latency_ms: float, now: datetime) -> None:
@@ -675,16 +727,18 @@ class InMemoryDeploymentStore:
 
     def consume_rate_limit(self, key_id: str, limit_per_minute: int, now: datetime) -> RateDecision:
         limit = check_rate_limit(limit_per_minute)
-        window, retry_after = rate_window(now)
+        window = rate_window(now)
         with self._lock:
-            # Drop windows that ended long ago, as TTL does.
-            for stale in [k for k in self._counters if k[1] < window - RATE_COUNTER_GRACE_S // 60]:
+            # Drop windows no sliding window reaches any more, as TTL does.
+            for stale in [k for k in self._counters if k[1] < window.number - 1]:
                 del self._counters[stale]
-            count = self._counters.get((key_id, window), 0)
-            if count >= limit:
-                return RateDecision(allowed=False, retry_after_s=retry_after, remaining=0)
-            self._counters[(key_id, window)] = count + 1
-        return RateDecision(allowed=True, retry_after_s=0, remaining=limit - count - 1)
+            previous = self._counters.get((key_id, window.number - 1), 0)
+            count = self._counters.get((key_id, window.number), 0)
+            allowance = rate_allowance(limit, previous, window)
+            if count >= allowance:
+                return rate_limited(limit, previous, count, window)
+            self._counters[(key_id, window.number)] = count + 1
+        return RateDecision(allowed=True, retry_after_s=0, remaining=allowance - count - 1)
 
     def record_usage(self, deployment_id: str, latency_ms: float, now: datetime) -> None:
         latency_ms = check_latency(latency_ms)

@@ -301,7 +301,15 @@ def _import_item(record: ImportRecord) -> dict[str, Any]:
 
 
 class _ConditionFailed(Exception):
-    """A ``ConditionExpression`` did not hold (internal: callers decide what it means)."""
+    """A ``ConditionExpression`` did not hold (internal: callers decide what it means).
+
+    ``item`` is the item as it stood, where the request asked for it
+    (``ReturnValuesOnConditionCheckFailure="ALL_OLD"``) and there was one.
+    """
+
+    def __init__(self, item: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.item = item
 
 
 class _TransactionCancelled(Exception):
@@ -320,7 +328,8 @@ def _call(operation: Callable[..., Any], **kwargs: Any) -> Any:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         if code == "ConditionalCheckFailedException":
-            raise _ConditionFailed from None
+            item = exc.response.get("Item")  # only with ReturnValuesOnConditionCheckFailure=ALL_OLD
+            raise _ConditionFailed(item if isinstance(item, dict) else None) from None
         if code == "TransactionCanceledException":
             reasons = [str(r.get("Code", "None")) for r in exc.response.get("CancellationReasons", [])]
             raise _TransactionCancelled(reasons) from None

@@ -17,9 +17,12 @@ update (``#status = :current``) and the history entry; a rotation updates the de
 key, puts the new key and the history entry in one transaction; a deletion deletes the deployment and
 revokes its key in one transaction (history and usage are dropped after it, best effort: nothing reads
 them without the deployment). A rate-limit request is one conditional ``UpdateItem``
-(``ADD count :one`` if ``attribute_not_exists(count) OR count < :limit``), so a limit holds whatever the
-number of instances counting against it. Usage is ``ADD`` counters plus ``SET last_request_at``: the
-last writer wins, so two requests finishing out of order can leave the earlier time (seconds apart).
+(``ADD count :one`` if ``attribute_not_exists(count) OR count < :allowance``), so a limit holds whatever
+the number of instances counting against it; the allowance is the limit less the previous minute's
+weighted count (:func:`heimdall.deployments.rate_allowance`), read once per key and minute and then
+kept by the instance (a minute that is over no longer changes). Usage is ``ADD`` counters plus
+``SET last_request_at``: the last writer wins, so two requests finishing out of order can leave the
+earlier time (seconds apart).
 """
 
 from __future__ import annotations
@@ -45,19 +48,20 @@ from heimdall.adapters.dynamodb import (
     _TransactionCancelled,
 )
 from heimdall.deployments import (
-    RATE_COUNTER_GRACE_S,
-    RATE_WINDOW_S,
     ApiKeyRecord,
     Deployment,
     DeploymentAction,
     DeploymentEvent,
     DeploymentStatus,
     RateDecision,
+    RateWindow,
     UsageSummary,
     action_for,
     check_latency,
     check_rate_limit,
     new_event_id,
+    rate_allowance,
+    rate_limited,
     rate_window,
     same_status_conflict,
 )
@@ -73,6 +77,11 @@ _META = "META"
 _EVENT = "EVENT#"
 #: How often a conditional write is retried when a concurrent writer moved the state under it.
 _MAX_RACES = 5
+#: A minute's count is kept by the instance once read this long after the minute ended (requests that
+#: read the clock just before the boundary may still be counting into it right after).
+_RATE_SETTLED_S = 2.0
+#: How many keys' previous-minute counts an instance keeps (oldest dropped first).
+_RATE_SETTLED_MAX = 10_000
 
 
 def _deployment_key(deployment_id: str) -> dict[str, Any]:
@@ -146,6 +155,8 @@ class DynamoDeploymentStore:
         self._now = now
         # The registry's table access: lazy client, consistent reads, paginated index queries.
         self._table = DynamoRegistry(table_name, client, now=now)
+        # key id -> (minute, count) of a minute that is over: one read per key and minute, not per request.
+        self._settled_counts: dict[str, tuple[int, int]] = {}
 
     @classmethod
     def beside(cls, registry: DynamoRegistry) -> DynamoDeploymentStore:
@@ -460,17 +471,20 @@ class DynamoDeploymentStore:
     # rate limits and usage ----------------------------------------------------------------------
 
     def consume_rate_limit(self, key_id: str, limit_per_minute: int, now: datetime) -> RateDecision:
-        """One conditional ``ADD`` on the (key, minute) counter: allowed while it is below the limit."""
+        """One conditional ``ADD`` on the (key, minute) counter: allowed while it is below the allowance."""
         limit = check_rate_limit(limit_per_minute)
-        window, retry_after = rate_window(now)
-        expires = (window + 1) * RATE_WINDOW_S + RATE_COUNTER_GRACE_S
+        window = rate_window(now)
+        previous = self._previous_count(key_id, window)
+        allowance = rate_allowance(limit, previous, window)
+        if allowance <= 0:  # the previous minute alone fills the window: count nothing
+            return rate_limited(limit, previous, self._rate_count(key_id, window.number), window)
         try:
             response = _call(
                 self.client.update_item,
                 TableName=self.table_name,
-                Key=_rate_key(key_id, window),
+                Key=_rate_key(key_id, window.number),
                 UpdateExpression="SET #expires_at = :expires, #entity = :entity ADD #count :one",
-                ConditionExpression="attribute_not_exists(#count) OR #count < :limit",
+                ConditionExpression="attribute_not_exists(#count) OR #count < :allowance",
                 ExpressionAttributeNames={
                     "#count": "count",
                     "#expires_at": TTL_ATTRIBUTE,
@@ -478,16 +492,35 @@ class DynamoDeploymentStore:
                 },
                 ExpressionAttributeValues={
                     ":one": {"N": "1"},
-                    ":limit": {"N": str(limit)},
-                    ":expires": {"N": str(expires)},
+                    ":allowance": {"N": str(allowance)},
+                    ":expires": {"N": str(window.expires_at)},
                     ":entity": {"S": "RATE_COUNTER"},
                 },
                 ReturnValues="UPDATED_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except _ConditionFailed:
-            return RateDecision(allowed=False, retry_after_s=retry_after, remaining=0)
+        except _ConditionFailed as refused:
+            current = int(refused.item["count"]["N"]) if refused.item else allowance
+            return rate_limited(limit, previous, current, window)
         count = int(response["Attributes"]["count"]["N"])
-        return RateDecision(allowed=True, retry_after_s=0, remaining=max(0, limit - count))
+        return RateDecision(allowed=True, retry_after_s=0, remaining=max(0, allowance - count))
+
+    def _rate_count(self, key_id: str, minute: int) -> int:
+        item = self._table._get(_rate_key(key_id, minute))
+        return int(item["count"]["N"]) if item else 0
+
+    def _previous_count(self, key_id: str, window: RateWindow) -> int:
+        """The count of the minute before ``window``: read once, then kept once it has settled."""
+        minute = window.number - 1
+        settled = self._settled_counts.get(key_id)
+        if settled is not None and settled[0] == minute:
+            return settled[1]
+        count = self._rate_count(key_id, minute)
+        if window.elapsed_s >= _RATE_SETTLED_S:
+            if len(self._settled_counts) >= _RATE_SETTLED_MAX:
+                del self._settled_counts[next(iter(self._settled_counts))]
+            self._settled_counts[key_id] = (minute, count)
+        return count
 
     def record_usage(self, deployment_id: str, latency_ms: float, now: datetime) -> None:
         """``ADD`` one request and its time, ``SET`` the last request's time (one ``UpdateItem``)."""

@@ -382,7 +382,8 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
     ),
     429: (
         "TooManyRequests",
-        "The API key's requests for this minute are used up; retry after Retry-After seconds (RATE_LIMITED)",
+        "The API key's requests for the last minute are used up; retry after Retry-After seconds "
+        "(RATE_LIMITED)",
     ),
     503: (
         "Unavailable",

@@ -445,7 +445,8 @@ def infer(
         ("normalized", "yes" if answer.get("normalized") else "no"),
     ]
     if inference.rate_remaining is not None and inference.rate_limit is not None:
-        rows.append(("rate limit", f"{inference.rate_remaining} of {inference.rate_limit} left this minute"))
+        left = f"{inference.rate_remaining} of {inference.rate_limit} left in the sliding minute"
+        rows.append(("rate limit", left))
     out_console.print(details_table("inference", rows))
 
 
