@@ -292,8 +292,8 @@ def infer(deployment_id: str) -> Response[str]:
     decision = deps.deployments.consume_rate_limit(key_id, limit, deps.now())
     if not decision.allowed:
         raise RateLimited(
-            f"rate limit of {limit} requests per minute reached for this key; "
-            f"retry in {decision.retry_after_s} s",
+            # When to retry travels in Retry-After and details.retry_after_s, not in the prose.
+            f"rate limit of {limit} requests per minute reached for this key",
             retry_after_s=decision.retry_after_s,
             limit=limit,
         )
