@@ -186,6 +186,12 @@ def test_a_download_deployment_links_the_export_package(
     assert fetch(again["url"]) == package
     bundle = create(http, "download", "bundle-link", model_id=model_id, options={"file": "bundle"})
     assert json.loads(fetch(bundle["download"]["url"]))["model"]["model_name"] == MODEL_NAME
+    # The ONNX model itself, with the checksum the registry holds for it.
+    onnx_link = create(http, "download", "onnx-link", model_id=model_id, options={"file": "onnx"})
+    onnx_bytes = fetch(onnx_link["download"]["url"])
+    sha256 = http.get(f"/api/v1/models/{model_id}").json()["onnx_sha256"]
+    assert hashlib.sha256(onnx_bytes).hexdigest() == sha256 == onnx_link["download"]["sha256"]
+    assert onnx.load_model_from_string(onnx_bytes).graph.output[0].name == "positions"
 
 
 def test_an_edge_package_ships_the_int8_model_with_wrappers_of_its_real_io(
@@ -268,7 +274,18 @@ def test_package_deployments_of_an_imported_model_are_refused_but_it_can_be_serv
     imported_id = imported.json()["model"]["model_id"]
     for kind in ("download", "edge_package", "container"):
         refused = http.post(DEPLOYMENTS, json={"type": kind, "name": "x", "model_id": imported_id})
-        assert "export" in error_of(refused, 409, "NO_EXPORT_PACKAGE")["message"]
+        assert "export package" in error_of(refused, 409, "NO_EXPORT_PACKAGE")["message"]
+    # Its own files can be handed out: the indexed bundle and the ONNX model, byte for byte.
+    onnx_link = create(http, "download", "i-onnx", model_id=imported_id, options={"file": "onnx"})
+    assert fetch(onnx_link["download"]["url"]) == e2e.sample_onnx()
+    bundle_link = create(http, "download", "i-bundle", model_id=imported_id, options={"file": "bundle"})
+    bundle = json.loads(fetch(bundle_link["download"]["url"]))
+    assert bundle["integrity"]["onnx_sha256"] == hashlib.sha256(e2e.sample_onnx()).hexdigest()
+    # Deleting a link to the model's own files leaves the files (and the model) in place.
+    for link in (onnx_link, bundle_link):
+        assert http.delete(f"{DEPLOYMENTS}/{link['deployment']['deployment_id']}").status_code == 204
+    for link in (onnx_link, bundle_link):
+        assert api.artifact(link["deployment"]["artifact"]["key"])
     served = create(http, "platform_endpoint", "imported", model_id=imported_id)
     onnx_model = onnx.load_model_from_string(e2e.sample_onnx())
     dims = [d.dim_value or 1 for d in onnx_model.graph.input[0].type.tensor_type.shape.dim]
@@ -672,6 +689,12 @@ def test_deploy_create_with_output_writes_the_package(
     assert hashlib.sha256(target.read_bytes()).hexdigest() == artifact["sha256"]
     with zipfile.ZipFile(target) as archive:
         assert "runtimes/kotlin/ModelWrapper.kt" in archive.namelist()
+    onnx_file = tmp_path / "model.onnx"
+    linked = cli.json(
+        "deploy", "create", "--model", job["model_id"], "--type", "download", "--name", "cli-onnx",
+        "--file", "onnx", "-o", str(onnx_file),
+    )  # fmt: skip
+    assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == linked["deployment"]["artifact"]["sha256"]
     refused = cli.run(
         "deploy",
         "create",

@@ -244,7 +244,7 @@ class CreateExportJobRequest(BaseModel):
 class CreateDeploymentRequest(BaseModel):
     """A deployment of a model (``model_id``) or of an export job (``export_job_id``): exactly one.
 
-    ``options`` depend on ``type``: download ``{file: package|bundle}``; platform_endpoint
+    ``options`` depend on ``type``: download ``{file: package|bundle|onnx}``; platform_endpoint
     ``{tier: free|pro|enterprise, apply_normalization: bool}``; edge_package
     ``{precision: auto|int8|fp16|fp32}``; container ``{triton_image: str}``.
     """

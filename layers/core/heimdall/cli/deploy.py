@@ -41,7 +41,6 @@ from heimdall.cli.remote import (
     ApiUrl,
     AsJson,
     Cursor,
-    JobFile,
     Limit,
     Output,
     Token,
@@ -95,6 +94,14 @@ Key = Annotated[
 ]
 
 
+class DownloadFile(enum.StrEnum):
+    """What a ``download`` deployment links to (an imported model has no package: bundle or onnx)."""
+
+    PACKAGE = "package"
+    BUNDLE = "bundle"
+    ONNX = "onnx"
+
+
 class EdgePrecision(enum.StrEnum):
     """The numeric precision of an edge package's model (``auto``: the best the export has)."""
 
@@ -140,7 +147,8 @@ def deploy_create(
         EdgePrecision | None, typer.Option("--precision", help="edge_package: the model's precision.")
     ] = None,
     file: Annotated[
-        JobFile | None, typer.Option("--file", help="download: the export package or the bundle.")
+        DownloadFile | None,
+        typer.Option("--file", help="download: the export package, the bundle, or the ONNX model."),
     ] = None,
     triton_image: Annotated[
         str | None,
@@ -221,7 +229,7 @@ def _type_options(
     tier: Tier | None,
     normalize: bool | None,
     precision: EdgePrecision | None,
-    file: JobFile | None,
+    file: DownloadFile | None,
     triton_image: str | None,
 ) -> Json:
     """The request's ``options`` for the type; an option given for another type is a usage error."""

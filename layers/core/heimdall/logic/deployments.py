@@ -1,12 +1,16 @@
 """Use cases: deployments through the API — create (four types), read, list, (de)activate, delete,
 history, key rotation, and the download of what a deployment delivers (DESIGN §7).
 
-A deployment is made from an export job or directly from a model (an imported model has no export
-job, so only a ``platform_endpoint`` can serve it):
+A deployment is made from an export job or directly from a model. An imported model has no export
+job, hence no export package: it can be a ``platform_endpoint`` or a ``download`` of its bundle or its
+ONNX model; the package types answer 409 ``NO_EXPORT_PACKAGE``.
 
 ``download``
-    the job's export package (or its bundle): a presigned GET, minutes of validity, never longer than
-    the signing credentials (the S3 adapter clamps it).
+    a presigned GET (minutes of validity, never longer than the signing credentials: the S3 adapter
+    clamps it) of ``file``: the job's export package (the default), the bundle (the job's, else the
+    model's indexed one) or the model's ONNX file (with its sha256). These are the stored objects
+    themselves, never copies, and stay while the deployment does (a model with deployments cannot be
+    deleted).
 ``edge_package`` / ``container``
     a zip built here from the export package (:mod:`heimdall.deploy_packages`, which checks the
     package's checksums and its Triton config against the model's declared I/O first), stored under
@@ -90,9 +94,9 @@ class _Options(BaseModel):
 
 
 class DownloadOptions(_Options):
-    """``download``: which of the job's files the link fetches."""
+    """``download``: what the link fetches: the export package, the bundle, or the ONNX model."""
 
-    file: Literal["package", "bundle"] = "package"
+    file: Literal["package", "bundle", "onnx"] = "package"
 
 
 class EndpointOptions(_Options):
@@ -202,10 +206,13 @@ def create_deployment(deps: ApiDeps, owner: str, request: CreateDeployment) -> C
             normalization=_normalization(deps, model) if options.apply_normalization else None,
         )
         artifact = None
+    elif isinstance(options, DownloadOptions):
+        base["model_id"], artifact = _download_artifact(deps, source, options)
+        base["artifact"] = artifact
     else:
         job = _packaged_job(source, kind)
         base["model_id"] = _model_id_of(source, job)
-        artifact = _artifact(deps, deployment_id, request.name, job, options)
+        artifact = _built_artifact(deps, deployment_id, request.name, job, options)
         base["artifact"] = artifact
     deployment = Deployment.model_validate(base)
     try:
@@ -280,9 +287,10 @@ def _packaged_job(source: _Source, kind: DeploymentType) -> ExportJob:
     job = source.job
     if job is None or job.status is not JobStatus.SUCCEEDED or not job.output_prefix or job.result is None:
         what = source.model.model_id if source.model else "this model"
+        also = "a download of its bundle or onnx file" if kind is DeploymentType.DOWNLOAD else "a download"
         raise NoExportPackage(
             f"a {kind} deployment is made from an export package, and {what} has none "
-            "(an imported model): deploy it as a platform_endpoint, or export it first",
+            f"(an imported model): deploy it as a platform_endpoint or {also}",
             field="model_id",
         )
     return job
@@ -308,13 +316,32 @@ def _job_file(job: ExportJob, file: Literal["package", "bundle"]) -> tuple[str, 
     return f"{job.output_prefix.rstrip('/')}/{name}", name.rpartition("/")[2]
 
 
-def _artifact(
+def _download_artifact(
+    deps: ApiDeps, source: _Source, options: DownloadOptions
+) -> tuple[str, DeploymentArtifact]:
+    """The model id and the stored file a ``download`` deployment links to."""
+    sha256: str | None = None
+    if options.file != "onnx" and (options.file == "package" or source.job is not None):
+        job = _packaged_job(source, DeploymentType.DOWNLOAD)
+        model_id = _model_id_of(source, job)
+        uri, file_name = _job_file(job, options.file)
+    else:
+        model = _served_model(source)  # the model's own files: indexed, with its ONNX stored
+        model_id = model.model_id
+        stored = model.onnx_key if options.file == "onnx" else model.bundle_key
+        if not stored:
+            raise NotReady(f"model {model_id} has no stored {options.file} file", field="options.file")
+        uri, file_name = f"s3://{deps.names.artifacts_bucket}/{stored}", stored.rpartition("/")[2]
+        sha256 = model.onnx_sha256 if options.file == "onnx" else None
+    size = deps.store.head(uri).size  # also: 404 when the file is gone
+    artifact = DeploymentArtifact(key=_key_of(uri), file_name=file_name, size_bytes=size, sha256=sha256)
+    return model_id, artifact
+
+
+def _built_artifact(
     deps: ApiDeps, deployment_id: str, name: str, job: ExportJob, options: _Options
 ) -> DeploymentArtifact:
-    if isinstance(options, DownloadOptions):
-        uri, file_name = _job_file(job, options.file)
-        size = deps.store.head(uri).size  # also: 404 when the file is gone
-        return DeploymentArtifact(key=_key_of(uri), file_name=file_name, size_bytes=size)
+    """An edge or container zip built from the job's export package, stored under ``deployments/``."""
     from heimdall import deploy_packages  # noqa: PLC0415 - only the package types need it
 
     package_uri, _ = _job_file(job, "package")

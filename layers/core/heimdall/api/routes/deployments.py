@@ -49,9 +49,11 @@ def _out(deployment: Deployment) -> DeploymentOut:
     summary="Create a deployment",
     description=(
         "Put a model (model_id) or an export job (export_job_id) to work: a download link of its "
-        "export package, a platform endpoint served by /v1/infer (its API key is in this answer and "
-        "never again), an edge package (INT8/FP16 model, Kotlin and Swift wrappers) or a container "
-        "(Dockerfile on the Triton server image, the Triton repository, build.sh)."
+        "export package, bundle or ONNX model, a platform endpoint served by /v1/infer (its API key "
+        "is in this answer and never again), an edge package (INT8/FP16 model, Kotlin and Swift "
+        "wrappers) or a container (Dockerfile on the Triton server image, the Triton repository, "
+        "build.sh). An imported model has no export package: it can be a platform endpoint or a "
+        "download of its bundle or ONNX model."
     ),
     tags=TAGS,
     status_code=201,
@@ -178,7 +180,7 @@ def rotate_key(deployment_id: str) -> RotatedKeyOut:
 @router.get(
     ONE + "/download",
     summary="Download what a deployment delivers",
-    description="A presigned GET (minutes) of the export package, bundle, edge or container zip.",
+    description="A presigned GET (minutes) of the export package, bundle, ONNX model, edge or container zip.",
     tags=TAGS,
     responses=documented(200, "Where to download the file", Download, errors=(404, 409)),
 )
