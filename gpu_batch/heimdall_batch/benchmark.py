@@ -69,7 +69,7 @@ def hardware_name() -> str:
 
 
 def benchmark(
-    torch_run: Runner,
+    torch_run: Runner | None,
     onnx_run: Runner,
     spec: IOSpec,
     *,
@@ -77,8 +77,13 @@ def benchmark(
     batch_sizes: Iterable[int] = BENCHMARK_BATCH_SIZES,
     runs: int = 30,
 ) -> BenchmarkReport:
-    """Median latency of PyTorch eager and ONNX Runtime at each batch size, and the speedup."""
-    torch_ms = latency_by_batch(torch_run, spec, manifest, runs=runs, batch_sizes=batch_sizes)
+    """Median latency of PyTorch eager and ONNX Runtime at each batch size, and the speedup.
+
+    Without ``torch_run`` (a model that came as a bundle) only ONNX Runtime is timed.
+    """
+    torch_ms: dict[str, float] = {}
+    if torch_run is not None:
+        torch_ms = latency_by_batch(torch_run, spec, manifest, runs=runs, batch_sizes=batch_sizes)
     onnx_ms = latency_by_batch(onnx_run, spec, manifest, runs=runs, batch_sizes=batch_sizes)
     speedup = {k: round(torch_ms[k] / onnx_ms[k], 3) if onnx_ms[k] > 0 else 0.0 for k in torch_ms}
     return BenchmarkReport(

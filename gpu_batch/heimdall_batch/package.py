@@ -52,6 +52,7 @@ from heimdall.errors import ConversionError
 from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.architectures import UNCERTAINTY_MAX, UNCERTAINTY_MIN
 from heimdall_batch.outputs import file_record
+from heimdall_batch.parity import FP32_ONNX_REFERENCE
 from heimdall_batch.specs import IOSpec
 
 TEMPLATES_DIR: Final = Path(__file__).resolve().parent / "templates"
@@ -195,6 +196,7 @@ def write_export_package(
     job_id: str,
     onnx_metadata: Mapping[str, Any],
     created_at: datetime | None = None,
+    reference: str = "PyTorch",
 ) -> Path:
     """Write ``out_dir/export-package.zip`` and return its path.
 
@@ -204,6 +206,8 @@ def write_export_package(
     ones: the wrappers and the Triton repository run it. ``onnx_metadata`` holds the FP32 model's
     ``opset``, ``ir_version``, ``producer_name`` and ``producer_version``. ``created_at`` is recorded
     as given (``null`` without it: a clock reading would make every retry's bytes differ).
+    ``reference`` names what the formats' parity was checked against (PyTorch, or the FP32 ONNX
+    model for a model that came as a bundle).
     Raises :class:`ConversionError` when a built file is missing or does not match its outcome.
     """
     onnx_file = _fp32_onnx_file(outcomes)
@@ -230,6 +234,7 @@ def write_export_package(
         benchmark,
         onnx_metadata=onnx_metadata,
         file_names=sorted([*entries, README_FILE_NAME, METADATA_FILE_NAME]),
+        reference=reference,
     )
     entries[README_FILE_NAME] = _Entry(data=readme.encode())
     files = {name: entries[name].record() for name in sorted(entries)}
@@ -242,6 +247,7 @@ def write_export_package(
         onnx_metadata=onnx_metadata,
         files=files,
         created_at=created_at,
+        reference=reference,
     )
     entries[METADATA_FILE_NAME] = _Entry(data=_json_bytes(metadata))
     target = out_dir / PACKAGE_FILE_NAME
@@ -710,6 +716,7 @@ def build_metadata(
     onnx_metadata: Mapping[str, Any],
     files: Mapping[str, OutputFile],
     created_at: datetime | None = None,
+    reference: str = "PyTorch",
 ) -> dict[str, Any]:
     """The content of ``metadata.json`` (``files``: every other file of the package)."""
     return {
@@ -733,7 +740,7 @@ def build_metadata(
         "dynamic_batch": spec.dynamic_batch,
         "performance": _performance(outcomes, benchmark),
         "compatibility": compatibility(manifest, outcomes, onnx_metadata),
-        "validation": {o.format.value: _validation(o) for o in outcomes},
+        "validation": {o.format.value: _validation(o, reference) for o in outcomes},
         "files": {name: record.model_dump(mode="json") for name, record in sorted(files.items())},
     }
 
@@ -808,13 +815,16 @@ def _performance(outcomes: Sequence[FormatOutcome], benchmark: BenchmarkReport |
     }
 
 
-def _validation(outcome: FormatOutcome) -> dict[str, Any]:
+def _validation(outcome: FormatOutcome, reference: str) -> dict[str, Any]:
     checks = outcome.parity
     return {
         "status": outcome.status.value,
         "reason": outcome.reason,
         "file": outcome.file if outcome.status is FormatStatus.BUILT else None,
         "parity_passed": all(c.passed for c in checks) if checks else None,
+        "parity_reference": (FP32_ONNX_REFERENCE if outcome.format is ExportFormat.TENSORRT else reference)
+        if checks
+        else None,
         "parity": [c.model_dump(mode="json") for c in checks],
     }
 
@@ -889,6 +899,7 @@ def readme_text(
     *,
     onnx_metadata: Mapping[str, Any],
     file_names: Iterable[str],
+    reference: str = "PyTorch",
 ) -> str:
     """``README.md``: what is inside, how to run it, and how far it was checked."""
     sections = [
@@ -896,7 +907,7 @@ def readme_text(
         _readme_contents(file_names),
         _readme_io(manifest, spec),
         _readme_formats(outcomes),
-        _readme_parity(outcomes),
+        _readme_parity(outcomes, reference),
         _readme_performance(benchmark, outcomes),
         _readme_compatibility(manifest, outcomes, onnx_metadata),
         _readme_usage(manifest, spec, outcomes),
@@ -967,14 +978,15 @@ def _readme_formats(outcomes: Sequence[FormatOutcome]) -> str:
     return "\n".join(lines)
 
 
-def _readme_parity(outcomes: Sequence[FormatOutcome]) -> str:
+def _readme_parity(outcomes: Sequence[FormatOutcome], reference: str) -> str:
     rows = [(o, c) for o in outcomes for c in o.parity]
     if not rows:
         return ""
     lines = [
         "## Validation",
         "",
-        "Each format was compared with PyTorch (TensorRT with ONNX Runtime) on random inputs.",
+        f"Each format was compared with {reference}"
+        f"{'' if reference == FP32_ONNX_REFERENCE else ' (TensorRT with ONNX Runtime)'} on random inputs.",
         "",
         "| format | batch | output | max abs err | max rel err | tolerance | finite | passed |",
         "|---|---|---|---|---|---|---|---|",

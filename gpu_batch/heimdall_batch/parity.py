@@ -24,6 +24,8 @@ Runner = Callable[[Inputs], list[np.ndarray]]
 #: Batch sizes every format is checked at: 1, and one above it, so that a batch axis that silently
 #: became fixed during export fails here rather than in production.
 PARITY_BATCH_SIZES = (1, 8)
+#: The reference of TensorRT engines, and of every format of a model that came as a bundle (no PyTorch).
+FP32_ONNX_REFERENCE = "the FP32 ONNX model in ONNX Runtime"
 
 
 def torch_runner(model: torch.nn.Module) -> Runner:

@@ -3,6 +3,11 @@
 safe load → build model → export ONNX → parity → benchmark → FP16 / INT8 / TorchScript / TensorRT →
 export package → bundle → ``result.json`` (always written, and written last).
 
+A model that arrives as a ``.heimdall`` bundle (:func:`run_bundle_conversion`) starts from its FP32
+ONNX model instead: both bundle validation passes → FP16 / INT8 / TensorRT checked against that model
+in ONNX Runtime → ONNX Runtime benchmark → export package; the PyTorch stages are reported skipped
+(:mod:`heimdall_batch.from_bundle`).
+
 The FP32 ONNX model is the product: if loading, building, exporting or its parity check fails, the
 job fails with the error's exit code (3 invalid input, 4 unsupported, 1 anything else). An optional
 format that fails is recorded as failed with its reason and the job goes on; one that cannot run
@@ -29,15 +34,23 @@ from heimdall.conversion import (
     ConversionResult,
     FormatOutcome,
     FormatStatus,
+    ParityCheck,
     StageRecord,
 )
-from heimdall.errors import ConversionError, ExportParityFailed, HeimdallError, InvalidManifest, ParityError
+from heimdall.errors import (
+    BundleError,
+    ConversionError,
+    ExportParityFailed,
+    HeimdallError,
+    InvalidManifest,
+    ParityError,
+)
 from heimdall.manifest import EMBEDDED_MANIFEST_KEY, ExportFormat, Manifest, parse_manifest, read_manifest
-from heimdall_batch import architectures, bundling, loading
+from heimdall_batch import architectures, bundling, from_bundle, loading
 from heimdall_batch.benchmark import benchmark
 from heimdall_batch.export_onnx import OnnxExport, export_onnx
 from heimdall_batch.outputs import file_record
-from heimdall_batch.parity import Runner, check_parity, onnx_runner, torch_runner
+from heimdall_batch.parity import FP32_ONNX_REFERENCE, Runner, check_parity, onnx_runner, torch_runner
 from heimdall_batch.specs import IOSpec, io_spec
 
 #: ``progress(stage, state)`` with state "start", "ok", "failed" or "skipped".
@@ -120,13 +133,31 @@ def run_conversion(
     Returns the result (also on failure: ``status`` is then ``FAILED`` with the error's code, message
     and exit code); never raises for a bad checkpoint or model.
     """
+    return _guarded(out_dir, options, lambda run: _convert(checkpoint, out_dir, run, manifest))
+
+
+def run_bundle_conversion(bundle: Path, out_dir: Path, options: ConversionOptions) -> ConversionResult:
+    """Build the export package of the model in the ``.heimdall`` bundle at ``bundle`` into ``out_dir``.
+
+    The bundle is verified first (a refused bundle fails the job with its code, exit code 3). The FP32
+    model is the bundle's, byte for byte; ``options.formats`` default to
+    :data:`~heimdall_batch.from_bundle.DEFAULT_BUNDLE_FORMATS`. No new bundle is written: the source
+    is one. Like :func:`run_conversion`, always writes ``result.json`` last and never raises for a
+    bad input.
+    """
+    return _guarded(out_dir, options, lambda run: _convert_bundle(bundle, out_dir, run))
+
+
+def _guarded(out_dir: Path, options: ConversionOptions, convert: Callable[[_Run], None]) -> ConversionResult:
+    """Run ``convert`` and write ``result.json`` however it ends."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RESULT_FILE_NAME).unlink(missing_ok=True)  # a retried attempt starts without one
     run = _Run(options=options)
     try:
-        _convert(checkpoint, out_dir, run, manifest)
+        convert(run)
     except HeimdallError as exc:
-        exit_code = getattr(exc, "exit_code", 1)
+        # A refused bundle is refused input, as a refused checkpoint is: terminal.
+        exit_code = getattr(exc, "exit_code", 3 if isinstance(exc, BundleError) else 1)
         return _finish(run, out_dir, error=(exc.code, exc.message, exit_code))
     except Exception as exc:  # a bug or a native failure: retryable, reported, never a traceback only
         return _finish(run, out_dir, error=("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}", 1))
@@ -166,44 +197,78 @@ def _convert(checkpoint: Path, out_dir: Path, run: _Run, sidecar: Manifest | byt
             # The FP32 model is the product: without parity there is nothing faithful to ship, and
             # retrying will not change the numbers, so this is terminal.
             raise ExportParityFailed(exc.message, **exc.details) from None
+    done = _Converted(model, manifest, spec, exported, reference, fp32, out_dir)
+    _record_fp32(run, done, parity=checks)
+    _optional_formats_and_package(run, done)
+    with run.stage("bundle"):
+        bundle = bundling.build_bundle_metadata(
+            manifest, spec, model, job_id=run.options.job_id, opset=exported.opset, benchmark=run.benchmark
+        )
+        bundling.write_job_bundle(bundle, exported.path, out_dir, manifest)
+
+
+def _convert_bundle(bundle_path: Path, out_dir: Path, run: _Run) -> None:
+    with run.stage("load"):
+        opened = from_bundle.open_bundle(bundle_path, out_dir)
+        manifest = from_bundle.bundle_manifest(opened, run.options.formats)
+        spec = from_bundle.bundle_io_spec(opened, manifest)
+        run.manifest = manifest
+    for stage in ("build_model", "export_onnx", "parity_onnx"):
+        run.skipped(stage, from_bundle.NO_PYTORCH_MODEL)
+    fp32 = onnx_runner(opened.onnx.path)
+    # The FP32 model in ONNX Runtime is the reference the other formats are checked against.
+    done = _Converted(None, manifest, spec, opened.onnx, fp32, fp32, out_dir)
+    _record_fp32(
+        run,
+        done,
+        parity=[],
+        source="bundle",
+        parity_note="checked where the bundle was exported (this job has no PyTorch model)",
+    )
+    _optional_formats_and_package(run, done)
+    run.skipped("bundle", "the source is a bundle: no new one is written")
+
+
+def _record_fp32(run: _Run, done: _Converted, *, parity: list[ParityCheck], **details: str) -> None:
+    """The FP32 model's outcome, timed by the benchmark (PyTorch too when there is a PyTorch model)."""
+    exported = done.exported
     record = file_record(exported.path)
-    onnx_outcome = FormatOutcome(
+    outcome = FormatOutcome(
         format=ExportFormat.ONNX,
         status=FormatStatus.BUILT,
         file=exported.path.name,
         sha256=record.sha256,
         size_bytes=record.size_bytes,
-        parity=checks,
-        details={"opset": exported.opset, "ir_version": exported.ir_version},
+        parity=parity,
+        details={"opset": exported.opset, "ir_version": exported.ir_version, **details},
     )
-    run.outcomes.append(onnx_outcome)
-    if run.options.run_benchmark:
-        with run.stage("benchmark"):
-            run.benchmark = benchmark(reference, fp32, spec, manifest=manifest)
-            onnx_outcome.latency_ms = dict(run.benchmark.onnx_ms)
-    else:
+    run.outcomes.append(outcome)
+    if not run.options.run_benchmark:
         run.skipped("benchmark", "disabled")
-    done = _Converted(model, manifest, spec, exported, reference, fp32, out_dir)
-    for fmt in manifest.formats:
+        return
+    with run.stage("benchmark"):
+        torch_reference = done.reference if done.model is not None else None
+        run.benchmark = benchmark(torch_reference, done.fp32, done.spec, manifest=done.manifest)
+        outcome.latency_ms = dict(run.benchmark.onnx_ms)
+
+
+def _optional_formats_and_package(run: _Run, done: _Converted) -> None:
+    for fmt in done.manifest.formats:
         if fmt is not ExportFormat.ONNX:
             run.outcomes.append(_optional_format(fmt, run, done))
     with run.stage("package"):
         from heimdall_batch.package import write_export_package  # noqa: PLC0415 - keeps import order simple
 
         write_export_package(
-            out_dir,
-            manifest,
-            spec,
+            done.out_dir,
+            done.manifest,
+            done.spec,
             run.outcomes,
             run.benchmark,
             job_id=run.options.job_id,
-            onnx_metadata=exported.compatibility(),
+            onnx_metadata=done.exported.compatibility(),
+            reference="PyTorch" if done.model is not None else FP32_ONNX_REFERENCE,
         )
-    with run.stage("bundle"):
-        bundle = bundling.build_bundle_metadata(
-            manifest, spec, model, job_id=run.options.job_id, opset=exported.opset, benchmark=run.benchmark
-        )
-        bundling.write_job_bundle(bundle, exported.path, out_dir, manifest)
 
 
 def _embedded_manifest(embedded: dict[str, Any] | None) -> Manifest:
@@ -219,11 +284,11 @@ def _embedded_manifest(embedded: dict[str, Any] | None) -> Manifest:
 class _Converted:
     """What the optional formats are built from."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None: the model came as a bundle
     manifest: Manifest
     spec: IOSpec
     exported: OnnxExport
-    reference: Runner  # PyTorch
+    reference: Runner  # PyTorch, or the FP32 ONNX model when there is no PyTorch model
     fp32: Runner  # ONNX Runtime on the FP32 model
     out_dir: Path
 
@@ -256,6 +321,8 @@ def _build_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutco
 
         return build_int8(done.exported.path, out_dir, spec, manifest, done.reference)
     if fmt is ExportFormat.TORCHSCRIPT:
+        if done.model is None:
+            return FormatOutcome(format=fmt, status=FormatStatus.SKIPPED, reason=from_bundle.NO_PYTORCH_MODEL)
         from heimdall_batch.torchscript import build_torchscript  # noqa: PLC0415
 
         return build_torchscript(done.model, out_dir, spec, manifest, done.reference)

@@ -279,9 +279,14 @@ def test_metadata_records_validation_performance_and_compatibility(
 ) -> None:
     validation = metadata["validation"]
     assert validation["onnx"]["status"] == "built" and validation["onnx"]["parity_passed"] is True
-    assert len(validation["onnx"]["parity"]) == 4
+    assert len(validation["onnx"]["parity"]) == 4 and validation["onnx"]["parity_reference"] == "PyTorch"
     assert validation["tensorrt"] == {
-        "status": "skipped", "reason": "no CUDA device", "file": None, "parity_passed": None, "parity": []
+        "status": "skipped",
+        "reason": "no CUDA device",
+        "file": None,
+        "parity_passed": None,
+        "parity_reference": None,
+        "parity": [],
     }
     assert validation["onnx_fp16"]["reason"] == "onnxconverter-common is not installed"
     performance = metadata["performance"]

@@ -161,6 +161,18 @@ def read_bundle(
     )
 
 
+def looks_like_bundle(head: bytes, size: int) -> bool:
+    """Whether a file starting with ``head`` (at least 16 bytes when the file has them) of ``size``
+    bytes is a bundle rather than a checkpoint: gzip, or a JSON object that is not a safetensors
+    file (whose first 8 bytes are its header's length, followed by ``{``). Content decides, never
+    the name; :func:`read_bundle` then checks everything else."""
+    if head.startswith(GZIP_MAGIC):
+        return True
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return False  # a safetensors header, even when its length's first byte happens to be "{"
+    return head.lstrip(b" \t\r\n").startswith(b"{")
+
+
 def parse_metadata(doc: Any, limits: BundleLimits | None = None) -> tuple[Bundle, Dialect]:
     """Validate a bundle document (without its base64 model) and normalise it to canonical form."""
     limits = limits or get_settings().bundle_limits()
@@ -732,6 +744,7 @@ __all__ = [
     "BundleSource",
     "OnnxSink",
     "ReadResult",
+    "looks_like_bundle",
     "parse_json",
     "parse_metadata",
     "read_bundle",

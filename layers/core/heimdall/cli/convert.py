@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from heimdall.bundle.reader import looks_like_bundle
 from heimdall.conversion import RESULT_FILE_NAME, FormatStatus
 from heimdall.manifest import MANIFEST_FILE_NAME, ExportFormat
 
@@ -37,7 +38,10 @@ def convert(
     checkpoint: Annotated[
         Path,
         typer.Argument(
-            exists=True, dir_okay=False, readable=True, help="A .safetensors or .pt/.pth state_dict."
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="A .safetensors or .pt/.pth state_dict, or a .heimdall bundle (told apart by content).",
         ),
     ],
     *,
@@ -61,14 +65,27 @@ def convert(
 ) -> None:
     """Convert a checkpoint: ONNX (+ TorchScript, FP16, INT8, TensorRT), parity, benchmark, package, bundle.
 
+    Given a .heimdall bundle instead (a model imported from elsewhere), its ONNX model is verified and
+    converted to FP16, INT8 and TensorRT, each checked against it, benchmarked and packaged; the
+    PyTorch stages are skipped (the bundle has no PyTorch model) and no new bundle is written.
+
     Exit codes: 0 every requested format built or skipped with a reason; 1 a format failed or the job
-    failed for another reason; 3 invalid input (checkpoint or manifest); 4 unsupported architecture.
+    failed for another reason; 3 invalid input (checkpoint, manifest or bundle); 4 unsupported
+    architecture.
     """
     requested = _parse_formats(formats)
+    with checkpoint.open("rb") as handle:
+        is_bundle = looks_like_bundle(handle.read(16), checkpoint.stat().st_size)
+    if is_bundle and manifest is not None:
+        raise typer.BadParameter("a bundle carries its own metadata: --manifest goes with a checkpoint")
     sidecar = manifest or (checkpoint.parent / MANIFEST_FILE_NAME)
-    manifest_bytes = sidecar.read_bytes() if sidecar.is_file() else None
+    manifest_bytes = sidecar.read_bytes() if sidecar.is_file() and not is_bundle else None
 
-    from heimdall_batch.pipeline import ConversionOptions, run_conversion  # noqa: PLC0415 - loads torch
+    from heimdall_batch.pipeline import (  # noqa: PLC0415 - loads torch
+        ConversionOptions,
+        run_bundle_conversion,
+        run_conversion,
+    )
 
     with _err.status("converting…") as status:
 
@@ -84,7 +101,10 @@ def convert(
             run_benchmark=not no_benchmark,
             progress=None if as_json else progress,
         )
-        result = run_conversion(checkpoint, output, options, manifest=manifest_bytes)
+        if is_bundle:
+            result = run_bundle_conversion(checkpoint, output, options)
+        else:
+            result = run_conversion(checkpoint, output, options, manifest=manifest_bytes)
     if as_json:
         _out.print_json(json.dumps(result.model_dump(mode="json")))
     else:
@@ -119,12 +139,13 @@ def _render(result: ConversionResult, output: Path) -> None:
         speed = Table(title=f"benchmark on {bench.hardware}", title_justify="left")
         for column in ("batch", "PyTorch ms", "ONNX Runtime ms", "speedup"):
             speed.add_column(column, justify="right")
-        for batch in bench.torch_ms:
+        for batch in bench.onnx_ms:  # PyTorch is not timed for a model that came as a bundle
+            torch_ms, speedup = bench.torch_ms.get(batch), bench.speedup.get(batch)
             speed.add_row(
                 batch,
-                f"{bench.torch_ms[batch]:.3f}",
+                f"{torch_ms:.3f}" if torch_ms is not None else "–",
                 f"{bench.onnx_ms[batch]:.3f}",
-                f"{bench.speedup[batch]:.2f}x",
+                f"{speedup:.2f}x" if speedup is not None else "–",
             )
         _out.print(speed)
     if result.bundle_file:

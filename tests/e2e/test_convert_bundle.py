@@ -1,0 +1,153 @@
+"""`heimdall convert` on a .heimdall bundle: a model imported from elsewhere gets its formats built here.
+
+The bundle's ONNX model is the FP32 product (byte for byte); FP16 and INT8 are built from it and
+checked against it in ONNX Runtime; the PyTorch stages are reported skipped with the reason; the
+export package it yields makes edge and container packages like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+from tests.e2e.api_fixtures import make_bundle
+from tests.e2e.test_convert_cli import heimdall
+
+from heimdall.bundle import parse_metadata, write_bundle
+from heimdall.conversion import ConversionResult
+from heimdall.deploy_packages import build_container_package, build_edge_package, check_triton_config
+from heimdall.samples import localization_net_onnx, sample_bundle_metadata
+
+ALL_FORMATS = "onnx,torchscript,onnx_fp16,onnx_int8,tensorrt"
+
+
+@pytest.fixture(scope="module")
+def onnx_model() -> bytes:
+    return localization_net_onnx(seed=3)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory, onnx_model: bytes) -> tuple[Path, Any]:
+    """A gzip bundle of the reference model, converted once through the command line."""
+    root = tmp_path_factory.mktemp("bundle")
+    source = root / "imported.bin"  # the name says nothing: content decides
+    source.write_bytes(make_bundle(onnx_model, compress=True))
+    out = root / "out"
+    done = heimdall("convert", source, "-o", out, "--formats", ALL_FORMATS)
+    return out, done
+
+
+def test_a_bundle_converts_to_fp16_and_int8_checked_against_its_own_model(
+    converted: tuple[Path, Any], onnx_model: bytes
+) -> None:
+    out, done = converted
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = ConversionResult.model_validate_json((out / "result.json").read_text())
+    assert result.status == "SUCCEEDED" and result.bundle_file is None
+    statuses = {o.format.value: (o.status.value, o.reason) for o in result.formats}
+    assert statuses["onnx"] == ("built", None)
+    assert statuses["onnx_fp16"] == ("built", None) and statuses["onnx_int8"] == ("built", None)
+    assert statuses["torchscript"][0] == "skipped" and "PyTorch" in str(statuses["torchscript"][1])
+    assert statuses["tensorrt"][0] == "skipped"
+    stages = {s.name: (s.status, s.error) for s in result.stages}
+    for stage in ("build_model", "export_onnx", "parity_onnx", "bundle"):
+        assert stages[stage][0] == "skipped" and stages[stage][1], stage
+    assert stages["load"] == ("ok", None) and stages["package"] == ("ok", None)
+    # The FP32 model is the bundle's, byte for byte.
+    fp32 = result.formats[0]
+    assert fp32.sha256 == hashlib.sha256(onnx_model).hexdigest()
+    assert (out / "model.onnx").read_bytes() == onnx_model
+    # The other formats really were compared with it, on the same inputs at batch 1 and 8.
+    for fmt in ("onnx_fp16", "onnx_int8"):
+        outcome = next(o for o in result.formats if o.format.value == fmt)
+        assert {(c.batch_size, c.output) for c in outcome.parity} == {
+            (b, name) for b in (1, 8) for name in ("positions", "uncertainties")
+        }
+        assert all(c.passed and c.finite and c.max_abs_err > 0 for c in outcome.parity), outcome.parity
+    assert result.benchmark is not None and set(result.benchmark.onnx_ms) == {"1", "32"}
+    assert result.benchmark.torch_ms == {} and result.benchmark.speedup == {}
+
+
+def test_the_package_of_a_bundle_runs_and_says_what_it_was_checked_against(
+    converted: tuple[Path, Any], onnx_model: bytes
+) -> None:
+    out, _ = converted
+    with zipfile.ZipFile(out / "export-package.zip") as package:
+        metadata = json.loads(package.read("metadata.json"))
+        readme = package.read("README.md").decode()
+        int8 = package.read("model_int8.onnx")
+        assert package.read("triton/localization-net-v1/1/model.onnx") == onnx_model
+    assert metadata["validation"]["onnx_int8"]["parity_reference"] == "the FP32 ONNX model in ONNX Runtime"
+    assert metadata["validation"]["onnx"]["parity_reference"] is None  # checked where it was exported
+    assert "compared with the FP32 ONNX model in ONNX Runtime" in readme
+    assert [t["name"] for t in metadata["outputs"]] == ["positions", "uncertainties"]
+    # The INT8 model answers like the FP32 one on a fresh input.
+    x = np.random.default_rng(11).standard_normal((2, 3, 128, 32), dtype=np.float32)
+    want = ort.InferenceSession(onnx_model).run(None, {"input": x})
+    got = ort.InferenceSession(int8).run(None, {"input": x})
+    for expected, actual in zip(want, got, strict=True):
+        np.testing.assert_allclose(actual, expected, atol=0.1)
+
+
+def test_the_package_of_a_bundle_makes_edge_and_container_packages(
+    converted: tuple[Path, Any], tmp_path: Path
+) -> None:
+    out, _ = converted
+    package = out / "export-package.zip"
+    edge = build_edge_package(package, tmp_path / "edge", name="imported", precision="auto")
+    assert edge.precision == "int8"
+    with zipfile.ZipFile(edge.path) as archive:
+        wrappers = {"runtimes/kotlin/ModelWrapper.kt", "runtimes/swift/ModelWrapper.swift"}
+        assert wrappers <= set(archive.namelist())
+    container = build_container_package(out / "export-package.zip", tmp_path / "box", name="imported")
+    with zipfile.ZipFile(container.path) as archive:
+        config = next(n for n in archive.namelist() if n.endswith("config.pbtxt"))
+        config_text = archive.read(config).decode()
+    with zipfile.ZipFile(out / "export-package.zip") as package:
+        check_triton_config(config_text, json.loads(package.read("metadata.json")))
+
+
+def test_a_tampered_bundle_fails_terminally_and_builds_nothing(tmp_path: Path, onnx_model: bytes) -> None:
+    doc = json.loads(make_bundle(onnx_model))
+    doc["integrity"]["onnx_sha256"] = "0" * 64
+    source = tmp_path / "tampered.heimdall"
+    source.write_text(json.dumps(doc))
+    done = heimdall("convert", source, "-o", tmp_path / "out", "--no-benchmark", "--json")
+    assert done.returncode == 3, done.stderr[-2000:]
+    result = ConversionResult.model_validate_json((tmp_path / "out" / "result.json").read_text())
+    assert result.error_code == "CHECKSUM_MISMATCH" and result.exit_code == 3
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["result.json"]
+    refused = heimdall("convert", source, "-o", tmp_path / "o2", "--manifest", source)
+    assert refused.returncode == 2 and "--manifest" in refused.stderr
+
+
+def test_a_model_with_two_inputs_is_unsupported_not_guessed(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"])],
+        "two-inputs",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    data = model.SerializeToString()
+    onnx.checker.check_model(model, full_check=True)
+    metadata = sample_bundle_metadata(num_samples=1)
+    metadata["model"].update(input_shape=[1, 4], output_shape=[[1, 4]], parameters_count=0)
+    bundle, _ = parse_metadata(metadata)
+    buffer = io.BytesIO()
+    write_bundle(bundle, data, buffer)
+    source = tmp_path / "two.heimdall"
+    source.write_bytes(buffer.getvalue())
+    done = heimdall("convert", source, "-o", tmp_path / "out", "--no-benchmark", "--json")
+    assert done.returncode == 4, done.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["error_code"] == "UNSUPPORTED_ARCHITECTURE" and "2 inputs" in result["error_message"]
