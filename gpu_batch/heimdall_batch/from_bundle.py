@@ -20,19 +20,13 @@ from typing import Any
 
 from heimdall.bundle import ReadResult, read_bundle
 from heimdall.bundle.structural import StructuralReport, TensorSpec, check_structure
+from heimdall.conversion import DEFAULT_BUNDLE_FORMATS
 from heimdall.errors import UnsupportedArchitecture
 from heimdall.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall.settings import BundleLimits, get_settings
 from heimdall_batch.export_onnx import ONNX_FILE_NAME, OnnxExport
 from heimdall_batch.specs import IOSpec
 
-#: What a bundle's model is converted to unless asked otherwise (TorchScript needs the PyTorch model).
-DEFAULT_BUNDLE_FORMATS = (
-    ExportFormat.ONNX,
-    ExportFormat.ONNX_FP16,
-    ExportFormat.ONNX_INT8,
-    ExportFormat.TENSORRT,
-)
 #: Why the stages that need the PyTorch model do not run.
 NO_PYTORCH_MODEL = "no PyTorch model: the model came as a .heimdall bundle"
 

@@ -24,7 +24,7 @@ from heimdall.errors import HeimdallError, ObjectNotFound, TooLarge
 from heimdall.manifest import ExportFormat
 from heimdall_batch.loading import refuse_unsafe_environment
 from heimdall_batch.outputs import file_record
-from heimdall_batch.pipeline import ConversionOptions, failed_result, run_conversion
+from heimdall_batch.pipeline import ConversionOptions, failed_result, run_bundle_conversion, run_conversion
 
 logger = logging.getLogger("heimdall_batch")
 
@@ -37,6 +37,7 @@ _FIELD_VARIABLES = {
     "output_uri": "HEIMDALL_OUTPUT_URI",
     "timing_cache_uri": "HEIMDALL_TIMING_CACHE_URI",
     "formats": "HEIMDALL_FORMATS",
+    "source": "HEIMDALL_SOURCE",
 }
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -52,7 +53,7 @@ class InvalidJobSpec(HeimdallError):
 
 
 class InvalidInput(HeimdallError):
-    """The job's checkpoint or manifest cannot be fetched for good (missing, too large)."""
+    """The job's checkpoint, bundle or manifest cannot be fetched for good (missing, too large)."""
 
     code = "INVALID_INPUT"
     http_status = 422
@@ -86,7 +87,7 @@ def _variable_of(loc: tuple[int | str, ...], *, from_json: bool) -> str:
 
 
 def run_job(spec: JobSpec, store: S3ObjectStore, workdir: Path) -> ConversionResult:
-    """Run one job: download, convert, upload (``result.json`` last)."""
+    """Run one job: download, convert (a checkpoint, or a bundle's model), upload (``result.json`` last)."""
     refuse_unsafe_environment()
     inputs, out_dir, caches = workdir / "input", workdir / "output", workdir / "timing-cache"
     _, key = parse_s3_uri(spec.checkpoint_uri)
@@ -108,7 +109,10 @@ def run_job(spec: JobSpec, store: S3ObjectStore, workdir: Path) -> ConversionRes
         )
         return result
     cached = _download_timing_caches(spec, store, caches)
-    result = run_conversion(checkpoint, out_dir, options, manifest=manifest)
+    if spec.source == "bundle":
+        result = run_bundle_conversion(checkpoint, out_dir, options)
+    else:
+        result = run_conversion(checkpoint, out_dir, options, manifest=manifest)
     for path in sorted(out_dir.iterdir()):
         if path.is_file() and path.name != RESULT_FILE_NAME:
             store.upload(path, join_uri(spec.output_uri, path.name))

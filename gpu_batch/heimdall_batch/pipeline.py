@@ -141,7 +141,7 @@ def run_bundle_conversion(bundle: Path, out_dir: Path, options: ConversionOption
 
     The bundle is verified first (a refused bundle fails the job with its code, exit code 3). The FP32
     model is the bundle's, byte for byte; ``options.formats`` default to
-    :data:`~heimdall_batch.from_bundle.DEFAULT_BUNDLE_FORMATS`. No new bundle is written: the source
+    :data:`~heimdall.conversion.DEFAULT_BUNDLE_FORMATS`. No new bundle is written: the source
     is one. Like :func:`run_conversion`, always writes ``result.json`` last and never raises for a
     bad input.
     """

@@ -398,7 +398,6 @@ def test_job_requests_that_cannot_be_honoured_are_refused(
 ) -> None:
     ingest = api.names.ingest_bucket
     refused = [
-        ({"model_id": model_id}, 409, "NO_CHECKPOINT"),  # an imported model has no checkpoint
         ({"model_id": str(uuid.uuid4())}, 404, "NOT_FOUND"),
         ({"checkpoint_uri": "s3://somebody-else/checkpoints/x/1/model.pt"}, 422, "VALIDATION_ERROR"),
         ({"checkpoint_uri": f"s3://{ingest}/uploads/model.pt"}, 422, "VALIDATION_ERROR"),

@@ -402,12 +402,15 @@ def test_a_job_cancelled_at_once_stays_cancelled(
     assert sorted(j["job_id"] for j in listed["items"]) == sorted([converted["job_id"], job_id])
 
 
-def test_jobs_of_an_imported_model_or_another_owner_are_refused(
+def test_a_job_of_an_imported_model_converts_its_bundle_and_other_owners_are_refused(
     cli: Cli, model: dict[str, Any], converted: dict[str, Any]
 ) -> None:
-    no_checkpoint, _, _ = concurrently(
-        lambda: cli.fails("jobs", "create", "--model-id", model["model_id"], code="NO_CHECKPOINT"),
+    done, _, _ = concurrently(
+        lambda: cli.json("jobs", "create", "--model-id", model["model_id"], "--formats", "onnx", "--wait"),
         lambda: cli.fails("jobs", "cancel", converted["job_id"], token=e2e.OTHER_TOKEN, code="NOT_FOUND"),
         lambda: cli.fails("jobs", "get", "..", code="NOT_FOUND"),
     )
-    assert "imported" in no_checkpoint
+    # No checkpoint: the job converted the imported model's stored bundle, and belongs to that model.
+    assert done["source"] == "bundle" and done["model_id"] == model["model_id"]
+    assert done["status"] == "SUCCEEDED" and done["result"]["package_file"] == "export-package.zip"
+    assert done["result"]["bundle_file"] is None

@@ -300,6 +300,47 @@ def test_package_deployments_of_an_imported_model_are_refused_but_it_can_be_serv
         np.testing.assert_allclose(np.asarray(answer.json()["outputs"][name]), value, atol=TOLERANCE)
 
 
+def test_an_imported_model_gets_edge_and_container_packages_once_its_bundle_is_converted(
+    http: httpx.Client,
+) -> None:
+    imported = http.post(
+        "/api/v1/models/import", content=e2e.make_bundle(), headers={"Content-Type": "application/json"}
+    )
+    assert imported.status_code == 201, imported.text
+    imported_id = imported.json()["model"]["model_id"]
+    started = http.post("/api/v1/export/jobs", json={"model_id": imported_id, "formats": ["onnx_int8"]})
+    assert started.status_code == 202, started.text
+    job_id = started.json()["job_id"]
+    assert started.json()["source"] == "bundle"
+
+    def finished() -> dict[str, Any] | None:
+        current: dict[str, Any] = http.get(f"/api/v1/export/jobs/{job_id}").json()
+        assert current["status"] not in ("FAILED", "CANCELLED"), current
+        return current if current["status"] == "SUCCEEDED" else None
+
+    done = e2e.wait_for(f"bundle job {job_id}", finished, timeout_s=240, every_s=1.0)
+    assert done["model_id"] == imported_id
+    statuses = {f["format"]: f["status"] for f in done["result"]["formats"]}
+    assert statuses == {"onnx": "built", "onnx_int8": "built"}
+    # Deployed from the model: the package types now find the export package its job wrote.
+    edge = create(http, "edge_package", "imported-edge", model_id=imported_id)
+    assert edge["deployment"]["export_job_id"] == job_id
+    with zipfile.ZipFile(io.BytesIO(fetch(edge["download"]["url"]))) as archive:
+        metadata = json.loads(archive.read("metadata.json"))
+        kotlin = archive.read("runtimes/kotlin/ModelWrapper.kt").decode()
+    assert metadata["edge"]["precision"] == "int8"
+    assert '"positions"' in kotlin and "-1, 3, 128, 32" in kotlin
+    container = create(http, "container", "imported-box", model_id=imported_id)
+    with zipfile.ZipFile(io.BytesIO(fetch(container["download"]["url"]))) as archive:
+        model_file = next(n for n in archive.namelist() if n.endswith("/1/model.onnx"))
+        assert archive.read(model_file) == e2e.sample_onnx()  # the imported model, byte for byte
+    # Its bundle is still the one that was imported (a bundle job writes none).
+    link = create(http, "download", "imported-bundle", model_id=imported_id, options={"file": "bundle"})
+    assert json.loads(fetch(link["download"]["url"]))["integrity"]["onnx_sha256"] == hashlib.sha256(
+        e2e.sample_onnx()
+    ).hexdigest()
+
+
 def test_bad_create_requests_are_refused_with_the_field(
     http: httpx.Client, model_id: str, job: dict[str, Any]
 ) -> None:

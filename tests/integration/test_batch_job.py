@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -14,7 +15,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.conversion import ConversionResult
+from heimdall.samples import localization_net_onnx, sample_bundle_metadata
 from heimdall_batch.architectures import resolve
 
 MANIFEST = {
@@ -34,6 +37,13 @@ def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
     save_file({k: v.contiguous() for k, v in resolve("localization_net")().state_dict().items()}, str(path))
     return path.read_bytes()
+
+
+def make_bundle_bytes(onnx_model: bytes) -> bytes:
+    bundle, _ = parse_metadata(sample_bundle_metadata(onnx_model, num_samples=1))
+    out = io.BytesIO()
+    write_bundle(bundle, onnx_model, out)
+    return out.getvalue()
 
 
 def run_job(env: dict[str, str], spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
@@ -129,6 +139,38 @@ def test_failures_are_terminal_with_a_result(
     result = ConversionResult.model_validate_json(body)
     assert (result.status, result.error_code, result.exit_code) == ("FAILED", error_code, exit_code)
     assert "Traceback" not in done.stderr
+
+
+def test_a_bundle_job_converts_the_bundles_model_and_a_bad_one_is_terminal(
+    s3: Any, aws_env: dict[str, str], checkpoint_bytes: bytes
+) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    onnx_model = localization_net_onnx(seed=5)
+    s3.put_object(Bucket=bucket, Key="bundles/m/net-v1.heimdall", Body=make_bundle_bytes(onnx_model))
+    spec = {
+        "job_id": "bundle-job",
+        "source": "bundle",
+        "checkpoint_uri": f"s3://{bucket}/bundles/m/net-v1.heimdall",
+        "output_uri": f"s3://{bucket}/exports/bundle-job/",
+        "formats": ["onnx", "onnx_int8"],
+    }
+    done = run_job(aws_env, spec)
+    assert done.returncode == 0, done.stderr[-3000:]
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="exports/bundle-job/")["Contents"]}
+    built = ("model.onnx", "model_int8.onnx", "export-package.zip")
+    assert {f"exports/bundle-job/{name}" for name in built} <= keys
+    assert not any(key.endswith(".heimdall") for key in keys)  # the source is the bundle
+    stored = s3.get_object(Bucket=bucket, Key="exports/bundle-job/model.onnx")["Body"].read()
+    assert stored == onnx_model
+    # A checkpoint given as a bundle is refused as one: terminal, with the bundle reader's code.
+    s3.put_object(Bucket=bucket, Key="c/model.safetensors", Body=checkpoint_bytes)
+    wrong = {**spec, "job_id": "wrong", "checkpoint_uri": f"s3://{bucket}/c/model.safetensors"}
+    wrong["output_uri"] = f"s3://{bucket}/exports/wrong/"
+    refused = run_job(aws_env, wrong)
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    body = s3.get_object(Bucket=bucket, Key="exports/wrong/result.json")["Body"].read()
+    assert ConversionResult.model_validate_json(body).error_code == "INVALID_JSON"  # not a JSON document
 
 
 def test_an_invalid_job_spec_exits_3_naming_the_variable(aws_env: dict[str, str], tmp_path: Path) -> None:

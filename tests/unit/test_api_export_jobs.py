@@ -130,10 +130,16 @@ def test_a_missing_checkpoint_is_404(api: Api) -> None:
     assert reply.status == 404 and reply.error["code"] == "NOT_FOUND"
 
 
-def test_an_imported_model_has_no_checkpoint_to_convert(api: Api) -> None:
+def test_a_job_of_an_imported_model_converts_its_bundle(api: Api, deps: ApiDeps) -> None:
     model = import_model(api)
-    reply = api.post(JOBS, json_body={"model_id": model["model_id"]})
-    assert reply.status == 409 and reply.error["code"] == "NO_CHECKPOINT"
+    reply = api.post(JOBS, json_body={"model_id": model["model_id"], "formats": ["onnx_int8"]})
+    assert reply.status == 202, reply.body
+    job = reply.json()
+    assert job["source"] == "bundle" and job["model_id"] == model["model_id"]
+    stored = deps.registry.get_model("alice", model["model_id"]).bundle_key
+    assert job["checkpoint_uri"] == f"s3://{deps.names.artifacts_bucket}/{stored}"
+    assert job["manifest_uri"] is None and job["formats"] == ["onnx", "onnx_int8"]
+    assert [s.source for s in runner(deps).specs] == ["bundle"]
     assert api.post(JOBS, json_body={"model_id": model["model_id"]}, sub="mallory").status == 404
 
 

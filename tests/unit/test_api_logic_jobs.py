@@ -16,7 +16,7 @@ import pytest
 from botocore.stub import Stubber
 
 from heimdall.adapters.batch import BatchJobSubmitter
-from heimdall.conversion import JobSpec
+from heimdall.conversion import DEFAULT_BUNDLE_FORMATS, JobSpec
 from heimdall.errors import (
     InvalidManifest,
     InvalidTransition,
@@ -222,14 +222,44 @@ def test_a_job_from_a_model_converts_its_checkpoint_again(deps: ApiDeps) -> None
         create_export_job(deps, "bob", model_id=model.model_id)
     with pytest.raises(RequestInvalid):
         create_export_job(deps, "alice", model_id=model.model_id, manifest_uri=CHECKPOINT)
-    imported = deps.registry.put_model(
-        ModelRecord(model_id="imported-1", owner="alice", model_name="net", version="1.0.0", source="import")
-    )
-    with pytest.raises(NoCheckpoint):
-        create_export_job(deps, "alice", model_id=imported.model_id)
     deps.store.delete(CHECKPOINT)
     with pytest.raises(NoCheckpoint, match="gone"):
         create_export_job(deps, "alice", model_id=model.model_id)
+
+
+def test_a_job_of_an_imported_model_converts_its_stored_bundle(deps: ApiDeps) -> None:
+    imported = deps.registry.put_model(
+        ModelRecord(
+            model_id="imported-1",
+            owner="alice",
+            model_name="net",
+            version="1.0.0",
+            source="import",
+            bundle_key="bundles/imported-1/net-v1.0.0.heimdall",
+        )
+    )
+    job = create_export_job(deps, "alice", model_id=imported.model_id)
+    assert (job.source, job.model_id, job.status) == ("bundle", "imported-1", JobStatus.SUBMITTED)
+    bundle_key = "bundles/imported-1/net-v1.0.0.heimdall"
+    assert (job.checkpoint_bucket, job.checkpoint_key) == ("artifacts", bundle_key)
+    assert job.manifest_key is None
+    # TorchScript needs the PyTorch model: by default a bundle job builds what its ONNX model can give.
+    assert job.formats == list(DEFAULT_BUNDLE_FORMATS) and ExportFormat.TORCHSCRIPT not in job.formats
+    (spec,) = runner(deps).specs
+    assert spec.source == "bundle" and spec.checkpoint_uri == f"s3://artifacts/{bundle_key}"
+    assert spec.manifest_uri is None and spec.output_uri == f"s3://artifacts/exports/{job.job_id}/"
+    assert isinstance(deps.events, InMemoryEventSink)
+    assert deps.events.detail_types == [DetailType.EXPORT_JOB_SUBMITTED]  # no checkpoint was received
+    asked = create_export_job(deps, "alice", model_id=imported.model_id, formats=[ExportFormat.ONNX_INT8])
+    assert asked.formats == [ExportFormat.ONNX, ExportFormat.ONNX_INT8]
+    with pytest.raises(RecordNotFound):
+        create_export_job(deps, "bob", model_id=imported.model_id)
+    bare = deps.registry.put_model(
+        ModelRecord(model_id="imported-2", owner="alice", model_name="n", version="1", source="import")
+    )
+    with pytest.raises(NotReady):
+        create_export_job(deps, "alice", model_id=bare.model_id)
+    assert len(runner(deps).specs) == 2
 
 
 def test_the_exports_of_a_model_are_its_name_and_version_only(deps: ApiDeps) -> None:

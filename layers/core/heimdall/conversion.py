@@ -10,13 +10,22 @@ import enum
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from heimdall.types import ExportFormat
 
 RESULT_FILE_NAME = "result.json"
 PACKAGE_FILE_NAME = "export-package.zip"
 RESULT_SCHEMA_VERSION = "1"
+#: What a job converts: a checkpoint (the whole pipeline) or a ``.heimdall`` bundle (from its ONNX model).
+JobSource = Literal["checkpoint", "bundle"]
+#: What a bundle's model is converted to unless asked otherwise (TorchScript needs the PyTorch model).
+DEFAULT_BUNDLE_FORMATS = (
+    ExportFormat.ONNX,
+    ExportFormat.ONNX_FP16,
+    ExportFormat.ONNX_INT8,
+    ExportFormat.TENSORRT,
+)
 
 
 class FormatStatus(enum.StrEnum):
@@ -113,8 +122,9 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-    #: ``s3://bucket/key`` of the checkpoint.
+    #: ``s3://bucket/key`` of the checkpoint, or of the ``.heimdall`` bundle when ``source`` is "bundle".
     checkpoint_uri: str = Field(pattern=r"^s3://[^/]+/.+")
+    source: JobSource = "checkpoint"
     #: ``s3://bucket/key`` of the sidecar manifest; absent when the checkpoint embeds it.
     manifest_uri: str | None = Field(default=None, pattern=r"^s3://[^/]+/.+")
     #: ``s3://bucket/prefix/`` under which every output is written (deterministic keys).
@@ -122,3 +132,9 @@ class JobSpec(BaseModel):
     #: ``s3://bucket/prefix/`` holding TensorRT timing caches, one per GPU and TensorRT version.
     timing_cache_uri: str | None = Field(default=None, pattern=r"^s3://[^/]+/.*")
     formats: list[ExportFormat] | None = None
+
+    @model_validator(mode="after")
+    def _bundle_has_no_manifest(self) -> JobSpec:
+        if self.source == "bundle" and self.manifest_uri is not None:
+            raise ValueError("a bundle carries its own metadata: manifest_uri goes with a checkpoint")
+        return self

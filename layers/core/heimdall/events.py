@@ -206,7 +206,9 @@ class ExportJobSubmitted(_ExportJobDetail):
 
     status: Literal["SUBMITTED"] = _field("Export job state.", default="SUBMITTED")
     batch_job_id: Identifier = _field("AWS Batch job id.")
-    checkpoint_uri: S3Uri = _field("s3:// URI of the checkpoint being converted.")
+    checkpoint_uri: S3Uri = _field(
+        "s3:// URI of the checkpoint being converted (of the stored bundle, for an imported model's job)."
+    )
     formats: list[FormatName] = _field("Formats requested, in order.", min_length=1)
 
 

@@ -52,7 +52,7 @@ from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
-from heimdall.conversion import ConversionResult, FormatStatus
+from heimdall.conversion import ConversionResult, FormatStatus, JobSource
 from heimdall.errors import (
     ConflictError,
     InvalidCursor,
@@ -281,6 +281,9 @@ class ExportJob(_Record):
     model_name: Name
     version: Name
     status: JobStatus = JobStatus.PENDING
+    #: What it converts: a checkpoint, or (``bundle``) the stored bundle of an imported model, whose key
+    #: is then in ``checkpoint_bucket``/``checkpoint_key`` and whose model is ``model_id`` from the start.
+    source: JobSource = "checkpoint"
     checkpoint_bucket: Name
     checkpoint_key: str = Field(min_length=1, max_length=1024)
     manifest_key: str | None = Field(default=None, max_length=1024)
@@ -292,7 +295,7 @@ class ExportJob(_Record):
     reason: Reason | None = None
     exit_code: int | None = None
     result: JobResultSummary | None = None
-    #: The model indexed from the job's bundle, once it is.
+    #: The model indexed from the job's bundle, once it is (a bundle job: the model it converts).
     model_id: str | None = Field(default=None, max_length=128)
     #: Managed by ``set_default_export`` only: at most one default per (owner, model_name, version).
     is_default: bool = False

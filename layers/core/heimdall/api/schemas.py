@@ -16,6 +16,7 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from heimdall.api.responses import JSON
+from heimdall.conversion import JobSource
 from heimdall.deployments import (
     Deployment,
     DeploymentAction,
@@ -106,7 +107,13 @@ class ExportJobOut(_Out):
     version: Name
     status: JobStatus
     formats: list[ExportFormat]
-    checkpoint_uri: str = Field(description="s3://bucket/key of the checkpoint converted.")
+    source: JobSource = Field(
+        description="checkpoint: the whole pipeline; bundle: an imported model's stored bundle, converted "
+        "from its ONNX model (no PyTorch stages)"
+    )
+    checkpoint_uri: str = Field(
+        description="s3://bucket/key of the checkpoint converted (of the bundle, for a bundle job)."
+    )
     manifest_uri: str | None = Field(description="s3://bucket/key of its manifest, when a sidecar.")
     batch_job_id: str | None
     output_prefix: str | None

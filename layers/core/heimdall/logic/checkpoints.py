@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -31,6 +31,7 @@ from heimdall.errors import BundleError, ConflictError, InvalidManifest
 from heimdall.events import (
     CheckpointReceived,
     CheckpointRejected,
+    EventDetail,
     EventSink,
     ExportJobSubmitted,
     idempotency_key_for,
@@ -286,6 +287,14 @@ def start_export_job(deps: CheckpointDeps, request: JobRequest) -> tuple[ExportJ
         timing_cache_uri=f"s3://{artifacts}/timing-cache/",
         formats=list(job.formats),
     )
+    return submit_export_job(deps, job, spec, announce=[received]), True
+
+
+def submit_export_job(
+    deps: CheckpointDeps, job: ExportJob, spec: JobSpec, *, announce: Sequence[EventDetail] = ()
+) -> ExportJob:
+    """Submit a recorded PENDING job, mark it SUBMITTED, and publish ``announce`` then
+    ``Export Job Submitted``. Returns the job as stored."""
     batch_job_id = deps.jobs.submit(spec)
     submitted_job = deps.registry.transition_export_job(
         job.job_id, JobStatus.SUBMITTED, updates={"batch_job_id": batch_job_id}
@@ -293,17 +302,17 @@ def start_export_job(deps: CheckpointDeps, request: JobRequest) -> tuple[ExportJ
     submitted = ExportJobSubmitted(
         idempotency_key=ExportJobSubmitted.key_for(job.job_id),
         occurred_at=deps.now(),
-        owner=request.owner,
+        owner=job.owner,
         job_id=job.job_id,
-        model_name=manifest.model_name,
-        version=manifest.version,
+        model_name=job.model_name,
+        version=job.version,
         batch_job_id=batch_job_id,
         checkpoint_uri=spec.checkpoint_uri,
         formats=[f.value for f in job.formats],
     )
-    deps.events.publish([make_event(received), make_event(submitted)])
+    deps.events.publish([*(make_event(detail) for detail in announce), make_event(submitted)])
     # None: a cancel (or Batch's own event) moved it on meanwhile; the stored job is what is true.
-    return submitted_job or deps.registry.get_export_job(request.owner, job.job_id), True
+    return submitted_job or deps.registry.get_export_job(job.owner, job.job_id)
 
 
 def load_manifest(
@@ -377,4 +386,5 @@ __all__ = [
     "load_manifest",
     "reject_upload",
     "start_export_job",
+    "submit_export_job",
 ]

@@ -2,15 +2,17 @@
 history, key rotation, and the download of what a deployment delivers (DESIGN §7).
 
 A deployment is made from an export job or directly from a model. An imported model has no export
-job, hence no export package: it can be a ``platform_endpoint`` or a ``download`` of its bundle or its
-ONNX model; the package types answer 409 ``NO_EXPORT_PACKAGE``.
+package until an export job converts its bundle (:mod:`heimdall.logic.export_jobs`); until then it
+can be a ``platform_endpoint`` or a ``download`` of its bundle or its ONNX model, and the package types
+answer 409 ``NO_EXPORT_PACKAGE``. Deployed from a model, the package types use the job that exported
+it, or for an imported model its default export job, else its newest succeeded one.
 
 ``download``
     a presigned GET (minutes of validity, never longer than the signing credentials: the S3 adapter
     clamps it) of ``file``: the job's export package (the default), the bundle (the job's, else the
-    model's indexed one) or the model's ONNX file (with its sha256). These are the stored objects
-    themselves, never copies, and stay while the deployment does (a model with deployments cannot be
-    deleted).
+    model's indexed one: a bundle job writes none) or the model's ONNX file (with its sha256). These
+    are the stored objects themselves, never copies, and stay while the deployment does (a model with
+    deployments cannot be deleted).
 ``edge_package`` / ``container``
     a zip built here from the export package (:mod:`heimdall.deploy_packages`, which checks the
     package's checksums and its Triton config against the model's declared I/O first), stored under
@@ -244,13 +246,23 @@ def _source(deps: ApiDeps, owner: str, request: CreateDeployment) -> _Source:
     assert request.model_id is not None
     require_id(request.model_id, what="model", field="model_id")
     model = deps.registry.get_model(owner, request.model_id)
-    job: ExportJob | None = None
+    return _Source(model=model, job=_export_of(deps, owner, model))
+
+
+def _export_of(deps: ApiDeps, owner: str, model: ModelRecord) -> ExportJob | None:
+    """The export job whose package a deployment of ``model`` uses: the job that exported it; for an
+    imported model, its default export if that converted this model, else the newest succeeded job
+    that did (among the model name's newest page of succeeded jobs)."""
     if model.export_job_id:
         try:
-            job = deps.registry.get_export_job(owner, model.export_job_id)
+            return deps.registry.get_export_job(owner, model.export_job_id)
         except HeimdallError:
-            job = None  # the job record is gone: the model can still be served
-    return _Source(model=model, job=job)
+            return None  # the job record is gone: the model can still be served
+    default = deps.registry.get_default_export(owner, model.model_name, model.version)
+    if default is not None and default.model_id == model.model_id and default.status is JobStatus.SUCCEEDED:
+        return default
+    page = deps.registry.list_export_jobs(owner, model_name=model.model_name, status=JobStatus.SUCCEEDED)
+    return next((job for job in page.items if job.model_id == model.model_id), None)
 
 
 def _served_model(source: _Source) -> ModelRecord:
@@ -289,8 +301,9 @@ def _packaged_job(source: _Source, kind: DeploymentType) -> ExportJob:
         what = source.model.model_id if source.model else "this model"
         also = "a download of its bundle or onnx file" if kind is DeploymentType.DOWNLOAD else "a download"
         raise NoExportPackage(
-            f"a {kind} deployment is made from an export package, and {what} has none "
-            f"(an imported model): deploy it as a platform_endpoint or {also}",
+            f"a {kind} deployment is made from an export package, and {what} has none yet (an imported "
+            "model): run an export job of it first (it converts the model's bundle), or deploy it as a "
+            f"platform_endpoint or {also}",
             field="model_id",
         )
     return job
@@ -321,7 +334,8 @@ def _download_artifact(
 ) -> tuple[str, DeploymentArtifact]:
     """The model id and the stored file a ``download`` deployment links to."""
     sha256: str | None = None
-    if options.file != "onnx" and (options.file == "package" or source.job is not None):
+    job_bundle = source.job is not None and source.job.result is not None and source.job.result.bundle_file
+    if options.file == "package" or (options.file == "bundle" and job_bundle):
         job = _packaged_job(source, DeploymentType.DOWNLOAD)
         model_id = _model_id_of(source, job)
         uri, file_name = _job_file(job, options.file)

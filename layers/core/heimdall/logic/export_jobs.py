@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from heimdall.conversion import RESULT_FILE_NAME, ConversionResult
+from heimdall.conversion import DEFAULT_BUNDLE_FORMATS, RESULT_FILE_NAME, ConversionResult, JobSpec
 from heimdall.errors import (
     ConflictError,
     HeimdallError,
@@ -28,10 +28,10 @@ from heimdall.errors import (
 )
 from heimdall.events import idempotency_key_for
 from heimdall.logic.api import ApiDeps, require_id
-from heimdall.logic.checkpoints import JobRequest, load_manifest, start_export_job
+from heimdall.logic.checkpoints import JobRequest, load_manifest, start_export_job, submit_export_job
 from heimdall.logic.once import run_once
 from heimdall.notifications import KeyKind, classify_ingest_key
-from heimdall.registry import DEFAULT_PAGE_SIZE, TERMINAL, ExportJob, JobStatus, Page
+from heimdall.registry import DEFAULT_PAGE_SIZE, TERMINAL, ExportJob, JobStatus, ModelRecord, Page
 from heimdall.storage import Download
 from heimdall.types import ExportFormat
 
@@ -78,11 +78,13 @@ def create_export_job(
 ) -> ExportJob:
     """Start a conversion job of a model's checkpoint (``model_id``) or of a checkpoint location.
 
-    From a model: the checkpoint and manifest of the job that exported it (an imported model has none:
-    NoCheckpoint). From a checkpoint: ``s3://{ingest}/checkpoints/…`` (else RequestInvalid; a missing
-    object is ObjectNotFound), with ``manifest_uri``, else the sidecar ``heimdall.json``, else the
-    manifest a safetensors checkpoint embeds (else InvalidManifest). ``formats`` replaces the
-    manifest's. With ``idempotency_key`` a repeat returns the job the first request made.
+    From a model: the checkpoint and manifest of the job that exported it; an imported model has no
+    checkpoint, so its job converts the model's stored bundle instead (:func:`_start_bundle_job`:
+    FP16, INT8 and TensorRT from its ONNX model, and an export package). From a checkpoint:
+    ``s3://{ingest}/checkpoints/…`` (else RequestInvalid; a missing object is ObjectNotFound), with
+    ``manifest_uri``, else the sidecar ``heimdall.json``, else the manifest a safetensors checkpoint
+    embeds (else InvalidManifest). ``formats`` replaces the manifest's. With ``idempotency_key`` a
+    repeat returns the job the first request made.
     """
     if (model_id is None) == (checkpoint_uri is None):
         raise RequestInvalid("give either model_id or checkpoint_uri", field="model_id")
@@ -135,7 +137,11 @@ def _create(
     formats: list[ExportFormat] | None,
 ) -> ExportJob:
     if model_id is not None:
-        bucket, checkpoint_key, manifest_key = _checkpoint_of_model(deps, owner, model_id)
+        require_id(model_id, what="model", field="model_id")
+        model = deps.registry.get_model(owner, model_id)
+        if model.source == "import":
+            return _start_bundle_job(deps, owner, job_id, model, formats)
+        bucket, checkpoint_key, manifest_key = _checkpoint_of_model(deps, owner, model)
     else:
         assert checkpoint_uri is not None
         bucket, checkpoint_key = _ingest_location(deps, checkpoint_uri, field="checkpoint_uri")
@@ -177,13 +183,54 @@ def _ingest_location(deps: ApiDeps, uri: str, *, field: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _checkpoint_of_model(deps: ApiDeps, owner: str, model_id: str) -> tuple[str, str, str | None]:
-    require_id(model_id, what="model", field="model_id")
-    model = deps.registry.get_model(owner, model_id)
-    if model.source == "import" or model.export_job_id is None:
+def _start_bundle_job(
+    deps: ApiDeps, owner: str, job_id: str, model: ModelRecord, formats: list[ExportFormat] | None
+) -> ExportJob:
+    """A job converting an imported model's stored bundle (its ONNX model: the PyTorch stages skip)."""
+    if not model.bundle_key:
+        raise NotReady(f"model {model.model_id} has no stored bundle to convert", field="model_id")
+    artifacts = deps.names.artifacts_bucket
+    requested = list(dict.fromkeys(formats or DEFAULT_BUNDLE_FORMATS))
+    # The FP32 model comes first, as in a manifest: the other formats derive from it.
+    ordered = [ExportFormat.ONNX, *(f for f in requested if f is not ExportFormat.ONNX)]
+    output_prefix = f"s3://{artifacts}/exports/{job_id}/"
+    now = deps.now()
+    job = ExportJob(
+        job_id=job_id,
+        owner=owner,
+        model_name=model.model_name,
+        version=model.version,
+        source="bundle",
+        checkpoint_bucket=artifacts,
+        checkpoint_key=model.bundle_key,
+        formats=ordered,
+        output_prefix=output_prefix,
+        model_id=model.model_id,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        deps.registry.create_export_job(job)
+    except ConflictError:
+        job = deps.registry.get_export_job(owner, job_id)  # a repeat
+        if job.status is not JobStatus.PENDING:
+            return job
+    spec = JobSpec(
+        job_id=job_id,
+        source="bundle",
+        checkpoint_uri=f"s3://{artifacts}/{model.bundle_key}",
+        output_uri=output_prefix,
+        timing_cache_uri=f"s3://{artifacts}/timing-cache/",
+        formats=list(job.formats),
+    )
+    return submit_export_job(deps.checkpoint_deps(), job, spec)
+
+
+def _checkpoint_of_model(deps: ApiDeps, owner: str, model: ModelRecord) -> tuple[str, str, str | None]:
+    model_id = model.model_id
+    if model.export_job_id is None:
         raise NoCheckpoint(
-            f"model {model_id} was imported from a bundle: there is no checkpoint to convert again",
-            field="model_id",
+            f"model {model_id} has no export job: there is no checkpoint to convert again", field="model_id"
         )
     try:
         job = deps.registry.get_export_job(owner, model.export_job_id)
