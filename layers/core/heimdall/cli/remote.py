@@ -312,7 +312,11 @@ class JobFile(enum.StrEnum):
 def job_create(
     *,
     model_id: Annotated[
-        str | None, typer.Option("--model-id", help="Convert again from this model's checkpoint.")
+        str | None,
+        typer.Option(
+            "--model-id",
+            help="Convert again from this model's checkpoint (an imported model: from its bundle).",
+        ),
     ] = None,
     checkpoint: Annotated[
         str | None,
