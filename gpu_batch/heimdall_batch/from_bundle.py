@@ -21,7 +21,7 @@ from typing import Any
 from heimdall.bundle import ReadResult, read_bundle
 from heimdall.bundle.structural import StructuralReport, TensorSpec, check_structure
 from heimdall.conversion import DEFAULT_BUNDLE_FORMATS
-from heimdall.errors import UnsupportedArchitecture
+from heimdall.errors import ChecksumMismatch, UnsupportedArchitecture
 from heimdall.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall.settings import BundleLimits, get_settings
 from heimdall_batch.export_onnx import ONNX_FILE_NAME, OnnxExport
@@ -40,8 +40,13 @@ class OpenedBundle:
     onnx: OnnxExport
 
 
-def open_bundle(path: Path, out_dir: Path, *, limits: BundleLimits | None = None) -> OpenedBundle:
+def open_bundle(
+    path: Path, out_dir: Path, *, limits: BundleLimits | None = None, expected_sha256: str | None = None
+) -> OpenedBundle:
     """Run both validation passes on the bundle at ``path`` and write its model to ``out_dir/model.onnx``.
+
+    With ``expected_sha256`` (what the registry holds for the model) the embedded model must also hash
+    to it (:class:`~heimdall.errors.ChecksumMismatch` otherwise, before the structural pass).
 
     The model is written byte for byte as the bundle embeds it (same sha256), and only once both
     passes accepted it: a refused bundle leaves nothing behind. Raises the bundle's typed error
@@ -53,6 +58,12 @@ def open_bundle(path: Path, out_dir: Path, *, limits: BundleLimits | None = None
     try:
         with partial.open("wb") as sink:
             read = read_bundle(path, limits=limits, onnx_sink=sink)
+        if expected_sha256 is not None and read.onnx_sha256 != expected_sha256:
+            raise ChecksumMismatch(
+                f"the bundle's model hashes to {read.onnx_sha256}, not to {expected_sha256}, the model this "
+                "job was asked to convert (the stored bundle was replaced)",
+                field="model.onnx_model_base64",
+            )
         structure = check_structure(partial, read.bundle, limits=limits, expected_sha256=read.onnx_sha256)
         partial.replace(onnx_path)
     finally:

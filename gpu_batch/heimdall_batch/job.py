@@ -38,6 +38,7 @@ _FIELD_VARIABLES = {
     "timing_cache_uri": "HEIMDALL_TIMING_CACHE_URI",
     "formats": "HEIMDALL_FORMATS",
     "source": "HEIMDALL_SOURCE",
+    "expected_onnx_sha256": "HEIMDALL_EXPECTED_ONNX_SHA256",
 }
 MAX_CHECKPOINT_BYTES = 2 * 1024**3
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -110,7 +111,8 @@ def run_job(spec: JobSpec, store: S3ObjectStore, workdir: Path) -> ConversionRes
         return result
     cached = _download_timing_caches(spec, store, caches)
     if spec.source == "bundle":
-        result = run_bundle_conversion(checkpoint, out_dir, options)
+        expected = spec.expected_onnx_sha256
+        result = run_bundle_conversion(checkpoint, out_dir, options, expected_sha256=expected)
     else:
         result = run_conversion(checkpoint, out_dir, options, manifest=manifest)
     for path in sorted(out_dir.iterdir()):

@@ -136,16 +136,18 @@ def run_conversion(
     return _guarded(out_dir, options, lambda run: _convert(checkpoint, out_dir, run, manifest))
 
 
-def run_bundle_conversion(bundle: Path, out_dir: Path, options: ConversionOptions) -> ConversionResult:
+def run_bundle_conversion(
+    bundle: Path, out_dir: Path, options: ConversionOptions, *, expected_sha256: str | None = None
+) -> ConversionResult:
     """Build the export package of the model in the ``.heimdall`` bundle at ``bundle`` into ``out_dir``.
 
     The bundle is verified first (a refused bundle fails the job with its code, exit code 3). The FP32
     model is the bundle's, byte for byte; ``options.formats`` default to
-    :data:`~heimdall.conversion.DEFAULT_BUNDLE_FORMATS`. No new bundle is written: the source
-    is one. Like :func:`run_conversion`, always writes ``result.json`` last and never raises for a
-    bad input.
+    :data:`~heimdall.conversion.DEFAULT_BUNDLE_FORMATS`; with ``expected_sha256`` the bundle's model
+    must hash to it. No new bundle is written: the source is one. Like :func:`run_conversion`,
+    always writes ``result.json`` last and never raises for a bad input.
     """
-    return _guarded(out_dir, options, lambda run: _convert_bundle(bundle, out_dir, run))
+    return _guarded(out_dir, options, lambda run: _convert_bundle(bundle, out_dir, run, expected_sha256))
 
 
 def _guarded(out_dir: Path, options: ConversionOptions, convert: Callable[[_Run], None]) -> ConversionResult:
@@ -207,9 +209,9 @@ def _convert(checkpoint: Path, out_dir: Path, run: _Run, sidecar: Manifest | byt
         bundling.write_job_bundle(bundle, exported.path, out_dir, manifest)
 
 
-def _convert_bundle(bundle_path: Path, out_dir: Path, run: _Run) -> None:
+def _convert_bundle(bundle_path: Path, out_dir: Path, run: _Run, expected_sha256: str | None) -> None:
     with run.stage("load"):
-        opened = from_bundle.open_bundle(bundle_path, out_dir)
+        opened = from_bundle.open_bundle(bundle_path, out_dir, expected_sha256=expected_sha256)
         manifest = from_bundle.bundle_manifest(opened, run.options.formats)
         spec = from_bundle.bundle_io_spec(opened, manifest)
         run.manifest = manifest

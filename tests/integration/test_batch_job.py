@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -151,6 +152,7 @@ def test_a_bundle_job_converts_the_bundles_model_and_a_bad_one_is_terminal(
     spec = {
         "job_id": "bundle-job",
         "source": "bundle",
+        "expected_onnx_sha256": hashlib.sha256(onnx_model).hexdigest(),
         "checkpoint_uri": f"s3://{bucket}/bundles/m/net-v1.heimdall",
         "output_uri": f"s3://{bucket}/exports/bundle-job/",
         "formats": ["onnx", "onnx_int8"],
@@ -163,6 +165,16 @@ def test_a_bundle_job_converts_the_bundles_model_and_a_bad_one_is_terminal(
     assert not any(key.endswith(".heimdall") for key in keys)  # the source is the bundle
     stored = s3.get_object(Bucket=bucket, Key="exports/bundle-job/model.onnx")["Body"].read()
     assert stored == onnx_model
+    # A stored bundle replaced by another model since it was indexed: refused, terminal, nothing built.
+    other_model = make_bundle_bytes(localization_net_onnx(seed=6))
+    s3.put_object(Bucket=bucket, Key="bundles/m/net-v1.heimdall", Body=other_model)
+    swapped = {**spec, "job_id": "swapped", "output_uri": f"s3://{bucket}/exports/swapped/"}
+    refused = run_job(aws_env, swapped)
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    body = s3.get_object(Bucket=bucket, Key="exports/swapped/result.json")["Body"].read()
+    assert ConversionResult.model_validate_json(body).error_code == "CHECKSUM_MISMATCH"
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix="exports/swapped/")["Contents"]
+    assert [o["Key"] for o in listing] == ["exports/swapped/result.json"]
     # A checkpoint given as a bundle is refused as one: terminal, with the bundle reader's code.
     s3.put_object(Bucket=bucket, Key="c/model.safetensors", Body=checkpoint_bytes)
     wrong = {**spec, "job_id": "wrong", "checkpoint_uri": f"s3://{bucket}/c/model.safetensors"}

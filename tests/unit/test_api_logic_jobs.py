@@ -236,6 +236,7 @@ def test_a_job_of_an_imported_model_converts_its_stored_bundle(deps: ApiDeps) ->
             version="1.0.0",
             source="import",
             bundle_key="bundles/imported-1/net-v1.0.0.heimdall",
+            onnx_sha256="ab" * 32,
         )
     )
     job = create_export_job(deps, "alice", model_id=imported.model_id)
@@ -248,6 +249,7 @@ def test_a_job_of_an_imported_model_converts_its_stored_bundle(deps: ApiDeps) ->
     (spec,) = runner(deps).specs
     assert spec.source == "bundle" and spec.checkpoint_uri == f"s3://artifacts/{bundle_key}"
     assert spec.manifest_uri is None and spec.output_uri == f"s3://artifacts/exports/{job.job_id}/"
+    assert spec.expected_onnx_sha256 == "ab" * 32  # the job converts this model, not whatever is stored
     assert isinstance(deps.events, InMemoryEventSink)
     assert deps.events.detail_types == [DetailType.EXPORT_JOB_SUBMITTED]  # no checkpoint was received
     asked = create_export_job(deps, "alice", model_id=imported.model_id, formats=[ExportFormat.ONNX_INT8])

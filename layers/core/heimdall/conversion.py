@@ -125,6 +125,9 @@ class JobSpec(BaseModel):
     #: ``s3://bucket/key`` of the checkpoint, or of the ``.heimdall`` bundle when ``source`` is "bundle".
     checkpoint_uri: str = Field(pattern=r"^s3://[^/]+/.+")
     source: JobSource = "checkpoint"
+    #: A bundle job: the sha256 the registry holds for the model's ONNX. The bundle's model must hash
+    #: to it, so a stored bundle replaced since it was indexed is refused, not converted.
+    expected_onnx_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     #: ``s3://bucket/key`` of the sidecar manifest; absent when the checkpoint embeds it.
     manifest_uri: str | None = Field(default=None, pattern=r"^s3://[^/]+/.+")
     #: ``s3://bucket/prefix/`` under which every output is written (deterministic keys).
@@ -137,4 +140,6 @@ class JobSpec(BaseModel):
     def _bundle_has_no_manifest(self) -> JobSpec:
         if self.source == "bundle" and self.manifest_uri is not None:
             raise ValueError("a bundle carries its own metadata: manifest_uri goes with a checkpoint")
+        if self.source != "bundle" and self.expected_onnx_sha256 is not None:
+            raise ValueError("expected_onnx_sha256 goes with a bundle")
         return self

@@ -219,6 +219,7 @@ def _start_bundle_job(
         job_id=job_id,
         source="bundle",
         checkpoint_uri=f"s3://{artifacts}/{model.bundle_key}",
+        expected_onnx_sha256=model.onnx_sha256,
         output_uri=output_prefix,
         timing_cache_uri=f"s3://{artifacts}/timing-cache/",
         formats=list(job.formats),
