@@ -322,6 +322,12 @@ def test_an_imported_model_gets_edge_and_container_packages_once_its_bundle_is_c
     assert done["model_id"] == imported_id
     statuses = {f["format"]: f["status"] for f in done["result"]["formats"]}
     assert statuses == {"onnx": "built", "onnx_int8": "built"}
+    # The job built no FP16 model: an FP16 endpoint is refused, naming why.
+    fp16 = {"precision": "fp16"}
+    refused = http.post(
+        DEPLOYMENTS, json={"type": "platform_endpoint", "name": "x", "model_id": imported_id, "options": fp16}
+    )
+    assert "onnx_fp16" in error_of(refused, 409, "NOT_READY")["message"]
     # Deployed from the model: the package types now find the export package its job wrote.
     edge = create(http, "edge_package", "imported-edge", model_id=imported_id)
     assert edge["deployment"]["export_job_id"] == job_id
@@ -402,6 +408,25 @@ def test_inference_matches_pytorch_on_the_same_input(
             got = np.asarray(body["outputs"][name], dtype=np.float32)
             assert got.shape == value.shape
             np.testing.assert_allclose(got, value, atol=TOLERANCE, rtol=0)
+
+
+def test_an_endpoint_can_serve_the_int8_or_fp16_model_its_export_built(
+    api: ApiStack, http: httpx.Client, model_id: str, endpoint: dict[str, Any], torch_model: Any
+) -> None:
+    x = sample_input(21, 4)
+    fp32 = infer(api, endpoint["deployment"]["deployment_id"], endpoint["api_key"], {"input": x.tolist()})
+    expected = torch_outputs(torch_model, x)
+    for precision, tolerance in (("int8", 0.1), ("fp16", 0.01)):
+        options = {"precision": precision}
+        served = create(http, "platform_endpoint", f"p-{precision}", model_id=model_id, options=options)
+        assert served["deployment"]["options"]["precision"] == precision
+        answer = infer(api, served["deployment"]["deployment_id"], served["api_key"], {"input": x.tolist()})
+        assert answer.status_code == 200, answer.text
+        for name, value in expected.items():
+            got = np.asarray(answer.json()["outputs"][name], dtype=np.float32)
+            np.testing.assert_allclose(got, value, atol=tolerance, rtol=0)
+            # Another model than the FP32 one answered: its numbers differ, within its tolerance.
+            assert not np.array_equal(got, np.asarray(fp32.json()["outputs"][name], dtype=np.float32))
 
 
 def test_normalisation_is_applied_only_when_the_deployment_asks(

@@ -127,6 +127,8 @@ def test_create_platform_endpoint_prints_the_key_once_with_a_warning(api: FakeSe
         "--tier",
         "pro",
         "--normalize",
+        "--precision",
+        "int8",
     )
     assert result.exit_code == 0, result.stderr
     (seen,) = api.seen
@@ -135,7 +137,7 @@ def test_create_platform_endpoint_prints_the_key_once_with_a_warning(api: FakeSe
         "type": "platform_endpoint",
         "name": "shelf-detector",
         "model_id": "m1",
-        "options": {"tier": "pro", "apply_normalization": True},
+        "options": {"tier": "pro", "apply_normalization": True, "precision": "int8"},
     }
     assert result.stdout.count(API_KEY) == 1
     for text in ("will not be shown again", f"POST {api.url}/v1/infer/d1", "pro", "applied", "ACTIVE"):
@@ -267,8 +269,8 @@ CREATE = ("deploy", "create", "--name", "n")
             id="norm",
         ),
         pytest.param(
-            [*CREATE, "--model", "m", "--type", "platform_endpoint", "--precision", "fp16"],
-            "--precision goes",
+            [*CREATE, "--model", "m", "--type", "container", "--precision", "fp16"],
+            "--precision goes with --type platform_endpoint or edge_package only",
             id="precision",
         ),
         pytest.param(

@@ -252,7 +252,7 @@ class CreateDeploymentRequest(BaseModel):
     """A deployment of a model (``model_id``) or of an export job (``export_job_id``): exactly one.
 
     ``options`` depend on ``type``: download ``{file: package|bundle|onnx}``; platform_endpoint
-    ``{tier: free|pro|enterprise, apply_normalization: bool}``; edge_package
+    ``{tier: free|pro|enterprise, apply_normalization: bool, precision: fp32|fp16|int8}``; edge_package
     ``{precision: auto|int8|fp16|fp32}``; container ``{triton_image: str}``.
     """
 

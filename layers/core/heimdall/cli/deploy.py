@@ -144,7 +144,12 @@ def deploy_create(
         ),
     ] = None,
     precision: Annotated[
-        EdgePrecision | None, typer.Option("--precision", help="edge_package: the model's precision.")
+        EdgePrecision | None,
+        typer.Option(
+            "--precision",
+            help="edge_package: the model shipped (default auto); platform_endpoint: the model served "
+            "(fp32 default, or the export's fp16 / int8).",
+        ),
     ] = None,
     file: Annotated[
         DownloadFile | None,
@@ -237,15 +242,17 @@ def _type_options(
         DeploymentType.PLATFORM_ENDPOINT: {
             "--tier": ("tier", tier),
             "--normalize": ("apply_normalization", normalize),
+            "--precision": ("precision", precision),
         },
         DeploymentType.EDGE_PACKAGE: {"--precision": ("precision", precision)},
         DeploymentType.DOWNLOAD: {"--file": ("file", file)},
         DeploymentType.CONTAINER: {"--triton-image": ("triton_image", triton_image)},
     }
-    for owner, flags in given.items():
+    for flags in given.values():
         for flag, (_, value) in flags.items():
-            if value is not None and owner != deployment_type:
-                raise typer.BadParameter(f"{flag} goes with --type {owner.value} only", param_hint=flag)
+            if value is not None and flag not in given[deployment_type]:
+                owners = " or ".join(t.value for t, f in given.items() if flag in f)
+                raise typer.BadParameter(f"{flag} goes with --type {owners} only", param_hint=flag)
     # Only what was given: the API's defaults (free tier, no normalization, auto precision) stand.
     return {
         key: value.value if isinstance(value, enum.Enum) else value

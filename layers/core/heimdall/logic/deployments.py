@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from heimdall.bundle import read_bundle
 from heimdall.bundle.models import NormalizationStats
+from heimdall.conversion import FormatStatus
 from heimdall.deployments import (
     ApiKeyRecord,
     Deployment,
@@ -63,8 +64,10 @@ from heimdall.errors import (
 )
 from heimdall.events import DeploymentActivated, DeploymentDeactivated, idempotency_key_for, make_event
 from heimdall.logic.api import ApiDeps, require_id
+from heimdall.logic.export_jobs import read_job_result
 from heimdall.registry import DEFAULT_PAGE_SIZE, ExportJob, JobStatus, ModelRecord, Page
 from heimdall.storage import Download
+from heimdall.types import ExportFormat
 
 __all__ = [
     "CreateDeployment",
@@ -102,10 +105,12 @@ class DownloadOptions(_Options):
 
 
 class EndpointOptions(_Options):
-    """``platform_endpoint``: the key's tier, and whether inputs get the bundle's normalisation."""
+    """``platform_endpoint``: the key's tier, whether inputs get the bundle's normalisation, and which
+    model it runs: the FP32 ONNX model (the default) or the FP16 / INT8 model its export job built."""
 
     tier: Tier = Tier.FREE
     apply_normalization: bool = False
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
 
 
 class EdgeOptions(_Options):
@@ -197,14 +202,17 @@ def create_deployment(deps: ApiDeps, owner: str, request: CreateDeployment) -> C
         key_record = ApiKeyRecord(
             key_id=key_id, deployment_id=deployment_id, owner=owner, key_hash=hash_api_key(api_key)
         )
+        onnx_key, onnx_sha256 = model.onnx_key, model.onnx_sha256
+        if options.precision != "fp32":
+            onnx_key, onnx_sha256 = _built_model(deps, source, options.precision)
         base.update(
             model_id=model.model_id,
             tier=options.tier,
             apply_normalization=options.apply_normalization,
             key_id=key_id,
             model_version=model.version,
-            onnx_key=model.onnx_key,
-            onnx_sha256=model.onnx_sha256,
+            onnx_key=onnx_key,
+            onnx_sha256=onnx_sha256,
             normalization=_normalization(deps, model) if options.apply_normalization else None,
         )
         artifact = None
@@ -276,6 +284,29 @@ def _served_model(source: _Source) -> ModelRecord:
     if not model.onnx_key or not model.onnx_sha256:
         raise NotReady(f"model {model.model_id} has no stored ONNX model to serve", field="model_id")
     return model
+
+
+def _built_model(deps: ApiDeps, source: _Source, precision: Literal["fp16", "int8"]) -> tuple[str, str]:
+    """The key and sha256 of the FP16 or INT8 model the source's export job built (as its
+    ``result.json`` recorded them: the inference function checks the file against that sha256)."""
+    fmt = ExportFormat.ONNX_INT8 if precision == "int8" else ExportFormat.ONNX_FP16
+    job = source.job
+    if job is None or job.status is not JobStatus.SUCCEEDED or not job.output_prefix:
+        what = source.model.model_id if source.model else "this model"
+        raise NoExportPackage(
+            f"a {precision} endpoint serves the {fmt} model of an export job, and {what} has no succeeded "
+            "export job: serve it at fp32, or run an export job first",
+            field="options.precision",
+        )
+    outcome = read_job_result(deps, job).outcome(fmt)
+    if outcome is None or outcome.status is not FormatStatus.BUILT or not outcome.file or not outcome.sha256:
+        why = "was not asked for" if outcome is None else f"is {outcome.status.value}: {outcome.reason}"
+        raise NotReady(
+            f"export job {job.job_id} built no {fmt} model ({fmt} {why}): serve it at fp32 or at a precision "
+            "the job built",
+            field="options.precision",
+        )
+    return _key_of(f"{job.output_prefix.rstrip('/')}/{outcome.file}"), outcome.sha256
 
 
 def _normalization(deps: ApiDeps, model: ModelRecord) -> NormalizationStats:

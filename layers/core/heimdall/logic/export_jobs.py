@@ -44,6 +44,7 @@ __all__ = [
     "get_export_job",
     "job_id_for",
     "list_model_exports",
+    "read_job_result",
     "set_default_export",
 ]
 
@@ -326,6 +327,18 @@ def download_export(
         uri, expires_s=deps.api.presign_ttl_s, filename=name.rpartition("/")[2]
     )
     return Download(url=url, expires_at=expires_at, file=file, key=key, size_bytes=size, sha256=sha256)
+
+
+def read_job_result(deps: ApiDeps, job: ExportJob) -> ConversionResult:
+    """The ``result.json`` of a finished job; NotReady when it has none that can be read."""
+    unreadable = NotReady(f"export job {job.job_id} has no readable result.json", field="export_job_id")
+    if job.output_prefix is None:
+        raise unreadable
+    uri = f"{job.output_prefix.rstrip('/')}/{RESULT_FILE_NAME}"
+    try:
+        return ConversionResult.model_validate_json(deps.store.get_bytes(uri, max_bytes=MAX_RESULT_BYTES))
+    except (HeimdallError, ValidationError):
+        raise unreadable from None
 
 
 def _file_facts(deps: ApiDeps, result_uri: str, name: str) -> tuple[int | None, str | None]:
