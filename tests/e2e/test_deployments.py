@@ -420,6 +420,7 @@ def test_an_endpoint_can_serve_the_int8_or_fp16_model_its_export_built(
         options = {"precision": precision}
         served = create(http, "platform_endpoint", f"p-{precision}", model_id=model_id, options=options)
         assert served["deployment"]["options"]["precision"] == precision
+        assert served["deployment"]["onnx_sha256"] != endpoint["deployment"]["onnx_sha256"]
         answer = infer(api, served["deployment"]["deployment_id"], served["api_key"], {"input": x.tolist()})
         assert answer.status_code == 200, answer.text
         for name, value in expected.items():

@@ -288,6 +288,9 @@ class DeploymentOut(_Out):
     key_id: str | None = Field(description="Id of the endpoint's API key (the key itself is never stored).")
     endpoint: str | None = Field(description="Path of the inference endpoint (platform endpoints).")
     model_version: str | None
+    onnx_sha256: str | None = Field(
+        description="sha256 of the ONNX model a platform endpoint serves (FP32, or its precision's build)."
+    )
     artifact: DeploymentArtifact | None
     usage: UsageSummary | None = Field(
         default=None,

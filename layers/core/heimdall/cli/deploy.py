@@ -610,6 +610,8 @@ def _deployment_table(deployment: Json, base_url: str, *, title: str | None = No
     if platform:
         rows.append(("tier", str(deployment.get("tier") or "–")))
         rows.append(("normalization", "applied" if deployment.get("apply_normalization") else "not applied"))
+        if deployment.get("onnx_sha256"):
+            rows.append(("model sha256", str(deployment["onnx_sha256"])))
     if deployment.get("options"):
         rows.append(("options", _compact(deployment["options"])))
     if deployment.get("endpoint"):
