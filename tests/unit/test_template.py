@@ -459,10 +459,36 @@ def test_the_inference_function_serves_sessions_and_may_only_read_models_and_cou
         "s3:GetObject",
     }
     from heimdall.logic.bundles import BUNDLE_ONNX_PREFIXES
+    from heimdall.logic.deployments import EXPORT_MODEL_PATTERN
 
     reads = next(s for s in _policy_statements("InferFunction") if s["Action"] == "s3:GetObject")
     granted = {r["Fn::Sub"].removeprefix("${ArtifactsBucket.Arn}/") for r in _as_list(reads["Resource"])}
-    assert granted == {f"{prefix}*" for prefix in BUNDLE_ONNX_PREFIXES}
+    # Indexed models, and an export job's FP16/INT8 builds an endpoint may serve (no other job output).
+    assert granted == {f"{prefix}*" for prefix in BUNDLE_ONNX_PREFIXES} | {EXPORT_MODEL_PATTERN}
+    assert fnmatch.fnmatchcase("exports/job-1/model_int8.onnx", EXPORT_MODEL_PATTERN)
+    assert not fnmatch.fnmatchcase("exports/job-1/result.json", EXPORT_MODEL_PATTERN)
+
+
+def test_the_conversion_job_reads_indexed_bundles_but_writes_only_its_outputs() -> None:
+    from heimdall.logic.bundles import INDEXED_BUNDLE_PREFIX
+
+    statements = [
+        s for policy in _props("ConversionJobRole")["Policies"] for s in policy["PolicyDocument"]["Statement"]
+    ]
+    artifacts = "${ArtifactsBucket.Arn}/"
+    reads, writes = set(), set()
+    for statement in statements:
+        for resource in _as_list(statement["Resource"]):
+            path = resource.get("Fn::Sub", "") if isinstance(resource, dict) else ""
+            if not path.startswith(artifacts):
+                continue
+            actions = set(_as_list(statement["Action"]))
+            if "s3:GetObject" in actions:
+                reads.add(path.removeprefix(artifacts))
+            if actions - {"s3:GetObject"}:
+                writes.add(path.removeprefix(artifacts))
+    assert f"{INDEXED_BUNDLE_PREFIX}*" in reads, "a bundle job reads the imported model's stored bundle"
+    assert writes == {"exports/*", "timing-cache/*"}
 
 
 def test_the_api_function_writes_to_the_ingest_bucket_only_where_imports_go() -> None:

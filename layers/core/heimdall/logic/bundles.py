@@ -38,6 +38,8 @@ _ID_NAMESPACE = uuid.UUID("5d8d3a8e-3f43-4b9c-8c2e-6a9f0f1e2d4b")
 EXPORTED_ONNX_PREFIX = "models/"
 IMPORTED_ONNX_PREFIX = "imported/"
 BUNDLE_ONNX_PREFIXES = (EXPORTED_ONNX_PREFIX, IMPORTED_ONNX_PREFIX)
+#: Where indexed bundles live in the artifacts bucket (an imported model's export job reads its own).
+INDEXED_BUNDLE_PREFIX = "bundles/"
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def _index(
             if imported
             else f"{EXPORTED_ONNX_PREFIX}{model_id}/model.onnx"
         )
-        bundle_key = f"bundles/{model_id}/{name}-v{version}.heimdall"
+        bundle_key = f"{INDEXED_BUNDLE_PREFIX}{model_id}/{name}-v{version}.heimdall"
         deps.store.upload(onnx_path, f"s3://{artifacts}/{onnx_key}", content_type="application/octet-stream")
         # The stored copy carries this registry's id; an import also keeps the sender's id.
         renamed = {"model_id": model_id} | ({"original_model_id": bundle.model.model_id} if imported else {})

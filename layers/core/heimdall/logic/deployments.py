@@ -30,6 +30,7 @@ stops (deactivated, or deleted while active) ``Deployment Deactivated``.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import tempfile
 import uuid
@@ -286,6 +287,10 @@ def _served_model(source: _Source) -> ModelRecord:
     return model
 
 
+#: The keys of the export builds an endpoint may serve (the inference function may read these).
+EXPORT_MODEL_PATTERN = "exports/*.onnx"
+
+
 def _built_model(deps: ApiDeps, source: _Source, precision: Literal["fp16", "int8"]) -> tuple[str, str]:
     """The key and sha256 of the FP16 or INT8 model the source's export job built (as its
     ``result.json`` recorded them: the inference function checks the file against that sha256)."""
@@ -306,7 +311,12 @@ def _built_model(deps: ApiDeps, source: _Source, precision: Literal["fp16", "int
             "the job built",
             field="options.precision",
         )
-    return _key_of(f"{job.output_prefix.rstrip('/')}/{outcome.file}"), outcome.sha256
+    key = _key_of(f"{job.output_prefix.rstrip('/')}/{outcome.file}")
+    if not fnmatch.fnmatchcase(key, EXPORT_MODEL_PATTERN):  # where the inference function may read
+        raise NotReady(
+            f"export job {job.job_id}'s {fmt} file {key} cannot be served", field="options.precision"
+        )
+    return key, outcome.sha256
 
 
 def _normalization(deps: ApiDeps, model: ModelRecord) -> NormalizationStats:
