@@ -43,6 +43,7 @@ from heimdall.errors import (
     ExportParityFailed,
     HeimdallError,
     InvalidManifest,
+    InvalidOnnx,
     ParityError,
 )
 from heimdall.manifest import EMBEDDED_MANIFEST_KEY, ExportFormat, Manifest, parse_manifest, read_manifest
@@ -215,9 +216,12 @@ def _convert_bundle(bundle_path: Path, out_dir: Path, run: _Run, expected_sha256
         manifest = from_bundle.bundle_manifest(opened, run.options.formats)
         spec = from_bundle.bundle_io_spec(opened, manifest)
         run.manifest = manifest
+        try:
+            fp32 = onnx_runner(opened.onnx.path)
+        except Exception as exc:  # ORT's own exception types: the bundle's model is unusable, terminal
+            raise InvalidOnnx(f"ONNX Runtime cannot load the bundle's model: {exc}") from None
     for stage in ("build_model", "export_onnx", "parity_onnx"):
         run.skipped(stage, from_bundle.NO_PYTORCH_MODEL)
-    fp32 = onnx_runner(opened.onnx.path)
     # The FP32 model in ONNX Runtime is the reference the other formats are checked against.
     done = _Converted(None, manifest, spec, opened.onnx, fp32, fp32, out_dir)
     _record_fp32(

@@ -1,0 +1,45 @@
+"""The pipeline's bundle path, in process: how its refusals end (the CLI and job paths are e2e tests)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from heimdall.bundle import parse_metadata, write_bundle
+from heimdall.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall_batch import pipeline
+from heimdall_batch.pipeline import ConversionOptions, run_bundle_conversion
+
+
+def bundle_file(folder: Path) -> Path:
+    onnx_model = localization_net_onnx(seed=1)
+    bundle, _ = parse_metadata(sample_bundle_metadata(onnx_model, num_samples=1))
+    out = io.BytesIO()
+    write_bundle(bundle, onnx_model, out)
+    path = folder / "m.heimdall"
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def test_a_model_onnx_runtime_cannot_load_is_refused_terminally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unloadable(path: Path, **_: object) -> object:
+        raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation")
+
+    monkeypatch.setattr(pipeline, "onnx_runner", unloadable)
+    result = run_bundle_conversion(bundle_file(tmp_path), tmp_path / "out", ConversionOptions(job_id="j"))
+    assert (result.status, result.error_code, result.exit_code) == ("FAILED", "INVALID_ONNX", 3)
+    assert "NOT_IMPLEMENTED" in str(result.error_message)
+    assert [s.status for s in result.stages] == ["failed"]
+
+
+def test_a_wrong_expected_checksum_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_bundle_conversion(
+        bundle_file(tmp_path), out, ConversionOptions(job_id="j"), expected_sha256="0" * 64
+    )
+    assert (result.error_code, result.exit_code) == ("CHECKSUM_MISMATCH", 3)
+    assert sorted(p.name for p in out.iterdir()) == ["result.json"]
