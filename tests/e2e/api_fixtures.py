@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import io
 import json
 import os
 import subprocess
@@ -28,10 +27,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.local.demo import MANIFEST, Subscriber
 from heimdall.local.stack import LocalStack
-from heimdall.samples import localization_net_onnx, padded_onnx, sample_bundle_metadata
+from heimdall.samples import localization_net_onnx, padded_onnx, sample_bundle
 from heimdall.settings import MIB
 
 T = TypeVar("T")
@@ -156,12 +154,8 @@ def sha256(data: bytes) -> str:
 
 def make_bundle(onnx: bytes | None = None, *, compress: bool = False, **overrides: Any) -> bytes:
     """A valid canonical bundle (all four optional components, :data:`SAMPLE_COUNT` samples)."""
-    onnx = sample_onnx() if onnx is None else onnx
     overrides.setdefault("num_samples", SAMPLE_COUNT)
-    bundle, _ = parse_metadata(sample_bundle_metadata(onnx, **overrides))
-    out = io.BytesIO()
-    write_bundle(bundle, onnx, out, compress=compress)
-    return out.getvalue()
+    return sample_bundle(sample_onnx() if onnx is None else onnx, compress=compress, **overrides)
 
 
 @cache

@@ -168,20 +168,13 @@ def test_int8_without_qdq_nodes_is_refused(
 
 def test_an_imported_bundle_gets_an_engine_for_this_gpu(trt: ModuleType, tmp_path: Path) -> None:
     """A model that came as a bundle (no PyTorch model) gets its engine built and checked against it."""
-    import io
-
-    from heimdall.bundle import parse_metadata, write_bundle
     from heimdall.conversion import ConversionResult
     from heimdall.manifest import ExportFormat
-    from heimdall.samples import localization_net_onnx, sample_bundle_metadata
+    from heimdall.samples import localization_net_onnx, sample_bundle
     from heimdall_batch.pipeline import ConversionOptions, run_bundle_conversion
 
-    onnx_model = localization_net_onnx(seed=9)
-    bundle, _ = parse_metadata(sample_bundle_metadata(onnx_model, num_samples=1))
-    buffer = io.BytesIO()
-    write_bundle(bundle, onnx_model, buffer)
     source = tmp_path / "imported.heimdall"
-    source.write_bytes(buffer.getvalue())
+    source.write_bytes(sample_bundle(localization_net_onnx(seed=9), num_samples=1))
     options = ConversionOptions(job_id="gpu-bundle", formats=None, run_benchmark=False)
     result = run_bundle_conversion(source, tmp_path / "out", options)
     assert isinstance(result, ConversionResult) and result.status == "SUCCEEDED", result.error_message

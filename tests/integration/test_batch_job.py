@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -16,9 +15,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.conversion import ConversionResult
-from heimdall.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.samples import localization_net_onnx, sample_bundle
 from heimdall_batch.architectures import resolve
 
 MANIFEST = {
@@ -38,13 +36,6 @@ def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
     save_file({k: v.contiguous() for k, v in resolve("localization_net")().state_dict().items()}, str(path))
     return path.read_bytes()
-
-
-def make_bundle_bytes(onnx_model: bytes) -> bytes:
-    bundle, _ = parse_metadata(sample_bundle_metadata(onnx_model, num_samples=1))
-    out = io.BytesIO()
-    write_bundle(bundle, onnx_model, out)
-    return out.getvalue()
 
 
 def run_job(env: dict[str, str], spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
@@ -148,7 +139,8 @@ def test_a_bundle_job_converts_the_bundles_model_and_a_bad_one_is_terminal(
     bucket = f"b-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     onnx_model = localization_net_onnx(seed=5)
-    s3.put_object(Bucket=bucket, Key="bundles/m/net-v1.heimdall", Body=make_bundle_bytes(onnx_model))
+    indexed = sample_bundle(onnx_model, num_samples=1)
+    s3.put_object(Bucket=bucket, Key="bundles/m/net-v1.heimdall", Body=indexed)
     spec = {
         "job_id": "bundle-job",
         "source": "bundle",
@@ -166,7 +158,7 @@ def test_a_bundle_job_converts_the_bundles_model_and_a_bad_one_is_terminal(
     stored = s3.get_object(Bucket=bucket, Key="exports/bundle-job/model.onnx")["Body"].read()
     assert stored == onnx_model
     # A stored bundle replaced by another model since it was indexed: refused, terminal, nothing built.
-    other_model = make_bundle_bytes(localization_net_onnx(seed=6))
+    other_model = sample_bundle(localization_net_onnx(seed=6), num_samples=1)
     s3.put_object(Bucket=bucket, Key="bundles/m/net-v1.heimdall", Body=other_model)
     swapped = {**spec, "job_id": "swapped", "output_uri": f"s3://{bucket}/exports/swapped/"}
     refused = run_job(aws_env, swapped)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from heimdall import wiring
-from heimdall.bundle import parse_metadata, read_bundle, write_bundle
+from heimdall.bundle import read_bundle
 from heimdall.bundle.models import Component, ComponentSelection
 from heimdall.errors import (
     ChecksumMismatch,
@@ -46,7 +45,7 @@ from heimdall.logic.models import (
     list_models,
 )
 from heimdall.registry import ImportStatus, InMemoryRegistry
-from heimdall.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.samples import localization_net_onnx, sample_bundle, sample_bundle_metadata
 from heimdall.settings import ApiLimits, BundleLimits, Settings, get_settings
 from heimdall.storage import InMemoryObjectStore
 from heimdall.types import ExportFormat
@@ -68,10 +67,7 @@ class NoJobs:
 
 
 def bundle_bytes(**overrides: Any) -> bytes:
-    bundle, _ = parse_metadata(sample_bundle_metadata(ONNX, num_samples=5, **overrides))
-    out = io.BytesIO()
-    write_bundle(bundle, ONNX, out)
-    return out.getvalue()
+    return sample_bundle(ONNX, num_samples=5, **overrides)
 
 
 def make_deps(tmp_path: Path, **api: int) -> ApiDeps:

@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import base64
-import gzip
-import io
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -31,9 +29,8 @@ from tests.unit.test_api_logic_jobs import RecordingRunner
 
 from heimdall.api.app import app, openapi_text
 from heimdall.api.deps import use_deps
-from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.logic.api import ApiDeps
-from heimdall.samples import sample_bundle_metadata
+from heimdall.samples import sample_bundle
 
 READ, WRITE = "heimdall/read", "heimdall/write"
 ALL_SCOPES = (READ, WRITE)
@@ -331,11 +328,7 @@ def runner(deps: ApiDeps) -> RecordingRunner:
 
 def bundle_bytes(*, compress: bool = False, **metadata: Any) -> bytes:
     """A valid bundle of the sample model (``metadata`` overrides parts of the sample metadata)."""
-    bundle, _ = parse_metadata(sample_bundle_metadata(ONNX, **metadata))
-    out = io.BytesIO()
-    write_bundle(bundle, ONNX, out)
-    data = out.getvalue()
-    return gzip.compress(data) if compress else data
+    return sample_bundle(ONNX, compress=compress, **metadata)
 
 
 def import_model(api: Api, *, sub: str = "alice", data: bytes | None = None) -> dict[str, Any]:

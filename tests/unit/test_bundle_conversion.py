@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
 
-from heimdall.bundle import parse_metadata, write_bundle
-from heimdall.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.samples import localization_net_onnx, sample_bundle
 from heimdall_batch import pipeline
 from heimdall_batch.pipeline import ConversionOptions, run_bundle_conversion
 
 
 def bundle_file(folder: Path) -> Path:
-    onnx_model = localization_net_onnx(seed=1)
-    bundle, _ = parse_metadata(sample_bundle_metadata(onnx_model, num_samples=1))
-    out = io.BytesIO()
-    write_bundle(bundle, onnx_model, out)
     path = folder / "m.heimdall"
-    path.write_bytes(out.getvalue())
+    path.write_bytes(sample_bundle(localization_net_onnx(seed=1), num_samples=1))
     return path
 
 

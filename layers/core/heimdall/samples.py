@@ -294,6 +294,21 @@ def sample_bundle_metadata(
     return _merge(doc, overrides)
 
 
+def sample_bundle(onnx_bytes: bytes, *, compress: bool = False, **metadata: Any) -> bytes:
+    """A valid canonical ``.heimdall`` bundle of ``onnx_bytes`` (with ``integrity``), as bytes.
+
+    ``metadata`` goes to :func:`sample_bundle_metadata` (``seed``, ``num_samples``, overrides).
+    """
+    import io  # noqa: PLC0415 - only the callers that build bundles need the writer
+
+    from heimdall.bundle import parse_metadata, write_bundle  # noqa: PLC0415
+
+    bundle, _ = parse_metadata(sample_bundle_metadata(onnx_bytes, **metadata))
+    out = io.BytesIO()
+    write_bundle(bundle, onnx_bytes, out, compress=compress)
+    return out.getvalue()
+
+
 def legacy_bundle_metadata(
     onnx_bytes: bytes | None = None, *, seed: int = 0, num_samples: int = 3, **overrides: Any
 ) -> dict[str, Any]:

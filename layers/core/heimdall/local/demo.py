@@ -107,6 +107,11 @@ class Subscriber:
                 return dict(detail)
         return None
 
+    def job_finished(self, job_id: str) -> dict[str, Any] | None:
+        """The job's ``Export Job Succeeded`` or ``Export Job Failed`` detail, once received."""
+        succeeded = self.first("Export Job Succeeded", job_id=job_id)
+        return succeeded or self.first("Export Job Failed", job_id=job_id)
+
 
 def write_checkpoint(folder: Path) -> tuple[Path, Path]:
     """A seeded reference localization_net checkpoint (safetensors) and its manifest."""
@@ -166,13 +171,7 @@ def run_demo(
         "Export Job Started", lambda: subscriber.first("Export Job Started", job_id=job_id)
     )
     on_step("converting", f"conversion running ({started_event['batch_job_id']})")
-    finished = wait_for(
-        "the job to finish",
-        lambda: (
-            subscriber.first("Export Job Succeeded", job_id=job_id)
-            or subscriber.first("Export Job Failed", job_id=job_id)
-        ),
-    )
+    finished = wait_for("the job to finish", lambda: subscriber.job_finished(job_id))
     if finished["status"] != "SUCCEEDED":
         raise DemoFailed(f"the export job failed: {finished.get('code')}: {finished.get('message')}")
     on_step("succeeded", ", ".join(f"{f['format']} {f['status']}" for f in finished["formats"]))
@@ -257,13 +256,7 @@ def _rebuild_imported(
         if created.status_code != 202:
             raise DemoFailed(f"the imported model's job answered {created.status_code}: {created.text}")
         job_id = created.json()["job_id"]
-        finished = wait_for(
-            "the imported model's export job",
-            lambda: (
-                subscriber.first("Export Job Succeeded", job_id=job_id)
-                or subscriber.first("Export Job Failed", job_id=job_id)
-            ),
-        )
+        finished = wait_for("the imported model's export job", lambda: subscriber.job_finished(job_id))
         if finished["status"] != "SUCCEEDED":
             raise DemoFailed(f"the imported model's export job failed: {finished.get('message')}")
         job = api.get(f"/api/v1/export/jobs/{job_id}").json()
