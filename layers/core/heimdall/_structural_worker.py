@@ -1,4 +1,4 @@
-"""The child process of the structural pass: ``python -m heimdall.bundle._structural_worker``.
+"""The child process of the structural pass: ``python -m heimdall._structural_worker``.
 
 Run only by :func:`heimdall.bundle.structural.check_structure`. It reads one JSON request on stdin
 (``path``, ``expected_sha256``, ``expected_size``, ``limits``, ``memory_bytes``, ``cpu_seconds``),
