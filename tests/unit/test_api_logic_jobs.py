@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from heimdall.errors import (
 from heimdall.events import DetailType, InMemoryEventSink
 from heimdall.local.stack import SubprocessJobRunner
 from heimdall.logic.api import ApiDeps
+from heimdall.logic.deployments import export_of_model
 from heimdall.logic.export_jobs import (
     cancel_export_job,
     create_export_job,
@@ -434,3 +435,36 @@ def test_batch_cancel_terminates_and_a_job_batch_forgot_is_not_an_error() -> Non
         with pytest.raises(StorageError, match="ServerException"):
             submitter.cancel("abc", "cancelled by alice")
         stub.assert_no_pending_responses()
+
+
+def test_a_deployment_of_an_imported_model_finds_its_export_beyond_the_first_page(deps: ApiDeps) -> None:
+    imported = deps.registry.put_model(
+        ModelRecord(model_id="imp", owner="alice", model_name="net", version="1.0.0", source="import")
+    )
+    assert export_of_model(deps, "alice", imported) is None
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+
+    def succeeded_job(job_id: str, model_id: str, minutes: int) -> None:
+        at = start + timedelta(minutes=minutes)
+        deps.registry.create_export_job(
+            ExportJob(
+                job_id=job_id,
+                owner="alice",
+                model_name="net",
+                version="1.0.0",
+                checkpoint_bucket="artifacts",
+                checkpoint_key="bundles/x.heimdall",
+                model_id=model_id,
+                created_at=at,
+                updated_at=at,
+            )
+        )
+        for status in (JobStatus.SUBMITTED, JobStatus.RUNNING, JobStatus.SUCCEEDED):
+            deps.registry.transition_export_job(job_id, status)
+
+    succeeded_job("mine", "imp", 0)  # the oldest: 120 newer jobs of other models of the same name follow
+    for i in range(120):
+        succeeded_job(f"other-{i}", "another-model", i + 1)
+    found = export_of_model(deps, "alice", imported)
+    assert found is not None and found.job_id == "mine"
+    assert export_of_model(deps, "bob", imported) is None

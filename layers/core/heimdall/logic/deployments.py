@@ -80,6 +80,7 @@ __all__ = [
     "deployment_download",
     "deployment_history",
     "deployment_usage",
+    "export_of_model",
     "get_deployment",
     "list_deployments",
     "rotate_key",
@@ -255,13 +256,14 @@ def _source(deps: ApiDeps, owner: str, request: CreateDeployment) -> _Source:
     assert request.model_id is not None
     require_id(request.model_id, what="model", field="model_id")
     model = deps.registry.get_model(owner, request.model_id)
-    return _Source(model=model, job=_export_of(deps, owner, model))
+    return _Source(model=model, job=export_of_model(deps, owner, model))
 
 
-def _export_of(deps: ApiDeps, owner: str, model: ModelRecord) -> ExportJob | None:
+def export_of_model(deps: ApiDeps, owner: str, model: ModelRecord) -> ExportJob | None:
     """The export job whose package a deployment of ``model`` uses: the job that exported it; for an
     imported model, its default export if that converted this model, else the newest succeeded job
-    that did (among the model name's newest page of succeeded jobs)."""
+    that did (looked for among the model name's :data:`_EXPORT_SEARCH_PAGES` newest pages of
+    succeeded jobs)."""
     if model.export_job_id:
         try:
             return deps.registry.get_export_job(owner, model.export_job_id)
@@ -270,8 +272,20 @@ def _export_of(deps: ApiDeps, owner: str, model: ModelRecord) -> ExportJob | Non
     default = deps.registry.get_default_export(owner, model.model_name, model.version)
     if default is not None and default.model_id == model.model_id and default.status is JobStatus.SUCCEEDED:
         return default
-    page = deps.registry.list_export_jobs(owner, model_name=model.model_name, status=JobStatus.SUCCEEDED)
-    return next((job for job in page.items if job.model_id == model.model_id), None)
+    cursor: str | None = None
+    for _ in range(_EXPORT_SEARCH_PAGES):
+        page = deps.registry.list_export_jobs(
+            owner, model_name=model.model_name, status=JobStatus.SUCCEEDED, cursor=cursor
+        )
+        found = next((job for job in page.items if job.model_id == model.model_id), None)
+        if found is not None or page.cursor is None:
+            return found
+        cursor = page.cursor
+    return None
+
+
+#: How far back :func:`export_of_model` looks (pages of the registry's default size).
+_EXPORT_SEARCH_PAGES = 10
 
 
 def _served_model(source: _Source) -> ModelRecord:
