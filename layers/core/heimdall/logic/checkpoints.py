@@ -259,12 +259,9 @@ def start_export_job(deps: CheckpointDeps, request: JobRequest) -> tuple[ExportJ
         created_at=deps.now(),
         updated_at=deps.now(),
     )
-    try:
-        deps.registry.create_export_job(job)
-    except ConflictError:
-        job = deps.registry.get_export_job(request.owner, request.job_id)  # a retry, or a repeat
-        if job.status is not JobStatus.PENDING:
-            return job, False
+    job, to_submit = record_export_job(deps, job)
+    if not to_submit:
+        return job, False
     received = CheckpointReceived(
         idempotency_key=CheckpointReceived.key_for(bucket, request.checkpoint_key, checkpoint.revision),
         occurred_at=deps.now(),
@@ -288,6 +285,20 @@ def start_export_job(deps: CheckpointDeps, request: JobRequest) -> tuple[ExportJ
         formats=list(job.formats),
     )
     return submit_export_job(deps, job, spec, announce=[received]), True
+
+
+def record_export_job(deps: CheckpointDeps, job: ExportJob) -> tuple[ExportJob, bool]:
+    """Record a new PENDING job; a job id that exists already is that job (a retry, a repeat).
+
+    Returns the stored job and whether it still has to be submitted (new, or PENDING because an
+    earlier submission failed).
+    """
+    try:
+        deps.registry.create_export_job(job)
+    except ConflictError:
+        job = deps.registry.get_export_job(job.owner, job.job_id)
+        return job, job.status is JobStatus.PENDING
+    return job, True
 
 
 def submit_export_job(
@@ -384,6 +395,7 @@ __all__ = [
     "JobRequest",
     "handle_checkpoint_object",
     "load_manifest",
+    "record_export_job",
     "reject_upload",
     "start_export_job",
     "submit_export_job",

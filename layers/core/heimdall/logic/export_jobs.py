@@ -28,7 +28,13 @@ from heimdall.errors import (
 )
 from heimdall.events import idempotency_key_for
 from heimdall.logic.api import ApiDeps, require_id
-from heimdall.logic.checkpoints import JobRequest, load_manifest, start_export_job, submit_export_job
+from heimdall.logic.checkpoints import (
+    JobRequest,
+    load_manifest,
+    record_export_job,
+    start_export_job,
+    submit_export_job,
+)
 from heimdall.logic.once import run_once
 from heimdall.notifications import KeyKind, classify_ingest_key
 from heimdall.registry import DEFAULT_PAGE_SIZE, TERMINAL, ExportJob, JobStatus, ModelRecord, Page
@@ -210,12 +216,9 @@ def _start_bundle_job(
         created_at=now,
         updated_at=now,
     )
-    try:
-        deps.registry.create_export_job(job)
-    except ConflictError:
-        job = deps.registry.get_export_job(owner, job_id)  # a repeat
-        if job.status is not JobStatus.PENDING:
-            return job
+    job, to_submit = record_export_job(deps.checkpoint_deps(), job)
+    if not to_submit:
+        return job
     spec = JobSpec(
         job_id=job_id,
         source="bundle",
@@ -320,7 +323,7 @@ def download_export(
     prefix = job.output_prefix.rstrip("/")
     uri = f"{prefix}/{name}"
     key = uri.removeprefix("s3://").partition("/")[2]
-    size, sha256 = _file_facts(deps, f"{prefix}/{RESULT_FILE_NAME}", name)
+    size, sha256 = _file_facts(deps, job, name)
     if size is None:
         size = deps.store.head(uri).size  # also: 404 if the file is gone
     url, expires_at = deps.store.presign_get(
@@ -341,12 +344,10 @@ def read_job_result(deps: ApiDeps, job: ExportJob) -> ConversionResult:
         raise unreadable from None
 
 
-def _file_facts(deps: ApiDeps, result_uri: str, name: str) -> tuple[int | None, str | None]:
+def _file_facts(deps: ApiDeps, job: ExportJob, name: str) -> tuple[int | None, str | None]:
     """The size and sha256 the job's ``result.json`` recorded for ``name`` (None, None if it cannot say)."""
     try:
-        data = deps.store.get_bytes(result_uri, max_bytes=MAX_RESULT_BYTES)
-        result = ConversionResult.model_validate_json(data)
-    except (HeimdallError, ValidationError):
+        facts = read_job_result(deps, job).outputs.get(name)
+    except NotReady:
         return None, None
-    facts = result.outputs.get(name)
     return (facts.size_bytes, facts.sha256) if facts else (None, None)
