@@ -18,8 +18,8 @@ For each ``--batch`` size (default 1 and 32) it measures:
   handler's own cost (key check, rate limit, JSON parse, input check, run, usage, JSON encode,
   Powertools) without the emulator. The serving deps' clock (``ServingDeps.now``, what the rate
   limit and the usage read) is a fake one that moves one minute per reading, so every request falls
-  in a fresh rate-limit window and 1000/min never refuses one; the counters are still read, checked
-  and written as usual. The session is loaded by a warm-up request first (reported as
+  in a fresh rate-limit window and 1000/min never refuses one; the key's rate log is still read,
+  checked and written as usual. The session is loaded by a warm-up request first (reported as
   ``inprocess_cold_ms``). Bare runs and handler calls are interleaved (one of each per round) so
   that background load slows both alike; ``inprocess_overhead_ms = inprocess_ms - bare_run_ms``.
 * the **breakdown** of that overhead: each step of the handler timed on its own on the same request
@@ -64,9 +64,9 @@ Tracer and Metrics wrappers, about 0.5 ms). The same request as a binary tensor
 (``{"dtype", "shape", "data_b64"}``: ``inprocess_binary_ms``) skips the number lists and costs well
 under 1 ms over the bare run; at batch 32 the list body's decode and walk are most of the request, the
 binary one a few ms. Over HTTP, the emulator's DynamoDB calls (the key and the deployment, the
-rate-limit counter, the usage counters: ``wired_store_calls_ms``, each timed alone) are most of
-``http_ms``. The local gateway runs inference requests concurrently (only the counter writes take the
-stack's lock), but moto's server and the handler share this process's two cores and the GIL:
+rate-limit log, the usage counters: ``wired_store_calls_ms``, each timed alone) are most of
+``http_ms``. The local gateway runs inference requests concurrently (only the rate-limit and usage
+writes take the stack's lock), but moto's server and the handler share this process's two cores and the GIL:
 ``rps_8_clients`` is this machine's ceiling, not the endpoint's. The cold request is mostly the
 structural pass's child process (an interpreter, ``import onnx``, the checker).
 

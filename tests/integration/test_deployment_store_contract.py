@@ -7,6 +7,7 @@ test works under its own owner and ids, so the DynamoDB half shares one table pe
 
 from __future__ import annotations
 
+import struct
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,11 +16,15 @@ from typing import Any
 
 import boto3
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tests.unit.rate_arrivals import SEEN_BURSTS, arrivals, check_exact, thirds
 
 from heimdall.adapters.dynamodb import DynamoRegistry
-from heimdall.adapters.dynamodb_deployments import DynamoDeploymentStore
+from heimdall.adapters.dynamodb_deployments import DynamoDeploymentStore, _rate_key, _rate_log_item
 from heimdall.bundle.models import NormalizationStats
 from heimdall.deployments import (
+    MAX_RATE_LIMIT,
     RATE_LIMITS,
     ApiKeyRecord,
     Deployment,
@@ -29,6 +34,7 @@ from heimdall.deployments import (
     DeploymentStore,
     DeploymentType,
     InMemoryDeploymentStore,
+    RateDecision,
     Tier,
     authenticate_api_key,
     authorize_request,
@@ -36,6 +42,7 @@ from heimdall.deployments import (
     hash_api_key,
     key_matches,
     parse_key_id,
+    rate_moment,
 )
 from heimdall.errors import ConflictError, InvalidCursor, RecordNotFound, Unauthorized
 from heimdall.registry import ModelRecord
@@ -396,59 +403,102 @@ def test_a_burst_over_the_limit_is_denied_until_retry_after(store: DeploymentSto
     assert [d.allowed for d in decisions] == [True] * 10 + [False] * 5
     assert [d.remaining for d in decisions[:10]] == list(range(9, -1, -1))
     for i, denied in enumerate(decisions[10:], start=10):
-        # The rest of this minute, then 6 s of the next: the 10 requests weigh 10 x 54/60 = 9 by then.
-        assert denied.retry_after_s == (60 - (20 + i)) + 6
+        # The first request (at 20 s) leaves the window at 80 s: then one more fits.
+        assert denied.retry_after_s == 80 - (20 + i)
         assert denied.remaining == 0
     assert store.consume_rate_limit(generate_api_key()[0], limit, start).allowed, "another key is not limited"
     last = start + timedelta(seconds=14)
     retry = timedelta(seconds=decisions[-1].retry_after_s)
     assert not store.consume_rate_limit(key_id, limit, last + retry - timedelta(seconds=1)).allowed
-    assert store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=60)).allowed is False
+    assert not store.consume_rate_limit(key_id, limit, last + retry - timedelta(microseconds=1)).allowed
     on_time = store.consume_rate_limit(key_id, limit, last + retry)
     assert (on_time.allowed, on_time.remaining) == (True, 0)
-    # Two minutes on, nothing of the burst weighs any more.
+    # Two minutes on, nothing of the burst counts any more.
     later = [store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=180)) for _ in range(11)]
     assert [d.allowed for d in later] == [True] * 10 + [False]
-    with pytest.raises(ValueError):
-        store.consume_rate_limit(key_id, 0, start)
+    assert later[-1].retry_after_s == 60
+    for bad in (0, MAX_RATE_LIMIT + 1):
+        with pytest.raises(ValueError):
+            store.consume_rate_limit(key_id, bad, start)
 
 
-def test_a_burst_across_a_minute_boundary_gets_no_more_than_the_limit_through(store: DeploymentStore) -> None:
+def test_the_seen_bursts_at_a_minute_edge_get_the_limit_through_and_no_more(store: DeploymentStore) -> None:
+    """10 at second 59.8, 10 at +30 s, 10 at +50 s on a 10/min key: the minute counters let 18 through."""
     key_id = generate_api_key()[0]
-    before = [store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=59.5)) for _ in range(7)]
-    after = [store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=60.2)) for _ in range(8)]
-    # A fixed minute window would let all 15 through; the 7 just before still weigh 7 x 59.8/60 -> 7.
-    assert [d.allowed for d in before] == [True] * 7
-    assert [d.allowed for d in after] == [True] * 3 + [False] * 5
-    assert [d.remaining for d in after[:3]] == [2, 1, 0]
-    # One more fits once the 7 weigh no more than 10 - 1 - 3 = 6: 7 x (60 - t)/60 <= 6 at t >= 8.57 s,
-    # 8.37 s after the refusal at 0.2 s: Retry-After 9.
-    refused = after[-1]
-    assert refused.retry_after_s == 9
-    assert not store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=68.2)).allowed
-    assert store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=69.2)).allowed
+    admitted = check_exact(lambda now: store.consume_rate_limit(key_id, 10, now), SEEN_BURSTS, 10)
+    assert admitted == SEEN_BURSTS[:10]
 
 
-def test_concurrent_consumers_share_one_limit(store: DeploymentStore) -> None:
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(times=arrivals(max_requests=30), limit=st.integers(min_value=1, max_value=8))
+def test_every_arrival_pattern_is_answered_exactly(
+    store: DeploymentStore, times: list[datetime], limit: int
+) -> None:
+    """Bursts at minute edges and thirds of a window, random times: admitted iff the 60 s before have
+    room, so no 60-s window admits more than the limit; remaining and Retry-After exact."""
     key_id = generate_api_key()[0]
-    barrier = threading.Barrier(8)
-    allowed: list[bool] = []
+    check_exact(lambda now: store.consume_rate_limit(key_id, limit, now), times, limit)
+
+
+def test_thirds_of_a_window(store: DeploymentStore) -> None:
+    key_id = generate_api_key()[0]
+    admitted = check_exact(lambda now: store.consume_rate_limit(key_id, 3, now), thirds(3), 3)
+    assert len(admitted) == 4 * 3
+
+
+@pytest.mark.parametrize(("threads", "each", "limit"), [(8, 3, 10), (12, 5, 25)])
+def test_concurrent_consumers_at_one_instant_admit_exactly_the_limit(
+    store: DeploymentStore, threads: int, each: int, limit: int
+) -> None:
+    """As concurrent instances do: every thread reads the log, decides, and writes if it admits."""
+    key_id = generate_api_key()[0]
+    barrier = threading.Barrier(threads)
+    decisions: list[RateDecision] = []
     lock = threading.Lock()
 
     def consume() -> None:
         barrier.wait()
-        for _ in range(3):
-            decision = store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=5))
+        for _ in range(each):
+            decision = store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=5))
             with lock:
-                allowed.append(decision.allowed)
+                decisions.append(decision)
 
-    threads = [threading.Thread(target=consume) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(allowed) == 24
-    assert allowed.count(True) == 10
+    workers = [threading.Thread(target=consume) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(decisions) == threads * each
+    allowed = [d for d in decisions if d.allowed]
+    assert len(allowed) == limit
+    assert sorted(d.remaining for d in allowed) == list(range(limit))
+    assert {d.retry_after_s for d in decisions if not d.allowed} == {60}
+    assert not store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=64.999999)).allowed
+    assert store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=65)).allowed
+
+
+def test_concurrent_consumers_across_a_minute_edge(store: DeploymentStore) -> None:
+    """Threads whose requests carry times either side of a minute boundary, in any order."""
+    key_id = generate_api_key()[0]
+    moments = [T0 + timedelta(seconds=59.8 + 0.1 * (n % 5)) for n in range(30)]  # 59.8 .. 60.2 s
+    barrier = threading.Barrier(6)
+    admitted: list[datetime] = []
+    lock = threading.Lock()
+
+    def consume(mine: list[datetime]) -> None:
+        barrier.wait()
+        for now in mine:
+            if store.consume_rate_limit(key_id, 10, now).allowed:
+                with lock:
+                    admitted.append(now)
+
+    workers = [threading.Thread(target=consume, args=(moments[n::6],)) for n in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(admitted) == 10
+    assert not store.consume_rate_limit(key_id, 10, T0 + timedelta(seconds=90)).allowed
 
 
 # --- usage -----------------------------------------------------------------------------------------
@@ -472,34 +522,82 @@ def test_usage_counters_add_up(store: DeploymentStore, owner: str) -> None:
     assert store.get_usage(record.deployment_id).request_count == 0
 
 
-def test_the_previous_minute_is_read_once_per_key_and_minute(table_name: str, dynamodb: Any) -> None:
+def test_an_inference_request_reads_once_and_writes_once_if_admitted(
+    table_name: str, dynamodb: Any, owner: str
+) -> None:
+    """The key, the deployment and the rate log in one ``BatchGetItem``; one conditional ``PutItem`` for
+    an admitted request, none for a refused one."""
     store = DynamoDeploymentStore(table_name, dynamodb)
-    reads: list[str] = []
+    record, key_record, key = endpoint(owner)
+    store.put_deployment(record, api_key=key_record)
+    calls: list[str] = []
 
-    def count_read(**_: Any) -> None:
-        reads.append("get")
+    def count(model: Any, **_: Any) -> None:
+        calls.append(model.name)
 
-    dynamodb.meta.events.register("before-call.dynamodb.GetItem", count_read)
+    dynamodb.meta.events.register("before-call.dynamodb", count)
     try:
-        _read_the_previous_minute_once(store, reads)
+        answers = []
+        for n in range(3):
+            authorize_request(store, key, record.deployment_id)
+            answers.append(store.consume_rate_limit(key_record.key_id, 2, T0 + timedelta(seconds=n)))
     finally:
-        dynamodb.meta.events.unregister("before-call.dynamodb.GetItem", count_read)
+        dynamodb.meta.events.unregister("before-call.dynamodb", count)
+    assert [a.allowed for a in answers] == [True, True, False]
+    assert calls == ["BatchGetItem", "PutItem", "BatchGetItem", "PutItem", "BatchGetItem"]
 
 
-def _read_the_previous_minute_once(store: DynamoDeploymentStore, reads: list[str]) -> None:
+def test_a_lost_race_is_decided_again_on_the_log_it_returns(
+    table_name: str, dynamodb: Any, owner: str
+) -> None:
+    """Two instances read the same log; the second to write loses the condition, and decides again on
+    the log the failure returns (no other read): admitted while there is room, refused once it is full."""
+    first, second = DynamoDeploymentStore(table_name, dynamodb), DynamoDeploymentStore(table_name, dynamodb)
+    record, key_record, key = endpoint(owner)
+    first.put_deployment(record, api_key=key_record)
+    key_id = key_record.key_id
+    authorize_request(first, key, record.deployment_id)
+    authorize_request(second, key, record.deployment_id)
+    assert first.consume_rate_limit(key_id, 2, T0 + timedelta(seconds=1)).allowed
+    calls: list[str] = []
+
+    def count(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    dynamodb.meta.events.register("before-call.dynamodb", count)
+    try:
+        late = second.consume_rate_limit(key_id, 2, T0 + timedelta(seconds=2))  # read before the first wrote
+        assert (late.allowed, late.remaining) == (True, 0)
+        assert calls == ["PutItem", "PutItem"]
+        authorize_request(first, key, record.deployment_id)
+        authorize_request(second, key, record.deployment_id)
+        assert first.consume_rate_limit(key_id, 3, T0 + timedelta(seconds=3)).allowed
+        calls.clear()
+        full = second.consume_rate_limit(key_id, 3, T0 + timedelta(seconds=4))
+        assert (full.allowed, full.retry_after_s) == (False, 57)  # the request at 1 s leaves at 61 s
+        assert calls == ["PutItem"]
+    finally:
+        dynamodb.meta.events.unregister("before-call.dynamodb", count)
+
+
+def test_the_largest_limit_fits_one_item(table_name: str, dynamodb: Any) -> None:
+    store = DynamoDeploymentStore(table_name, dynamodb)
     key_id = generate_api_key()[0]
-    assert store.consume_rate_limit(key_id, 100, T0 + timedelta(seconds=1)).allowed
-    assert store.consume_rate_limit(key_id, 100, T0 + timedelta(seconds=1.5)).allowed
-    assert len(reads) == 2, "within 2 s of the boundary the previous minute may still change: read again"
-    for second in range(3, 40):
-        assert store.consume_rate_limit(key_id, 100, T0 + timedelta(seconds=second)).allowed
-    assert len(reads) == 3, "settled: read once more, then kept"
-    # The next minute reads this one, which now weighs 39 requests.
-    decision = store.consume_rate_limit(key_id, 40, T0 + timedelta(seconds=62))
-    assert len(reads) == 4 and decision.allowed and decision.remaining == 40 - 38 - 1
+    limit = MAX_RATE_LIMIT
+    # A full log: ``limit`` times over the last minute (written directly: ``limit`` requests take long).
+    times = tuple(rate_moment(T0) + n * 5_000 for n in range(limit))
+    dynamodb.put_item(TableName=table_name, Item=_rate_log_item(key_id, times, "v1"))
+    item = dynamodb.get_item(TableName=table_name, Key=_rate_key(key_id))["Item"]
+    assert len(item["admitted"]["B"]) == 8 + 4 * limit < 400_000 // 4  # 40 kB
+    refused = store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=50))
+    assert (refused.allowed, refused.retry_after_s) == (False, 10)
+    admitted = store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=60))
+    assert (admitted.allowed, admitted.remaining) == (True, 0)
 
 
-def test_on_the_table_keys_are_hashes_and_counters_expire(table_name: str, dynamodb: Any, owner: str) -> None:
+def test_on_the_table_keys_are_hashes_and_rate_logs_expire(
+    table_name: str, dynamodb: Any, owner: str
+) -> None:
     store = DynamoDeploymentStore(table_name, dynamodb)
     record, key_record, key = endpoint(owner)
     store.put_deployment(record, api_key=key_record)
@@ -510,15 +608,16 @@ def test_on_the_table_keys_are_hashes_and_counters_expire(table_name: str, dynam
     secret = key.rsplit("_", 1)[-1]
     assert secret not in str(item["Item"])
 
-    now = T0 + timedelta(seconds=75)
+    now = T0 + timedelta(seconds=75.25)
     store.consume_rate_limit(key_record.key_id, 10, now)
-    window = int(now.timestamp()) // 60
-    counter = dynamodb.get_item(
-        TableName=table_name, Key={"PK": {"S": f"RATE#{key_record.key_id}#{window}"}, "SK": {"S": "WINDOW"}}
+    log = dynamodb.get_item(
+        TableName=table_name, Key={"PK": {"S": f"RATE#{key_record.key_id}"}, "SK": {"S": "LOG"}}
     )["Item"]
-    assert counter["count"] == {"N": "1"}
-    # A counter outlives its minute and the next one (where it still weighs), plus a grace.
-    assert int(counter["expires_at"]["N"]) == (window + 2) * 60 + 300
+    assert log["entity"] == {"S": "RATE_LOG"}
+    # The newest time (microseconds), then each time's distance behind it.
+    assert log["admitted"]["B"] == struct.pack(">qI", rate_moment(now), 0)
+    # Once the newest time has left the window nothing in the log counts: TTL takes it after a grace.
+    assert int(log["expires_at"]["N"]) == int(now.timestamp()) + 60 + 300
 
 
 # --- the shared table ------------------------------------------------------------------------------

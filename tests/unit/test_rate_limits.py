@@ -1,72 +1,92 @@
-"""The sliding-window rate limit's arithmetic: the allowance, and a Retry-After that is exact."""
+"""The rate limit is exact: no 60-second window admits more than the limit, and a request is admitted
+whenever the 60 s before it have room, whatever the arrival pattern; ``Retry-After`` is exact."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import datetime, timedelta
 
-from hypothesis import given
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-from heimdall.deployments import (
-    InMemoryDeploymentStore,
-    RateWindow,
-    rate_allowance,
-    rate_limited,
-    rate_window,
+from tests.unit.rate_arrivals import (
+    SEEN_BURSTS,
+    arrivals,
+    at,
+    check_exact,
+    most_in_any_window,
+    thirds,
 )
 
-T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+from heimdall.deployments import MAX_RATE_LIMIT, InMemoryDeploymentStore, check_rate_limit
 
 
-def allowed_after(limit: int, previous: int, current: int, elapsed_s: float, wait_s: float) -> bool:
-    """Whether one more request fits ``wait_s`` from now if no other arrives meanwhile."""
-    at = elapsed_s + wait_s
-    if at < 60:
-        return current < rate_allowance(limit, previous, RateWindow(number=1, elapsed_s=at))
-    if at < 120:  # the next minute: this one's count weighs on it, nothing counted there yet
-        return rate_allowance(limit, current, RateWindow(number=2, elapsed_s=at - 60)) > 0
-    return True
+def consume_on(store: InMemoryDeploymentStore, key_id: str, limit: int):  # type: ignore[no-untyped-def]
+    return lambda now: store.consume_rate_limit(key_id, limit, now)
 
 
-def test_the_window_and_what_the_previous_minute_still_weighs() -> None:
-    window = rate_window(T0 + timedelta(seconds=15))
-    assert (window.number, window.elapsed_s) == (int(T0.timestamp()) // 60, 15.0)
-    assert rate_allowance(10, 0, window) == 10
-    assert rate_allowance(10, 8, window) == 4  # 8 x 45/60 = 6
-    assert rate_allowance(10, 7, window) == 4  # 7 x 45/60 = 5.25, rounded up
-    assert rate_allowance(10, 10, RateWindow(number=1, elapsed_s=0.0)) == 0
-    assert rate_allowance(5, 50, RateWindow(number=1, elapsed_s=30.0)) == -20
-
-
-@given(
-    limit=st.integers(min_value=1, max_value=1000),
-    previous=st.integers(min_value=0, max_value=1000),
-    current=st.integers(min_value=0, max_value=1000),
-    elapsed_s=st.floats(min_value=0, max_value=59.999, allow_nan=False),
-)
-def test_retry_after_is_the_first_whole_second_a_request_fits(
-    limit: int, previous: int, current: int, elapsed_s: float
-) -> None:
-    window = RateWindow(number=1, elapsed_s=elapsed_s)
-    if current < rate_allowance(limit, previous, window):
-        return  # allowed now: nothing to refuse
-    decision = rate_limited(limit, previous, current, window)
-    assert not decision.allowed and decision.remaining == 0
-    assert 1 <= decision.retry_after_s <= 120
-    assert allowed_after(limit, previous, current, elapsed_s, decision.retry_after_s)
-    if decision.retry_after_s > 1:
-        assert not allowed_after(limit, previous, current, elapsed_s, decision.retry_after_s - 1)
-
-
-@given(
-    offsets=st.lists(st.floats(min_value=0, max_value=180, allow_nan=False), min_size=1, max_size=60),
-    limit=st.integers(min_value=1, max_value=12),
-)
-def test_no_burst_gets_more_than_the_limit_through(offsets: list[float], limit: int) -> None:
-    """A burst within one second, anywhere (across a minute boundary too): the first ``limit`` get through."""
+def test_the_seen_bursts_get_the_limit_through_and_no_more() -> None:
+    """10 at second 59.8, 10 at +30 s, 10 at +50 s on a 10/min key: 10 in all (the old window let 18)."""
     store = InMemoryDeploymentStore()
-    start = T0 + timedelta(seconds=sorted(offsets)[0])
-    moments = sorted(start + timedelta(seconds=(o % 1.0)) for o in offsets)
-    allowed = [store.consume_rate_limit("k", limit, moment).allowed for moment in moments]
-    through = min(limit, len(moments))
-    assert allowed == [True] * through + [False] * (len(moments) - through)
+    admitted = check_exact(consume_on(store, "k", 10), SEEN_BURSTS, 10)
+    assert admitted == SEEN_BURSTS[:10]
+    # The first burst leaves the window at 119.8 s: the third burst's refusals say 10 s.
+    assert store.consume_rate_limit("k", 10, at(109.8)).retry_after_s == 10
+    assert not store.consume_rate_limit("k", 10, at(118.8)).allowed
+    assert store.consume_rate_limit("k", 10, at(119.8)).allowed
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 10, 100])
+def test_bursts_at_every_third_of_a_window(limit: int) -> None:
+    store = InMemoryDeploymentStore()
+    admitted = check_exact(consume_on(store, "k", limit), thirds(limit), limit)
+    # Each window's first burst fills it; the bursts at 20 s and 40 s into it are refused.
+    assert len(admitted) == 4 * limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(times=arrivals(), limit=st.integers(min_value=1, max_value=12))
+@example(times=SEEN_BURSTS, limit=10)
+def test_every_arrival_pattern_is_answered_exactly(times: list[datetime], limit: int) -> None:
+    check_exact(consume_on(InMemoryDeploymentStore(), "k", limit), times, limit)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    times=arrivals(),
+    limit=st.integers(min_value=1, max_value=12),
+    skew_ms=st.lists(st.integers(min_value=-50, max_value=50), min_size=60, max_size=60),
+)
+def test_clocks_that_disagree_by_milliseconds_never_get_more_than_the_limit_through(
+    times: list[datetime], limit: int, skew_ms: list[int]
+) -> None:
+    """Instances' clocks are not in step: the times a key's requests carry do not arrive in order."""
+    store = InMemoryDeploymentStore()
+    skewed = [t + timedelta(milliseconds=s) for t, s in zip(times, skew_ms, strict=False)]
+    random.Random(len(skewed)).shuffle(skewed)  # a slow instance's request lands after a newer one
+    admitted = [now for now in skewed if store.consume_rate_limit("k", limit, now).allowed]
+    assert most_in_any_window(admitted) <= limit
+
+
+def test_limits_change_with_the_tier_without_losing_what_was_admitted() -> None:
+    store = InMemoryDeploymentStore()
+    assert [store.consume_rate_limit("k", 3, at(1)).allowed for _ in range(4)] == [True] * 3 + [False]
+    # A higher tier: the 3 still count against its 5.
+    assert [store.consume_rate_limit("k", 5, at(2)).allowed for _ in range(3)] == [True, True, False]
+    # A lower one: the 5 in the window are more than its 2.
+    refused = store.consume_rate_limit("k", 2, at(30))
+    assert not refused.allowed and refused.retry_after_s == 32  # the second newest leaves at 62 s
+
+
+def test_keys_are_limited_apart() -> None:
+    store = InMemoryDeploymentStore()
+    assert [store.consume_rate_limit("a", 1, at(5)).allowed for _ in range(2)] == [True, False]
+    assert store.consume_rate_limit("b", 1, at(5)).allowed
+
+
+def test_a_limit_is_a_positive_int_no_larger_than_an_item_holds() -> None:
+    assert check_rate_limit(1) == 1
+    assert check_rate_limit(MAX_RATE_LIMIT) == MAX_RATE_LIMIT
+    for bad in (0, -1, MAX_RATE_LIMIT + 1, True, 1.5, "10"):
+        with pytest.raises(ValueError):
+            check_rate_limit(bad)  # type: ignore[arg-type]

@@ -174,13 +174,14 @@ def test_the_rate_limit_answers_429_with_retry_after_until_a_request_fits(endpoi
         assert endpoint.infer({"input": [[1.0, 1.0]]})[0] == 200
     status, headers, answer = endpoint.infer({"input": [[1.0, 1.0]]})
     assert status == 429 and answer["error"]["code"] == "RATE_LIMITED"
-    # 12:00:30: the rest of the minute, then 6 s of the next (the 10 weigh 10 x 54/60 = 9 by then).
-    assert headers["retry-after"] == "36"
-    assert answer["error"]["details"] == {"retry_after_s": 36, "limit": 10}
-    endpoint.clock.now += timedelta(seconds=35)
+    # All 10 came at 12:00:30: one more fits once they leave the 60-s window, at 12:01:30.
+    assert headers["retry-after"] == "60"
+    assert answer["error"]["details"] == {"retry_after_s": 60, "limit": 10}
+    endpoint.clock.now += timedelta(seconds=59)
     assert endpoint.infer({"input": [[1.0, 1.0]]})[0] == 429
     endpoint.clock.now += timedelta(seconds=1)
-    assert endpoint.infer({"input": [[1.0, 1.0]]})[0] == 200
+    status, headers, _ = endpoint.infer({"input": [[1.0, 1.0]]})
+    assert (status, headers["x-ratelimit-remaining"]) == (200, "9")
     assert endpoint.deployments.get_usage("dep-1").request_count == 11
 
 

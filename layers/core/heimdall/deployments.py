@@ -22,19 +22,29 @@ API keys
     revoked key is not found by :meth:`DeploymentStore.get_api_key`, so it stops working at once.
 
 Rate limits
-    A sliding window over minute counters: one conditional counter per (key id, minute), and a
-    request is allowed while this minute's count plus the previous minute's count, weighted by the
-    share of that minute still inside the last 60 s (rounded up), stays below the limit
-    (:func:`rate_allowance`). A fixed minute window would let twice the limit through in a burst that
-    straddles a minute boundary; this lets at most the limit through in any burst. Every instance
-    increments the same item (``ADD count 1`` only while ``count < allowance``), so a limit holds across
-    concurrent Lambda instances; the item expires (``expires_at``) a few minutes after its window.
-    ``Retry-After`` is exact: the first whole second at which one more request would be allowed if no
-    other arrived (:func:`rate_limited`).
+    Exact: no 60-second window admits more than a key's limit, and a request is admitted whenever the
+    60 s before it, ``(now - 60 s, now]``, hold fewer than the limit. The scheme is a sliding log: per
+    key, the times (microseconds since the epoch, the Lambda's clock) of its last ``limit`` admitted
+    requests, ascending. A request is admitted iff fewer than ``limit`` of them are later than
+    ``now - 60 s`` (:func:`admit_request`); an admitted request replaces the oldest time by its own, a
+    refused one changes nothing. ``Retry-After`` is exact: the oldest of the ``limit`` times plus 60 s
+    less now, rounded up to a whole second, is the first second at which one more request fits if no
+    other arrives. Why not a counter or a token bucket: a sliding window over minute counters
+    (weighting the previous minute, as before) lets a burst at second 59.8 and bursts 30 s and 50 s
+    later through 18 times on a 10/min key within 51 s; a token bucket or GCRA with a burst of
+    ``limit`` admits the burst and then the refill within the same 60 s. Exactness over every window
+    needs the last ``limit`` times: this is that state and no more.
+
+    Clocks of concurrent instances differ by milliseconds, so times need not arrive in order: a log
+    keeps the ``limit`` *latest* times, sorted, and times later than ``now`` count as inside the
+    window; whatever order the times arrive in, no 60-s window of them holds more than the limit.
+    The DynamoDB store keeps a key's log in one item read with the key and the deployment and written
+    with one conditional write per admitted request (:mod:`heimdall.adapters.dynamodb_deployments`).
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 import hashlib
 import hmac
@@ -44,10 +54,10 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -69,9 +79,11 @@ from heimdall.registry import (
 
 __all__ = [
     "API_KEY_PREFIX",
-    "RATE_COUNTER_GRACE_S",
+    "MAX_RATE_LIMIT",
     "RATE_LIMITS",
+    "RATE_LOG_GRACE_S",
     "RATE_WINDOW_S",
+    "RATE_WINDOW_US",
     "ApiKeyRecord",
     "Deployment",
     "DeploymentAction",
@@ -82,11 +94,11 @@ __all__ = [
     "DeploymentType",
     "InMemoryDeploymentStore",
     "RateDecision",
-    "RateWindow",
     "SerializedCounters",
     "Tier",
     "UsageSummary",
     "action_for",
+    "admit_request",
     "authenticate_api_key",
     "authorize_request",
     "check_latency",
@@ -96,16 +108,23 @@ __all__ = [
     "key_matches",
     "new_event_id",
     "parse_key_id",
-    "rate_allowance",
-    "rate_limited",
-    "rate_window",
+    "rate_moment",
     "same_status_conflict",
 ]
 
 API_KEY_PREFIX = "hdk_"
-#: Length of a rate-limit window, and how long a window's counter outlives it (then TTL deletes it).
+#: Length of the rate-limit window; how long a key's log outlives its newest time (then TTL deletes it).
 RATE_WINDOW_S = 60
-RATE_COUNTER_GRACE_S = 300
+RATE_WINDOW_US = RATE_WINDOW_S * 1_000_000
+RATE_LOG_GRACE_S = 300
+#: The largest limit a key may have: its log stays small in one DynamoDB item (4 bytes a time there,
+#: 40 kB at this limit, far under the 400 kB item limit; the tiers go to 1000).
+MAX_RATE_LIMIT = 10_000
+#: A log drops times this far behind its newest: they lie in no window any instance's clock opens
+#: (instances agree to milliseconds), and it bounds what the DynamoDB item stores per time.
+_RATE_LOG_HORIZON_US = 3600 * 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _KEY_ID_BYTES = 8
 _SECRET_BYTES = 32
 _API_KEY = re.compile(r"^hdk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
@@ -325,54 +344,33 @@ def authorize_request(
     return checked, deployment
 
 
-@dataclass(frozen=True)
-class RateWindow:
-    """The minute ``now`` falls in: its number (Unix minutes) and the seconds of it already gone."""
-
-    number: int
-    elapsed_s: float
-
-    @property
-    def expires_at(self) -> int:
-        """When the minute's counter may go (Unix seconds): a grace after its successor's end too."""
-        return (self.number + 2) * RATE_WINDOW_S + RATE_COUNTER_GRACE_S
+def rate_moment(now: datetime) -> int:
+    """``now`` in whole microseconds since the epoch (a datetime's resolution: exact, no float)."""
+    return (_as_utc(now) - _EPOCH) // _MICROSECOND
 
 
-def rate_window(now: datetime) -> RateWindow:
-    """The minute window ``now`` falls in."""
-    moment = _as_utc(now).timestamp()
-    number = math.floor(moment / RATE_WINDOW_S)
-    return RateWindow(number=number, elapsed_s=moment - number * RATE_WINDOW_S)
+def admit_request(
+    admitted: Sequence[int], limit: int, now_us: int
+) -> tuple[RateDecision, tuple[int, ...] | None]:
+    """The answer to one request at ``now_us`` of a key whose log is ``admitted`` (ascending times of
+    its last admitted requests), and the log to store: None when it is refused (nothing changes).
 
-
-# Float noise must not turn an exact boundary (previous x share = a whole number) into one more request.
-_RATE_EPSILON = 1e-9
-
-
-def rate_allowance(limit: int, previous: int, window: RateWindow) -> int:
-    """How far this minute's counter may go: ``limit`` less the previous minute's ``previous`` requests
-    weighted by the share of that minute still inside the last 60 s, rounded up (so the two minutes
-    together never let more than ``limit`` through in a burst). May be zero or negative."""
-    remaining_share = (RATE_WINDOW_S - window.elapsed_s) / RATE_WINDOW_S
-    return limit - max(0, math.ceil(previous * remaining_share - _RATE_EPSILON))
-
-
-def rate_limited(limit: int, previous: int, current: int, window: RateWindow) -> RateDecision:
-    """The refusal of a request when this minute counted ``current`` and the previous ``previous``.
-
-    ``retry_after_s`` is the first whole second from now at which one more request is allowed if no
-    other arrives: later this minute, once the previous minute's weight has shrunk enough, or in the next
-    minute, once this minute's weight has.
+    Only the ``limit`` latest times matter (a log holds no more; after a tier change it may hold more
+    or fewer): the request fits iff fewer than ``limit`` of them are later than ``now_us - 60 s``.
+    Times after ``now_us`` (an instance whose clock runs ahead) count as inside the window.
     """
-    room = limit - 1 - current  # how much of the previous minute may still weigh on this one
-    if room >= 0:
-        # previous * (60 - t) / 60 <= room  <=>  t >= 60 * (1 - room / previous); at once if it already
-        # holds (a concurrent writer made the counter look fuller than it was).
-        wait = RATE_WINDOW_S * (1 - room / previous) - window.elapsed_s if previous > room else 0.0
-    else:
-        # Next minute: this one's ``current`` (>= limit) requests weigh on it, by the same rule.
-        wait = RATE_WINDOW_S - window.elapsed_s + RATE_WINDOW_S * (1 - (limit - 1) / current)
-    return RateDecision(allowed=False, retry_after_s=max(1, math.ceil(wait - _RATE_EPSILON)), remaining=0)
+    recent = admitted[-limit:]
+    inside = len(recent) - bisect.bisect_right(recent, now_us - RATE_WINDOW_US)
+    if inside >= limit:
+        # All ``limit`` are inside: one more fits once the oldest of them has left the window.
+        wait_us = recent[0] + RATE_WINDOW_US - now_us
+        return RateDecision(allowed=False, retry_after_s=-(-wait_us // 1_000_000), remaining=0), None
+    log = list(recent)
+    bisect.insort(log, now_us)
+    # A full log admits only when its oldest time has left the window: that one goes.
+    del log[: max(0, len(log) - limit)]
+    del log[: bisect.bisect_left(log, log[-1] - _RATE_LOG_HORIZON_US)]
+    return RateDecision(allowed=True, retry_after_s=0, remaining=limit - inside - 1), tuple(log)
 
 
 def new_event_id() -> str:
@@ -385,7 +383,7 @@ def new_event_id() -> str:
 
 
 class DeploymentStore(Protocol):
-    """Deployments, their history, API keys, rate-limit counters and usage, as logic sees them.
+    """Deployments, their history, API keys, rate-limit logs and usage, as logic sees them.
 
     Errors: :class:`~heimdall.errors.RecordNotFound` (404) for a missing deployment or another owner's,
     :class:`~heimdall.errors.ConflictError` (409), :class:`~heimdall.errors.InvalidCursor` /
@@ -467,7 +465,9 @@ class DeploymentStore(Protocol):
         ...
 
     def consume_rate_limit(self, key_id: str, limit_per_minute: int, now: datetime) -> RateDecision:
-        """Count one request of ``key_id`` in ``now``'s minute if :func:`rate_allowance` leaves room."""
+        """Admit one request of ``key_id`` at ``now`` if the 60 s before it hold fewer than
+        ``limit_per_minute`` admitted ones (:func:`admit_request`), recording it; a refusal records
+        nothing. Exact across every caller of the same store, concurrent or not."""
         ...
 
     def record_usage(self, deployment_id: str, latency_ms: float, now: datetime) -> None:
@@ -480,9 +480,14 @@ class DeploymentStore(Protocol):
 
 
 def check_rate_limit(limit_per_minute: int) -> int:
-    """``limit_per_minute`` if it is a positive int, else ValueError (a programming error)."""
-    if isinstance(limit_per_minute, bool) or not isinstance(limit_per_minute, int) or limit_per_minute < 1:
-        raise ValueError("limit_per_minute must be a positive int")
+    """``limit_per_minute`` if it is an int from 1 to :data:`MAX_RATE_LIMIT`, else ValueError (a
+    programming error)."""
+    if (
+        isinstance(limit_per_minute, bool)
+        or not isinstance(limit_per_minute, int)
+        or not 1 <= limit_per_minute <= MAX_RATE_LIMIT
+    ):
+        raise ValueError(f"limit_per_minute must be an int from 1 to {MAX_RATE_LIMIT}")
     return limit_per_minute
 
 
@@ -549,7 +554,7 @@ class InMemoryDeploymentStore:
         self._deployments: dict[str, Deployment] = {}
         self._events: dict[str, list[tuple[str, DeploymentEvent]]] = {}
         self._keys: dict[str, ApiKeyRecord] = {}
-        self._counters: dict[tuple[str, int], int] = {}
+        self._rate_logs: dict[str, tuple[int, ...]] = {}
         self._usage: dict[str, UsageSummary] = {}
 
     def _owned(self, owner: str, deployment_id: str) -> Deployment:
@@ -727,18 +732,11 @@ class InMemoryDeploymentStore:
 
     def consume_rate_limit(self, key_id: str, limit_per_minute: int, now: datetime) -> RateDecision:
         limit = check_rate_limit(limit_per_minute)
-        window = rate_window(now)
         with self._lock:
-            # Drop windows no sliding window reaches any more, as TTL does.
-            for stale in [k for k in self._counters if k[1] < window.number - 1]:
-                del self._counters[stale]
-            previous = self._counters.get((key_id, window.number - 1), 0)
-            count = self._counters.get((key_id, window.number), 0)
-            allowance = rate_allowance(limit, previous, window)
-            if count >= allowance:
-                return rate_limited(limit, previous, count, window)
-            self._counters[(key_id, window.number)] = count + 1
-        return RateDecision(allowed=True, retry_after_s=0, remaining=allowance - count - 1)
+            decision, log = admit_request(self._rate_logs.get(key_id, ()), limit, rate_moment(now))
+            if log is not None:
+                self._rate_logs[key_id] = log
+        return decision
 
     def record_usage(self, deployment_id: str, latency_ms: float, now: datetime) -> None:
         latency_ms = check_latency(latency_ms)

@@ -9,9 +9,10 @@ A request to infer, in order:
 
 1. the key (401), then the deployment: a platform endpoint that is ``ACTIVE`` (409
    ``DEPLOYMENT_INACTIVE`` otherwise, ``NOT_READY`` for another type);
-2. the key's rate limit over a sliding minute (:func:`heimdall.deployments.rate_allowance`), one
-   conditional counter a minute in the registry table shared by every instance (429 ``RATE_LIMITED``
-   with ``Retry-After``);
+2. the key's rate limit, exact over every 60 s (:func:`heimdall.deployments.admit_request`): a sliding
+   log of its last admitted requests in the registry table, read with the key and written with one
+   conditional write per admitted request, so it holds across instances (429 ``RATE_LIMITED`` with
+   ``Retry-After``);
 3. the body: ``{"inputs": {name: value}}`` or ``{"input": value}``, each value a nested list or a
    binary tensor ``{"dtype", "shape", "data_b64"}`` (see :func:`heimdall.inference.prepare_inputs`;
    400 ``INVALID_JSON`` / ``INVALID_INPUT``; 413 over the request limit);

@@ -8,7 +8,7 @@ Item layout, in the conventions of :mod:`heimdall.adapters.dynamodb` (escaped ke
                     GSI3 OWNER#{o} / DEPLOYMENT#{t}                  (by owner)
     history entry   PK DEPLOYMENT#{id}          SK EVENT#{t}#{uuid}  (oldest first by sort key)
     API key         PK APIKEY#{key_id}          SK META              (key_hash only, never the key)
-    rate counter    PK RATE#{key_id}#{minute}   SK WINDOW            (count; expires_at: TTL)
+    rate log        PK RATE#{key_id}            SK LOG               (admitted, version; expires_at: TTL)
     usage           PK USAGE#{deployment_id}    SK TOTAL             (request_count, total_inference_ms,
                                                                       last_request_at)
 
@@ -16,11 +16,23 @@ Every change that must be atomic is one write: a transition is a transaction of 
 update (``#status = :current``) and the history entry; a rotation updates the deployment, revokes the old
 key, puts the new key and the history entry in one transaction; a deletion deletes the deployment and
 revokes its key in one transaction (history and usage are dropped after it, best effort: nothing reads
-them without the deployment). A rate-limit request is one conditional ``UpdateItem``
-(``ADD count :one`` if ``attribute_not_exists(count) OR count < :allowance``), so a limit holds whatever
-the number of instances counting against it; the allowance is the limit less the previous minute's
-weighted count (:func:`heimdall.deployments.rate_allowance`), read once per key and minute and then
-kept by the instance (a minute that is over no longer changes). Usage is ``ADD`` counters plus
+them without the deployment).
+
+A key's rate limit is a sliding log (:func:`heimdall.deployments.admit_request`) in one item: ``admitted``
+is the log as bytes (the newest time, 8 bytes, then each time's distance behind it in microseconds,
+4 bytes each, ascending: 4 kB for an enterprise key's 1000, far under the 400 kB item limit; a number
+list would take twice that, and its write units, and far longer to parse), ``version`` a random token
+replaced by every write. An inference request reads the log in the same consistent ``BatchGetItem`` as
+the key and the deployment; an admitted request then writes the new log with one ``PutItem`` on the
+condition that the version is still the one read (``attribute_not_exists(PK)`` for a key's first), so
+two instances cannot both admit into the same room. When the condition fails, the failure returns the
+item as it now stands (``ReturnValuesOnConditionCheckFailure``) and the decision is made again on it,
+without another read: every lost race means another request was admitted, so at most ``limit`` races
+are lost before the log is full (bounded; beyond it the request is refused with ``Retry-After: 1``). A
+refused request writes nothing. ``expires_at`` is the newest time plus the window and a grace, so TTL
+removes the logs of idle keys once nothing in them counts. A random version, not a counter, so that a
+write based on a log TTL has since deleted cannot match a new log that starts again at the same number.
+Usage is ``ADD`` counters plus
 ``SET last_request_at``: the last writer wins, so two requests finishing out of order can leave the
 earlier time (seconds apart).
 """
@@ -28,7 +40,10 @@ earlier time (seconds apart).
 from __future__ import annotations
 
 import json
+import secrets
+import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -48,21 +63,21 @@ from heimdall.adapters.dynamodb import (
     _TransactionCancelled,
 )
 from heimdall.deployments import (
+    RATE_LOG_GRACE_S,
+    RATE_WINDOW_S,
     ApiKeyRecord,
     Deployment,
     DeploymentAction,
     DeploymentEvent,
     DeploymentStatus,
     RateDecision,
-    RateWindow,
     UsageSummary,
     action_for,
+    admit_request,
     check_latency,
     check_rate_limit,
     new_event_id,
-    rate_allowance,
-    rate_limited,
-    rate_window,
+    rate_moment,
     same_status_conflict,
 )
 from heimdall.errors import ConflictError, RecordNotFound
@@ -77,11 +92,12 @@ _META = "META"
 _EVENT = "EVENT#"
 #: How often a conditional write is retried when a concurrent writer moved the state under it.
 _MAX_RACES = 5
-#: A minute's count is kept by the instance once read this long after the minute ended (requests that
-#: read the clock just before the boundary may still be counting into it right after).
-_RATE_SETTLED_S = 2.0
-#: How many keys' previous-minute counts an instance keeps (oldest dropped first).
-_RATE_SETTLED_MAX = 10_000
+#: How many races a rate-limit write may lose (each lost one is another request admitted, so a log
+#: fills after ``limit`` of them; this bounds the round trips of a crowd on one key).
+_RATE_RACES = 32
+#: How many logs read with a key and its deployment an instance holds for the request that follows
+#: (each is taken by it; this bounds those never taken: a request refused before its rate limit).
+_RATE_READ_MAX = 1000
 
 
 def _deployment_key(deployment_id: str) -> dict[str, Any]:
@@ -92,8 +108,8 @@ def _api_key_key(key_id: str) -> dict[str, Any]:
     return {"PK": {"S": f"APIKEY#{_esc(key_id)}"}, "SK": {"S": _META}}
 
 
-def _rate_key(key_id: str, window: int) -> dict[str, Any]:
-    return {"PK": {"S": f"RATE#{_esc(key_id)}#{window}"}, "SK": {"S": "WINDOW"}}
+def _rate_key(key_id: str) -> dict[str, Any]:
+    return {"PK": {"S": f"RATE#{_esc(key_id)}"}, "SK": {"S": "LOG"}}
 
 
 def _usage_key(deployment_id: str) -> dict[str, Any]:
@@ -140,6 +156,35 @@ def _time_attribute(moment: datetime) -> dict[str, Any]:
     return {"S": json.loads(_TIMESTAMP.dump_json(moment.astimezone(UTC)))}
 
 
+@dataclass(frozen=True)
+class _RateLog:
+    """A key's rate log as read: the admitted times (ascending) and the version (None: no item)."""
+
+    admitted: tuple[int, ...] = ()
+    version: str | None = None
+
+
+def _rate_log(item: dict[str, Any] | None) -> _RateLog:
+    if item is None:
+        return _RateLog()
+    data = item["admitted"]["B"]
+    newest, *behind = struct.unpack(f">q{(len(data) - 8) // 4}I", data)
+    return _RateLog(tuple(newest - distance for distance in behind), item["version"]["S"])
+
+
+def _rate_log_item(key_id: str, admitted: tuple[int, ...], version: str) -> dict[str, Any]:
+    newest = admitted[-1]
+    packed = struct.pack(f">q{len(admitted)}I", newest, *(newest - t for t in admitted))
+    return {
+        **_rate_key(key_id),
+        "entity": {"S": "RATE_LOG"},
+        "admitted": {"B": packed},
+        "version": {"S": version},
+        # Once the newest time has left the window nothing in the log counts; the grace covers clocks.
+        TTL_ATTRIBUTE: {"N": str(newest // 1_000_000 + RATE_WINDOW_S + RATE_LOG_GRACE_S)},
+    }
+
+
 class DynamoDeploymentStore:
     """:class:`heimdall.deployments.DeploymentStore` on the registry's DynamoDB table.
 
@@ -155,8 +200,8 @@ class DynamoDeploymentStore:
         self._now = now
         # The registry's table access: lazy client, consistent reads, paginated index queries.
         self._table = DynamoRegistry(table_name, client, now=now)
-        # key id -> (minute, count) of a minute that is over: one read per key and minute, not per request.
-        self._settled_counts: dict[str, tuple[int, int]] = {}
+        # key id -> its rate log as read with the key and the deployment, for the request's rate limit.
+        self._rate_read: dict[str, _RateLog] = {}
 
     @classmethod
     def beside(cls, registry: DynamoRegistry) -> DynamoDeploymentStore:
@@ -382,8 +427,9 @@ class DynamoDeploymentStore:
     def get_api_key_and_deployment(
         self, key_id: str, deployment_id: str
     ) -> tuple[ApiKeyRecord | None, Deployment | None]:
-        """Both items in one consistent ``BatchGetItem`` (what an inference request reads first)."""
-        keys = [_api_key_key(key_id), _deployment_key(deployment_id)]
+        """Both items in one consistent ``BatchGetItem`` (what an inference request reads first), with
+        the key's rate log, held for the :meth:`consume_rate_limit` that follows (one read a request)."""
+        keys = [_api_key_key(key_id), _deployment_key(deployment_id), _rate_key(key_id)]
         found: list[dict[str, Any]] = []
         for _ in range(_MAX_RACES):
             response = _call(
@@ -398,13 +444,21 @@ class DynamoDeploymentStore:
             found += [item for key in keys if (item := self._table._get(key)) is not None]
         record: ApiKeyRecord | None = None
         deployment: Deployment | None = None
+        rate_item: dict[str, Any] | None = None
         for item in found:
-            if item.get("entity", {}).get("S") == "API_KEY":
+            entity = item.get("entity", {}).get("S")
+            if entity == "API_KEY":
                 record = _decode(item, ApiKeyRecord)
-            elif item.get("entity", {}).get("S") == "DEPLOYMENT":
+            elif entity == "DEPLOYMENT":
                 deployment = _decode(item, Deployment)
+            elif entity == "RATE_LOG":
+                rate_item = item
         if record is not None and record.revoked_at is not None:
             record = None
+        if record is not None:  # only live keys: made-up key ids must not fill the instance's memory
+            if len(self._rate_read) >= _RATE_READ_MAX:
+                self._rate_read.pop(next(iter(self._rate_read)), None)
+            self._rate_read[key_id] = _rate_log(rate_item)
         return record, deployment
 
     def revoke_api_key(self, key_id: str) -> None:
@@ -471,56 +525,44 @@ class DynamoDeploymentStore:
     # rate limits and usage ----------------------------------------------------------------------
 
     def consume_rate_limit(self, key_id: str, limit_per_minute: int, now: datetime) -> RateDecision:
-        """One conditional ``ADD`` on the (key, minute) counter: allowed while it is below the allowance."""
+        """Decide on the log read with the key (else read it now); an admitted request writes the new
+        log with one conditional ``PutItem``, decided again on the item a lost race returns."""
         limit = check_rate_limit(limit_per_minute)
-        window = rate_window(now)
-        previous = self._previous_count(key_id, window)
-        allowance = rate_allowance(limit, previous, window)
-        if allowance <= 0:  # the previous minute alone fills the window: count nothing
-            return rate_limited(limit, previous, self._rate_count(key_id, window.number), window)
-        try:
-            response = _call(
-                self.client.update_item,
-                TableName=self.table_name,
-                Key=_rate_key(key_id, window.number),
-                UpdateExpression="SET #expires_at = :expires, #entity = :entity ADD #count :one",
-                ConditionExpression="attribute_not_exists(#count) OR #count < :allowance",
-                ExpressionAttributeNames={
-                    "#count": "count",
-                    "#expires_at": TTL_ATTRIBUTE,
-                    "#entity": "entity",
-                },
-                ExpressionAttributeValues={
-                    ":one": {"N": "1"},
-                    ":allowance": {"N": str(allowance)},
-                    ":expires": {"N": str(window.expires_at)},
-                    ":entity": {"S": "RATE_COUNTER"},
-                },
-                ReturnValues="UPDATED_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except _ConditionFailed as refused:
-            current = int(refused.item["count"]["N"]) if refused.item else allowance
-            return rate_limited(limit, previous, current, window)
-        count = int(response["Attributes"]["count"]["N"])
-        return RateDecision(allowed=True, retry_after_s=0, remaining=max(0, allowance - count))
+        now_us = rate_moment(now)
+        log = self._rate_read.pop(key_id, None)
+        if log is None:
+            log = _rate_log(self._table._get(_rate_key(key_id)))
+        for _ in range(min(limit, _RATE_RACES) + 1):
+            decision, admitted = admit_request(log.admitted, limit, now_us)
+            if admitted is None:
+                return decision
+            try:
+                self._put_rate_log(key_id, admitted, log.version)
+            except _ConditionFailed as moved:
+                log = _rate_log(moved.item)  # another request was admitted meanwhile: decide again
+                continue
+            return decision
+        # Lost every race: a crowd on this key; a second from now it will have thinned or filled the log.
+        return RateDecision(allowed=False, retry_after_s=1, remaining=0)
 
-    def _rate_count(self, key_id: str, minute: int) -> int:
-        item = self._table._get(_rate_key(key_id, minute))
-        return int(item["count"]["N"]) if item else 0
-
-    def _previous_count(self, key_id: str, window: RateWindow) -> int:
-        """The count of the minute before ``window``: read once, then kept once it has settled."""
-        minute = window.number - 1
-        settled = self._settled_counts.get(key_id)
-        if settled is not None and settled[0] == minute:
-            return settled[1]
-        count = self._rate_count(key_id, minute)
-        if window.elapsed_s >= _RATE_SETTLED_S:
-            if len(self._settled_counts) >= _RATE_SETTLED_MAX:
-                del self._settled_counts[next(iter(self._settled_counts))]
-            self._settled_counts[key_id] = (minute, count)
-        return count
+    def _put_rate_log(self, key_id: str, admitted: tuple[int, ...], version: str | None) -> None:
+        """Write the log if it is still the one read (``version``; None: there was none)."""
+        condition: dict[str, Any] = (
+            {"ConditionExpression": "attribute_not_exists(PK)"}
+            if version is None
+            else {
+                "ConditionExpression": "#version = :read",
+                "ExpressionAttributeNames": {"#version": "version"},
+                "ExpressionAttributeValues": {":read": {"S": version}},
+            }
+        )
+        _call(
+            self.client.put_item,
+            TableName=self.table_name,
+            Item=_rate_log_item(key_id, admitted, secrets.token_hex(8)),
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            **condition,
+        )
 
     def record_usage(self, deployment_id: str, latency_ms: float, now: datetime) -> None:
         """``ADD`` one request and its time, ``SET`` the last request's time (one ``UpdateItem``)."""
