@@ -284,6 +284,27 @@ def test_a_seed_fallback_bundle_imports_inline_and_exports_as_model_only(
     assert again.status_code == 201 and again.json()["model"]["onnx_sha256"] == sha256(sample_onnx())
 
 
+@pytest.mark.parametrize("dialect", ["canonical", "legacy"])
+def test_a_seed_fallback_bundle_dropped_in_the_ingest_bucket_is_indexed(api: ApiStack, dialect: str) -> None:
+    key = f"bundles/seed-{dialect}-{uuid.uuid4().hex[:8]}.heimdall.gz"
+    sent = make_bundle(dialect=dialect, fallbacks=True, compress=True, seed=44)
+    api.s3().put_object(Bucket=api.names.ingest_bucket, Key=key, Body=sent)
+    subscriber = api.subscriber
+
+    def announced() -> dict[str, Any] | None:
+        subscriber.poll()
+        rejected = subscriber.first("Bundle Rejected", source_key=key)
+        assert rejected is None, rejected
+        return subscriber.first("Bundle Indexed", source_key=key)
+
+    detail = wait_for("Bundle Indexed", announced, timeout_s=30)
+    assert detail["onnx_sha256"] == sha256(sample_onnx())
+    stored = api.artifact(detail["bundle_key"])  # the canonical copy exports are made from
+    assert read_bundle(stored).bundle.components() == []
+    assert not set(ALL_COMPONENTS) & set(json.loads(stored))
+    assert sha256(api.artifact(detail["onnx_key"])) == sha256(sample_onnx())
+
+
 def test_a_partly_filled_seed_bundle_goes_presigned_and_keeps_what_it_has(http: httpx.Client) -> None:
     means = [0.485, 0.456, 0.406]
     sent = make_bundle(
