@@ -189,11 +189,14 @@ def build_int8(
     details: dict[str, object] = {"mode": mode}
     try:
         if mode == "static":
+            stats = manifest.normalization_stats
             source = (
                 "provided"
                 if calibration is not None
                 else (
-                    "normalization_stats" if manifest.normalization_stats is not None else "standard_normal"
+                    "normalization_stats"
+                    if stats is not None and stats.means_and_stds() is not None  # partial stats: unused
+                    else "standard_normal"
                 )
             )
             feed = CalibrationFeed(

@@ -351,13 +351,14 @@ def triton_max_batch_size(manifest: Manifest, spec: IOSpec) -> int:
 
 
 def _stats(manifest: Manifest) -> tuple[list[float], list[float]] | None:
-    stats = manifest.normalization_stats
-    if stats is None:
+    # Partial stats (means without stds) cannot normalise: the wrappers are then built without.
+    pair = manifest.normalization_stats.means_and_stds() if manifest.normalization_stats else None
+    if pair is None:
         return None
-    values = [*stats.feature_means, *stats.feature_stds]
-    if not all(math.isfinite(v) for v in values):
+    means, stds = pair
+    if not all(math.isfinite(v) for v in [*means, *stds]):
         raise ConversionError("normalization_stats must be finite numbers")
-    return [float(m) for m in stats.feature_means], [float(s) for s in stats.feature_stds]
+    return [float(m) for m in means], [float(s) for s in stds]
 
 
 def _safe(text: str, what: str) -> str:

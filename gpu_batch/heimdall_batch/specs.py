@@ -101,10 +101,11 @@ def random_inputs(
     """
     shape = spec.input_shape(batch_size)
     stats = manifest.normalization_stats if manifest is not None else None
-    if stats is not None and len(shape) >= 2 and len(stats.feature_means) == shape[1]:
+    pair = stats.means_and_stds() if stats is not None else None  # partial stats describe nothing
+    if pair is not None and len(shape) >= 2 and len(pair[0]) == shape[1]:
         per_channel = (1, -1, *([1] * (len(shape) - 2)))
-        means = np.asarray(stats.feature_means, dtype=np.float32).reshape(per_channel)
-        stds = np.asarray(stats.feature_stds, dtype=np.float32).reshape(per_channel)
+        means = np.asarray(pair[0], dtype=np.float32).reshape(per_channel)
+        stds = np.asarray(pair[1], dtype=np.float32).reshape(per_channel)
         raw = rng.standard_normal(shape, dtype=np.float32) * stds + means
         data = ((raw - means) / stds).astype(np.float32)
     else:

@@ -258,6 +258,76 @@ def test_a_bundle_too_large_for_a_request_goes_presigned_and_exports_by_redirect
     assert read.onnx_sha256 == model["onnx_sha256"] and read.bundle.model.model_id == model["model_id"]
 
 
+# --- the original Heimdall's fallbacks for missing data ----------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("dialect", ["canonical", "legacy"])
+def test_a_seed_fallback_bundle_imports_inline_and_exports_as_model_only(
+    http: httpx.Client, dialect: str, compress: bool
+) -> None:
+    sent = make_bundle(dialect=dialect, fallbacks=True, compress=compress, seed=40)
+    content_type = "application/gzip" if compress else "application/json"
+    response = http.post(IMPORT, content=sent, headers={"Content-Type": content_type})
+    assert response.status_code == 201, response.text
+    record, model = response.json()["import"], response.json()["model"]
+    assert record["status"] == "INDEXED" and record["error_code"] is None
+    # Empty fallbacks are no components: nothing to list, select, export or deploy from.
+    assert model["components"] == [] and model["onnx_sha256"] == sha256(sample_onnx())
+    assert all(value is None for value in model["metrics"].values())
+    for params in ({}, {"include_normalization": "false", "include_samples": "false"}):
+        answer, read = exported(http, model["model_id"], **params)
+        assert read.bundle.components() == [] and answer.headers.get("x-heimdall-components", "") == ""
+        assert read.onnx_sha256 == sha256(sample_onnx())
+        assert not set(ALL_COMPONENTS) & set(json.loads(answer.content))
+    again = http.post(IMPORT, content=answer.content, headers=JSON_TYPE)  # and back in
+    assert again.status_code == 201 and again.json()["model"]["onnx_sha256"] == sha256(sample_onnx())
+
+
+@pytest.mark.parametrize("dialect", ["canonical", "legacy"])
+def test_a_seed_fallback_bundle_dropped_in_the_ingest_bucket_is_indexed(api: ApiStack, dialect: str) -> None:
+    key = f"bundles/seed-{dialect}-{uuid.uuid4().hex[:8]}.heimdall.gz"
+    sent = make_bundle(dialect=dialect, fallbacks=True, compress=True, seed=44)
+    api.s3().put_object(Bucket=api.names.ingest_bucket, Key=key, Body=sent)
+    subscriber = api.subscriber
+
+    def announced() -> dict[str, Any] | None:
+        subscriber.poll()
+        rejected = subscriber.first("Bundle Rejected", source_key=key)
+        assert rejected is None, rejected
+        return subscriber.first("Bundle Indexed", source_key=key)
+
+    detail = wait_for("Bundle Indexed", announced, timeout_s=30)
+    assert detail["onnx_sha256"] == sha256(sample_onnx())
+    stored = api.artifact(detail["bundle_key"])  # the canonical copy exports are made from
+    assert read_bundle(stored).bundle.components() == []
+    assert not set(ALL_COMPONENTS) & set(json.loads(stored))
+    assert sha256(api.artifact(detail["onnx_key"])) == sha256(sample_onnx())
+
+
+def test_a_partly_filled_seed_bundle_goes_presigned_and_keeps_what_it_has(http: httpx.Client) -> None:
+    means = [0.485, 0.456, 0.406]
+    sent = make_bundle(
+        dialect="legacy",
+        fallbacks=True,
+        compress=True,
+        seed=41,
+        normalization_stats={"feature_means": means},
+        training_config={"epochs": 7},
+    )
+    record = presigned_import(http, sent)
+    assert record["status"] == "INDEXED", record
+    model = http.get(f"/api/v1/models/{record['model_id']}").json()
+    assert model["components"] == ["training_config", "normalization_stats"]
+    _, read = exported(http, model["model_id"])
+    assert read.onnx_sha256 == sha256(sample_onnx())
+    stats = read.bundle.normalization_stats
+    assert stats is not None and stats.feature_means == means and stats.feature_stds is None
+    assert read.bundle.training_config is not None and read.bundle.training_config.epochs == 7
+    _, chosen = exported(http, model["model_id"], include_normalization="false")
+    assert chosen.bundle.components() == ["training_config"]
+
+
 # --- exports -----------------------------------------------------------------------------------------
 
 

@@ -24,11 +24,14 @@ from typing import Any
 import pytest
 
 from heimdall.bundle import ComponentSelection, parse_metadata, read_bundle, write_bundle
+from heimdall.bundle.dialects import Dialect
 from heimdall.bundle.signing import generate_key_pair, load_private_key
 from heimdall.samples import (
+    SEED_FALLBACKS,
     legacy_bundle_metadata,
     localization_net_onnx,
     padded_onnx,
+    sample_bundle,
     sample_bundle_metadata,
 )
 
@@ -505,6 +508,78 @@ def test_migrate_keeps_a_valid_signature(corpus: Corpus, tmp_path: Path) -> None
     assert "kept" in result.stdout
     verified = heimdall("bundle", "verify", out, "--trusted-key", corpus.alice_pub, "--require-signature")
     assert verified.returncode == 0, verified.stderr
+
+
+# --- the original Heimdall's fallbacks for missing data ---------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("dialect", ["canonical", "legacy"])
+def test_seed_fallback_bundle_verifies_inspects_and_migrates(
+    corpus: Corpus, tmp_path: Path, dialect: Dialect, compress: bool
+) -> None:
+    source = tmp_path / "seed.heimdall"
+    source.write_bytes(sample_bundle(corpus.onnx, dialect=dialect, fallbacks=True, compress=compress))
+    verified = heimdall("bundle", "verify", source, "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = json_out(verified)
+    assert report["valid"] is True and report["dialect"] == dialect
+    assert report["onnx_sha256"] == corpus.sha256
+
+    # Empty fallbacks are absent: nothing in them a consumer could use.
+    summary = json_out(heimdall("bundle", "inspect", source, "--json"))
+    assert summary["components"] == [] and summary["sample_count"] == 0
+    assert summary["normalization_complete"] is None
+    assert "none (model only)" in heimdall("bundle", "inspect", source).stdout
+
+    migrated = tmp_path / "migrated.heimdall.gz"
+    result = heimdall("bundle", "migrate", source, "-o", migrated, "--gzip")
+    assert result.returncode == 0, result.stderr
+    read = read_bundle(migrated)
+    assert read.dialect == "canonical" and read.onnx_sha256 == corpus.sha256
+    assert read.bundle.components() == []
+    back = tmp_path / "back.heimdall"
+    assert heimdall("bundle", "migrate", migrated, "-o", back).returncode == 0
+    assert not set(SEED_FALLBACKS) & set(json.loads(back.read_bytes()))
+    onnx = tmp_path / "back.onnx"
+    assert heimdall("bundle", "extract-onnx", back, "-o", onnx).returncode == 0
+    assert onnx.read_bytes() == corpus.onnx
+    diff = json_out(heimdall("bundle", "diff", source, back, "--json"))
+    assert diff["components_only_in_a"] == [] and diff["components_only_in_b"] == []
+    assert diff["onnx"]["equal"] is True
+
+
+def test_partly_filled_seed_components(corpus: Corpus, tmp_path: Path) -> None:
+    source = tmp_path / "partial.heimdall"
+    means = [0.485, 0.456, 0.406]
+    source.write_bytes(
+        sample_bundle(
+            corpus.onnx,
+            dialect="legacy",
+            fallbacks=True,
+            normalization_stats={"feature_means": means},
+            performance_metrics={"train_loss": [0.3, 0.2]},
+        )
+    )
+    assert heimdall("bundle", "verify", source).returncode == 0
+    summary = json_out(heimdall("bundle", "inspect", source, "--json"))
+    assert summary["components"] == ["performance_metrics", "normalization_stats"]
+    assert summary["normalization_complete"] is False
+    assert "normalization_stats (partial: not usable)" in heimdall("bundle", "inspect", source).stdout
+    migrated = tmp_path / "migrated.heimdall"
+    assert heimdall("bundle", "migrate", source, "-o", migrated).returncode == 0
+    doc = json.loads(migrated.read_bytes())
+    assert doc["normalization_stats"] == {"feature_means": means}
+    # Read from the legacy lists: the final loss is the last epoch's; empty lists stay empty.
+    assert doc["performance_metrics"] == {
+        "train_loss": [0.3, 0.2],
+        "val_loss": [],
+        "train_rmse": [],
+        "val_rmse": [],
+        "final_train_loss": 0.2,
+    }
+    assert "training_config" not in doc and "sample_predictions" not in doc
+    assert read_bundle(migrated).onnx_sha256 == corpus.sha256
 
 
 def test_keygen_sign_then_verify(corpus: Corpus, tmp_path: Path) -> None:

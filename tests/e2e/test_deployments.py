@@ -300,6 +300,31 @@ def test_package_deployments_of_an_imported_model_are_refused_but_it_can_be_serv
         np.testing.assert_allclose(np.asarray(answer.json()["outputs"][name]), value, atol=TOLERANCE)
 
 
+def test_a_seed_bundle_without_complete_stats_is_served_but_never_normalised(
+    api: ApiStack, http: httpx.Client
+) -> None:
+    # The original Heimdall wrote `{}` (no stats) or only the means: neither can normalise an input.
+    models = []
+    for seed, stats in ((42, {"feature_means": [0.485, 0.456, 0.406]}), (43, {})):
+        sent = e2e.make_bundle(dialect="legacy", fallbacks=True, seed=seed, normalization_stats=stats)
+        response = http.post(
+            "/api/v1/models/import", content=sent, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 201, response.text
+        models.append(response.json()["model"]["model_id"])
+    for model in models:
+        options = {"apply_normalization": True}
+        body = {"type": "platform_endpoint", "name": "n", "model_id": model, "options": options}
+        error = error_of(http.post(DEPLOYMENTS, json=body), 422, "VALIDATION_ERROR")
+        assert error["field"] == "options.apply_normalization"
+        assert "no complete normalization_stats" in error["message"]
+    served = create(http, "platform_endpoint", "seed-partial", model_id=models[0])
+    x = sample_input(9)
+    answer = infer(api, served["deployment"]["deployment_id"], served["api_key"], {"input": x.tolist()})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["normalized"] is False
+
+
 def test_an_imported_model_gets_edge_and_container_packages_once_its_bundle_is_converted(
     http: httpx.Client,
 ) -> None:

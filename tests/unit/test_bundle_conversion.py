@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from heimdall.bundle.dialects import Dialect
 from heimdall.samples import localization_net_onnx, sample_bundle
 from heimdall_batch import pipeline
+from heimdall_batch.from_bundle import bundle_manifest, open_bundle
 from heimdall_batch.pipeline import ConversionOptions, run_bundle_conversion
 
 
@@ -37,3 +39,30 @@ def test_a_wrong_expected_checksum_is_refused_before_anything_is_written(tmp_pat
     )
     assert (result.error_code, result.exit_code) == ("CHECKSUM_MISMATCH", 3)
     assert sorted(p.name for p in out.iterdir()) == ["result.json"]
+
+
+@pytest.mark.parametrize("dialect", ["canonical", "legacy"])
+def test_a_seed_bundle_converts_with_what_its_components_hold(tmp_path: Path, dialect: Dialect) -> None:
+    empty = tmp_path / "empty.heimdall"
+    empty.write_bytes(sample_bundle(localization_net_onnx(seed=1), dialect=dialect, fallbacks=True))
+    manifest = bundle_manifest(open_bundle(empty, _folder(tmp_path / "a")))
+    assert manifest.training_config is None and manifest.performance_metrics is None
+    assert manifest.normalization_stats is None and manifest.sample_predictions is None
+    partial = tmp_path / "partial.heimdall"
+    means = [0.485, 0.456, 0.406]
+    partial.write_bytes(
+        sample_bundle(
+            localization_net_onnx(seed=1),
+            dialect=dialect,
+            fallbacks=True,
+            normalization_stats={"feature_means": means},
+        )
+    )
+    manifest = bundle_manifest(open_bundle(partial, _folder(tmp_path / "b")))
+    stats = manifest.normalization_stats
+    assert stats is not None and stats.feature_means == means and stats.means_and_stds() is None
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path

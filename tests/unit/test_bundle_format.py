@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from heimdall.bundle import ComponentSelection, parse_metadata, read_bundle, write_bundle
+from heimdall.bundle import Bundle, ComponentSelection, parse_metadata, read_bundle, write_bundle
 from heimdall.bundle import reader as reader_module
-from heimdall.bundle.dialects import detect_dialect
+from heimdall.bundle.dialects import Dialect, detect_dialect
+from heimdall.bundle.models import Component
 from heimdall.errors import (
     BundleError,
     ChecksumMismatch,
@@ -25,7 +26,13 @@ from heimdall.errors import (
     TooLarge,
     UnsupportedVersion,
 )
-from heimdall.samples import legacy_bundle_metadata, sample_bundle_metadata
+from heimdall.samples import (
+    SEED_FALLBACKS,
+    legacy_bundle_metadata,
+    localization_net_onnx,
+    sample_bundle,
+    sample_bundle_metadata,
+)
 from heimdall.settings import BundleLimits
 
 ONNX = bytes(range(256)) * 40 + b"tail"  # the integrity pass does not parse ONNX; any bytes will do
@@ -131,6 +138,106 @@ def test_unknown_fields_survive_a_read_write_cycle() -> None:
     assert text["performance_metrics"]["x_custom_metric"] == 0.5
     assert text["sample_predictions"][0]["x_note"] == "kept"
     assert text["model"]["x_model_extra"] == "also kept"
+
+
+# --- the original Heimdall's fallbacks for missing data --------------------------------------------
+
+SEED_ONNX = localization_net_onnx()
+COMPONENTS = [c.value for c in Component]
+
+
+def rewritten(bundle: Bundle) -> dict[str, Any]:
+    """The document our writer makes of ``bundle``."""
+    out = io.BytesIO()
+    write_bundle(bundle, SEED_ONNX, out)
+    value = json.loads(out.getvalue())
+    assert isinstance(value, dict)
+    return value
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("dialect", ["canonical", "legacy"])
+def test_seed_fallbacks_read_as_absent_components(dialect: Dialect, compress: bool) -> None:
+    data = sample_bundle(SEED_ONNX, dialect=dialect, fallbacks=True, compress=compress)
+    doc = json.loads(gzip.decompress(data) if compress else data)
+    assert {c: doc[c] for c in COMPONENTS} == SEED_FALLBACKS  # what the old exporter writes
+    result = read_bundle(data)
+    assert result.dialect == dialect
+    assert result.compressed is compress
+    # Nothing a consumer could use: each empty component is absent, as if it had not been written.
+    assert result.bundle.components() == []
+    assert all(getattr(result.bundle, c) is None for c in COMPONENTS)
+    again = rewritten(result.bundle)
+    assert not set(COMPONENTS) & set(again)
+    assert again["integrity"]["onnx_sha256"] == hashlib.sha256(SEED_ONNX).hexdigest()
+    assert read_bundle(json.dumps(again).encode()).bundle.components() == []
+
+
+@pytest.mark.parametrize("dialect", ["canonical", "legacy"])
+def test_partly_filled_components_keep_what_they_have(dialect: Dialect) -> None:
+    data = sample_bundle(
+        SEED_ONNX,
+        dialect=dialect,
+        fallbacks=True,
+        training_config={"epochs": 12},
+        performance_metrics={"train_loss": [0.5, 0.25], "best_epoch": 1},
+        normalization_stats={"feature_means": [0.485, 0.456, 0.406]},
+    )
+    bundle = read_bundle(data).bundle
+    assert bundle.components() == ["training_config", "performance_metrics", "normalization_stats"]
+    assert bundle.training_config is not None
+    assert bundle.training_config.epochs == 12 and bundle.training_config.optimizer is None
+    metrics = bundle.performance_metrics
+    assert metrics is not None
+    assert metrics.train_loss == [0.5, 0.25] and metrics.val_loss == [] and metrics.best_val_loss is None
+    stats = bundle.normalization_stats
+    assert stats is not None
+    assert stats.feature_means == [0.485, 0.456, 0.406] and stats.feature_stds is None
+    assert stats.means_and_stds() is None  # means alone cannot normalise anything
+    again = rewritten(bundle)
+    # Nulls of a kept component are left out (absent and null mean the same); empty lists stay.
+    assert again["training_config"] == {"epochs": 12}
+    assert again["performance_metrics"]["train_loss"] == [0.5, 0.25]
+    assert again["performance_metrics"]["val_loss"] == []
+    assert "best_val_loss" not in again["performance_metrics"]
+    assert again["normalization_stats"] == {"feature_means": [0.485, 0.456, 0.406]}
+    assert "sample_predictions" not in again
+    assert read_bundle(json.dumps(again).encode()).bundle.components() == bundle.components()
+
+
+@pytest.mark.parametrize(
+    ("stats", "kept"),
+    [
+        ({"feature_means": None, "feature_stds": None}, False),
+        ({"feature_means": [], "feature_stds": []}, False),
+        ({"feature_means": [], "feature_stds": [0.5]}, True),
+        ({"x_note": "not computed"}, True),  # an unknown field is kept, and with it the component
+    ],
+)
+def test_empty_normalisation_forms(stats: dict[str, Any], kept: bool) -> None:
+    bundle = read_bundle(sample_bundle(SEED_ONNX, fallbacks=True, normalization_stats=stats)).bundle
+    assert (bundle.normalization_stats is not None) is kept
+    if bundle.normalization_stats is not None:
+        assert bundle.normalization_stats.feature_means is None
+        assert bundle.normalization_stats.means_and_stds() is None
+
+
+def test_complete_normalisation_still_checked() -> None:
+    meta = sample_bundle_metadata(normalization_stats={"feature_means": [0.1], "feature_stds": [0.2, 0.3]})
+    with pytest.raises(InvalidBundle, match="feature_means has 1 values but feature_stds has 2"):
+        parse_metadata(meta)
+    meta = sample_bundle_metadata(fallbacks=True, normalization_stats={"feature_stds": [0.0]})
+    with pytest.raises(InvalidBundle, match="greater than 0"):
+        parse_metadata(meta)
+    stats = parse_metadata(sample_bundle_metadata())[0].normalization_stats
+    assert stats is not None and stats.means_and_stds() == (stats.feature_means, stats.feature_stds)
+
+
+def test_selection_of_a_fallback_bundle_keeps_the_model_only() -> None:
+    bundle = read_bundle(sample_bundle(SEED_ONNX, dialect="legacy", fallbacks=True)).bundle
+    for keep in ([], COMPONENTS):
+        chosen = ComponentSelection.only(keep).apply(bundle)
+        assert chosen.components() == [] and not set(COMPONENTS) & set(rewritten(chosen))
 
 
 # --- writer ---------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heimdall.bundle import ComponentSelection, parse_metadata, read_bundle, write_bundle
+from heimdall.bundle.models import carries_nothing
 from heimdall.errors import BundleError
-from heimdall.samples import sample_bundle_metadata
+from heimdall.samples import SEED_FALLBACKS, sample_bundle_metadata
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 small_text = st.text(alphabet=string.ascii_letters + string.digits + " -_éü中", min_size=1, max_size=30)
@@ -81,6 +82,46 @@ def test_selection_keeps_exactly_what_was_asked(meta: dict[str, Any], keep: set[
     assert set(result.components()) == keep & set(bundle.components())
     if result.sample_predictions is not None and bundle.sample_predictions is not None:
         assert len(result.sample_predictions) == min(n, len(bundle.sample_predictions))
+
+
+COMPONENT_NAMES = list(SEED_FALLBACKS)
+empty_value = st.sampled_from([None, [], {}])
+
+
+@st.composite
+def seed_component(draw: st.DrawFn, name: str, full: Any) -> tuple[Any, bool]:
+    """A component as the original exporter may write it, and whether it carries anything."""
+    kind = draw(st.sampled_from(["fallback", "emptied", "partial", "full"]))
+    if kind == "fallback":
+        return SEED_FALLBACKS[name], False
+    if kind == "emptied":  # every field null, [] or {}, unknown ones included
+        if name == "sample_predictions":
+            return draw(st.sampled_from([[], None])), False
+        keys = [*SEED_FALLBACKS[name], *draw(st.lists(small_text.map(lambda s: "x_" + s), max_size=2))]
+        return {key: draw(empty_value) for key in keys}, False
+    if kind == "partial" and isinstance(full, dict):
+        keep = draw(st.sets(st.sampled_from(sorted(full)), min_size=1))
+        return {**SEED_FALLBACKS[name], **{k: full[k] for k in keep}}, True
+    return full, True
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), compress=st.booleans())
+def test_seed_fallbacks_read_as_absent_and_round_trip(data: st.DataObject, compress: bool) -> None:
+    meta = sample_bundle_metadata(seed=data.draw(st.integers(0, 100)))
+    carried = []
+    for name in COMPONENT_NAMES:
+        meta[name], carries = data.draw(seed_component(name, meta[name]), label=name)
+        if carries:
+            carried.append(name)
+    bundle, _ = parse_metadata(meta)
+    assert bundle.components() == carried
+    assert not any(carries_nothing(getattr(bundle, name)) for name in bundle.components())
+    out = io.BytesIO()
+    write_bundle(bundle, b"onnx", out, compress=compress)
+    again = read_bundle(out.getvalue())
+    assert again.bundle.components() == carried
+    assert again.bundle.model_dump(exclude={"integrity"}) == bundle.model_dump(exclude={"integrity"})
 
 
 def _valid_bytes() -> bytes:

@@ -362,6 +362,16 @@ def test_normalisation_that_does_not_fit_the_input() -> None:
     assert out["ids"] is arrays["ids"]  # integer inputs are not normalised
 
 
+def test_partial_normalisation_is_refused_not_half_applied() -> None:
+    arrays = {"input": np.ones((1, 3), dtype=np.float32)}
+    for partial in (
+        NormalizationStats(feature_means=[0.5, 0.5, 0.5]),
+        NormalizationStats(feature_stds=[2.0, 2.0, 2.0]),
+    ):
+        with pytest.raises(ShapeMismatch, match="partial"):
+            normalize(arrays, partial)
+
+
 def test_run_names_outputs_and_times_only_the_run() -> None:
     @dataclass(frozen=True)
     class Out:

@@ -9,6 +9,7 @@ import pytest
 
 from heimdall.errors import InvalidManifest
 from heimdall.manifest import ExportFormat, Manifest, parse_manifest, read_manifest
+from heimdall.samples import SEED_FALLBACKS
 
 
 def manifest_doc(**overrides: Any) -> dict[str, Any]:
@@ -44,6 +45,21 @@ def test_the_design_example_is_accepted() -> None:
     assert manifest.tensorrt.profile == (1, 32, 32)
     assert manifest.batch_dim == "batch"
     assert manifest.tolerances.for_format(ExportFormat.ONNX) == 1e-5
+
+
+def test_seed_fallback_components_are_absent_and_partial_ones_kept() -> None:
+    manifest = parse_manifest(manifest_doc(**SEED_FALLBACKS))
+    assert manifest.training_config is None and manifest.performance_metrics is None
+    assert manifest.normalization_stats is None and manifest.sample_predictions is None
+    partial = parse_manifest(
+        manifest_doc(
+            training_config={"epochs": 3, "optimizer": None}, normalization_stats={"feature_means": [0.1] * 3}
+        )
+    )
+    assert partial.training_config is not None and partial.training_config.epochs == 3
+    assert partial.normalization_stats is not None and partial.normalization_stats.means_and_stds() is None
+    with pytest.raises(InvalidManifest, match="input has 3 channels"):
+        parse_manifest(manifest_doc(normalization_stats={"feature_means": [0.1]}))
 
 
 def test_onnx_is_always_built_first_and_formats_are_unique() -> None:

@@ -39,6 +39,7 @@ from heimdall_batch.package import (
     cpp_wrapper,
     kotlin_wrapper,
     minimum_onnxruntime,
+    preprocessing,
     python_wrapper,
     swift_wrapper,
     write_export_package,
@@ -532,6 +533,18 @@ def test_fixed_batch_without_stats(tmp_path: Path) -> None:
         sys.modules.pop("fixed_batch_wrapper", None)
     header, _ = cpp_wrapper(manifest, job.spec)
     assert "kHasNormalization = false" in header and "kInputShape = {2, 3, 16, 8}" in header
+
+
+def test_partial_stats_give_wrappers_without_normalisation(built: Built) -> None:
+    # Means without stds (the original Heimdall wrote what it had) cannot normalise anything.
+    manifest = _manifest(normalization_stats={"feature_means": MEANS, "feature_stds": None})
+    assert manifest.normalization_stats is not None
+    assert preprocessing(manifest, built.spec)["normalization"] is None
+    assert "NORMALIZE_BY_DEFAULT = False" in python_wrapper(manifest, built.spec)
+    header, _ = cpp_wrapper(manifest, built.spec)
+    assert "kHasNormalization = false" in header
+    assert "HAS_NORMALIZATION = false" in kotlin_wrapper(manifest, built.spec)
+    assert "hasNormalization = false" in swift_wrapper(manifest, built.spec)
 
 
 def test_a_built_engine_is_packaged_with_its_compatibility(built: Built, tmp_path: Path) -> None:

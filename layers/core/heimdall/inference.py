@@ -475,18 +475,25 @@ def normalize(
     NCHW inputs, the feature axis of ``[batch, features]`` ones: DESIGN §3's example holds the three
     ImageNet channel statistics for ``[1, 3, 128, 32]``). One mean and one std apply to every
     element. Integer and bool inputs are left alone. Computed in the input's dtype. Raises
-    ``ShapeMismatch`` (the bundle's stats do not fit its model) when the counts disagree.
+    ``ShapeMismatch`` (the bundle's stats do not fit its model) when the counts disagree, or when the
+    stats are partial (means without stds, or the reverse), which cannot normalise anything.
     """
     import numpy as np  # noqa: PLC0415 - keep the core layer free of numpy at import time
 
-    count = len(stats.feature_means)
+    pair = stats.means_and_stds()
+    if pair is None:
+        raise ShapeMismatch(
+            "normalization_stats are partial (feature_means and feature_stds are both needed)",
+            field="normalization_stats",
+        )
+    count = len(pair[0])
     out: dict[str, np.ndarray] = {}
     for name, array in arrays.items():
         if array.dtype.kind != "f":
             out[name] = array
             continue
-        means = np.asarray(stats.feature_means, dtype=array.dtype)
-        stds = np.asarray(stats.feature_stds, dtype=array.dtype)
+        means = np.asarray(pair[0], dtype=array.dtype)
+        stds = np.asarray(pair[1], dtype=array.dtype)
         if count > 1:
             if array.ndim <= axis or array.shape[axis] != count:
                 raise ShapeMismatch(

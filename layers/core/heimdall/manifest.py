@@ -20,7 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from heimdall.bundle.models import NormalizationStats, PerformanceMetrics, SamplePrediction, TrainingConfig
+from heimdall.bundle.models import (
+    NormalizationStats,
+    PerformanceMetrics,
+    SamplePrediction,
+    TrainingConfig,
+    carries_nothing,
+)
 from heimdall.bundle.reader import parse_json
 from heimdall.errors import BundleError, InvalidManifest
 from heimdall.types import ExportFormat
@@ -111,15 +117,13 @@ class Manifest(BaseModel):
     description: Annotated[str, StringConstraints(max_length=4096)] = ""
     created_by: Annotated[str, StringConstraints(max_length=256)] = ""
 
-    @field_validator("training_config", "performance_metrics", "normalization_stats", mode="before")
+    @field_validator(
+        "training_config", "performance_metrics", "normalization_stats", "sample_predictions", mode="before"
+    )
     @classmethod
-    def _empty_is_absent(cls, value: Any) -> Any:
-        return None if value == {} else value
-
-    @field_validator("sample_predictions", mode="before")
-    @classmethod
-    def _no_samples_is_absent(cls, value: Any) -> Any:
-        return None if value == [] else value
+    def _nothing_is_absent(cls, value: Any) -> Any:
+        # The same rule as a bundle's components: nulls, [] and {} alone mean "not recorded".
+        return None if carries_nothing(value) else value
 
     @field_validator("formats")
     @classmethod
@@ -138,14 +142,10 @@ class Manifest(BaseModel):
             raise ValueError("a name cannot be both an input and an output")
         if len(self.input_names) != 1:
             raise ValueError("exactly one input is supported (input_names must have one name)")
-        stats = self.normalization_stats
-        if (
-            stats is not None
-            and len(self.input_shape) >= 2
-            and len(stats.feature_means) != self.input_shape[1]
-        ):
+        means = self.normalization_stats.feature_means if self.normalization_stats else None
+        if means is not None and len(self.input_shape) >= 2 and len(means) != self.input_shape[1]:
             raise ValueError(
-                f"normalization_stats has {len(stats.feature_means)} features but the input has "
+                f"normalization_stats has {len(means)} features but the input has "
                 f"{self.input_shape[1]} channels (input_shape[1])"
             )
         return self

@@ -13,7 +13,7 @@ import copy
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from heimdall import __version__
 
@@ -48,6 +48,30 @@ _UNCERTAINTY_MIN = 0.01
 _UNCERTAINTY_MAX = 1.0
 _PAD_COLUMNS = 256  # float32 columns of the padding weight: 1 KiB per row
 _NORMALIZATION = {"feature_means": [0.485, 0.456, 0.406], "feature_stds": [0.229, 0.224, 0.225]}
+#: What the original Heimdall's exporter writes for each optional component when it has no data for
+#: it (its as-built report): nulls, empty lists, an empty object. Readers treat such a component as
+#: absent (see :class:`heimdall.bundle.models.Bundle`).
+SEED_FALLBACKS: dict[str, Any] = {
+    "training_config": {
+        "epochs": None,
+        "batch_size": None,
+        "learning_rate": None,
+        "optimizer": None,
+        "loss_function": None,
+    },
+    "performance_metrics": {
+        "train_loss": [],
+        "val_loss": [],
+        "train_rmse": [],
+        "val_rmse": [],
+        "best_epoch": None,
+        "best_val_loss": None,
+        "final_train_loss": None,
+        "final_val_loss": None,
+    },
+    "normalization_stats": {},
+    "sample_predictions": [],
+}
 _SAMPLE_NAMESPACE = uuid.UUID("3b1f4d4e-8f0a-4c1e-9a57-2f3c1d9e0b42")
 _EPOCH = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
 _CITIES = (
@@ -218,7 +242,12 @@ def padded_onnx(
 
 
 def sample_bundle_metadata(
-    onnx_bytes: bytes | None = None, *, seed: int = 0, num_samples: int = 3, **overrides: Any
+    onnx_bytes: bytes | None = None,
+    *,
+    seed: int = 0,
+    num_samples: int = 3,
+    fallbacks: bool = False,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Canonical-dialect bundle metadata (DESIGN §3) for :func:`localization_net_onnx`.
 
@@ -231,6 +260,10 @@ def sample_bundle_metadata(
     number of float initializer elements of rank 1 or more. ``overrides`` are merged in deeply: a dict
     value updates the dict already there, any other value (``None`` included) replaces it; e.g.
     ``sample_bundle_metadata(model={"onnx_opset": 13}, training_config=None)``.
+
+    ``fallbacks`` puts :data:`SEED_FALLBACKS` in place of the four optional components before the
+    overrides are merged, so ``fallbacks=True, normalization_stats={"feature_means": [0.5]}`` is a
+    partly filled component.
     """
     ids = _Ids(seed)
     rnd = random.Random(seed)  # noqa: S311 - sample values, not secrets
@@ -291,18 +324,39 @@ def sample_bundle_metadata(
             for lat, lon, freq, dlat, dlon, ux, uy, err in _samples(rnd, num_samples)
         ],
     }
-    return _merge(doc, overrides)
+    return _merge(_with_fallbacks(doc) if fallbacks else doc, overrides)
 
 
-def sample_bundle(onnx_bytes: bytes, *, compress: bool = False, **metadata: Any) -> bytes:
-    """A valid canonical ``.heimdall`` bundle of ``onnx_bytes`` (with ``integrity``), as bytes.
+def sample_bundle(
+    onnx_bytes: bytes,
+    *,
+    compress: bool = False,
+    dialect: Literal["canonical", "legacy"] = "canonical",
+    fallbacks: bool = False,
+    **metadata: Any,
+) -> bytes:
+    """A valid ``.heimdall`` bundle of ``onnx_bytes``, as bytes.
 
-    ``metadata`` goes to :func:`sample_bundle_metadata` (``seed``, ``num_samples``, overrides).
+    ``metadata`` goes to :func:`sample_bundle_metadata` (or :func:`legacy_bundle_metadata` when
+    ``dialect`` is ``"legacy"``): ``seed``, ``num_samples``, overrides; ``fallbacks`` too. A canonical
+    bundle without fallbacks is written by this project's writer (with ``integrity``). A legacy one, or
+    one with fallbacks, is written as the original Heimdall wrote it: the document as it is, in one
+    ``json.dumps``, the model's base64 inline, no ``integrity``; our writer would normalise it.
     """
     import io  # noqa: PLC0415 - only the callers that build bundles need the writer
 
     from heimdall.bundle import parse_metadata, write_bundle  # noqa: PLC0415
 
+    if dialect == "legacy" or fallbacks:
+        import base64  # noqa: PLC0415
+        import gzip  # noqa: PLC0415
+        import json  # noqa: PLC0415
+
+        build = legacy_bundle_metadata if dialect == "legacy" else sample_bundle_metadata
+        doc = build(onnx_bytes, fallbacks=fallbacks, **metadata)
+        doc["model"]["onnx_model_base64"] = base64.b64encode(onnx_bytes).decode("ascii")
+        data = json.dumps(doc).encode("utf-8")
+        return gzip.compress(data, mtime=0) if compress else data
     bundle, _ = parse_metadata(sample_bundle_metadata(onnx_bytes, **metadata))
     out = io.BytesIO()
     write_bundle(bundle, onnx_bytes, out, compress=compress)
@@ -310,7 +364,12 @@ def sample_bundle(onnx_bytes: bytes, *, compress: bool = False, **metadata: Any)
 
 
 def legacy_bundle_metadata(
-    onnx_bytes: bytes | None = None, *, seed: int = 0, num_samples: int = 3, **overrides: Any
+    onnx_bytes: bytes | None = None,
+    *,
+    seed: int = 0,
+    num_samples: int = 3,
+    fallbacks: bool = False,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """The model of :func:`sample_bundle_metadata`, written in the *legacy* dialect of DESIGN §3.
 
@@ -320,7 +379,7 @@ def legacy_bundle_metadata(
     performance metrics as per-epoch lists (``train_loss``, ``val_loss``, ``train_rmse``,
     ``val_rmse``, with a null entry) plus ``best_epoch``, ``best_val_loss`` and ``final_*`` (two of
     them null), and samples with ``input`` and ``{"lat", "lon"}`` and no ``sample_id``. Same
-    ``seed``, ``onnx_bytes`` and ``overrides`` rules as :func:`sample_bundle_metadata`.
+    ``seed``, ``onnx_bytes``, ``fallbacks`` and ``overrides`` rules as :func:`sample_bundle_metadata`.
     """
     ids = _Ids(seed)
     rnd = random.Random(seed)  # noqa: S311 - sample values, not secrets
@@ -385,7 +444,7 @@ def legacy_bundle_metadata(
             for lat, lon, freq, dlat, dlon, ux, uy, err in _samples(rnd, num_samples)
         ],
     }
-    return _merge(doc, overrides)
+    return _merge(_with_fallbacks(doc) if fallbacks else doc, overrides)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -474,6 +533,10 @@ def _samples(rnd: random.Random, count: int) -> list[_Sample]:
     return out
 
 
+def _with_fallbacks(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc | copy.deepcopy(SEED_FALLBACKS)
+
+
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = base
     for key, value in overrides.items():
@@ -492,6 +555,7 @@ __all__ = [
     "LOCALIZATION_OUTPUT_SHAPE",
     "LOCALIZATION_PARAMETERS",
     "PRODUCER_NAME",
+    "SEED_FALLBACKS",
     "legacy_bundle_metadata",
     "localization_net_onnx",
     "padded_onnx",

@@ -86,8 +86,8 @@ def normalise(doc: dict[str, Any]) -> tuple[dict[str, Any], Dialect]:
         out["sample_predictions"] = [
             _normalise_sample(s, i) if isinstance(s, dict) else s for i, s in enumerate(samples)
         ]
-        if not out["sample_predictions"]:
-            out["sample_predictions"] = None  # an empty list means "no samples" in the old writer
+    # Components the old writer filled with empty fallbacks ({}, [], nulls) are read as absent by
+    # the models (Bundle._nothing_is_absent), whichever dialect the document is in.
     return out, dialect
 
 

@@ -112,19 +112,33 @@ class PerformanceMetrics(_Open):
 
 
 class NormalizationStats(_Open):
-    feature_means: list[float] = Field(min_length=1, max_length=65_536)
-    feature_stds: list[float] = Field(min_length=1, max_length=65_536)
+    """Per-feature means and standard deviations; either may be missing (the original Heimdall's
+    exporter wrote what it had), and an empty list reads as missing. Only
+    :meth:`means_and_stds` says whether a consumer can normalise with them."""
+
+    feature_means: Annotated[list[float], Field(min_length=1, max_length=65_536)] | None = None
+    feature_stds: Annotated[list[float], Field(min_length=1, max_length=65_536)] | None = None
+
+    @field_validator("feature_means", "feature_stds", mode="before")
+    @classmethod
+    def _empty_is_missing(cls, value: Any) -> Any:
+        return None if value == [] else value
 
     @model_validator(mode="after")
     def _consistent(self) -> NormalizationStats:
-        if len(self.feature_means) != len(self.feature_stds):
-            raise ValueError(
-                f"feature_means has {len(self.feature_means)} values but feature_stds has "
-                f"{len(self.feature_stds)}"
-            )
-        if any(std <= 0 for std in self.feature_stds):
+        means, stds = self.feature_means, self.feature_stds
+        if means is not None and stds is not None and len(means) != len(stds):
+            raise ValueError(f"feature_means has {len(means)} values but feature_stds has {len(stds)}")
+        if stds is not None and any(std <= 0 for std in stds):
             raise ValueError("feature_stds must all be greater than 0")
         return self
+
+    def means_and_stds(self) -> tuple[list[float], list[float]] | None:
+        """``(feature_means, feature_stds)`` when both are there; None for a partial record, which
+        cannot normalise anything (every consumer treats it as no normalisation)."""
+        if self.feature_means is None or self.feature_stds is None:
+            return None
+        return self.feature_means, self.feature_stds
 
 
 class SamplePrediction(_Open):
@@ -159,9 +173,29 @@ class Bundle(_Open):
     integrity: Integrity | None = None
     signature: Signature | None = None
 
+    @field_validator(
+        "training_config", "performance_metrics", "normalization_stats", "sample_predictions", mode="before"
+    )
+    @classmethod
+    def _nothing_is_absent(cls, value: Any) -> Any:
+        # The original Heimdall's exporter writes `{}`, `[]`, or an object of nulls and empty lists
+        # when it has no data: such a component is read as absent (and so never re-exported, listed
+        # or used), while one with any value keeps its nulls as None and its unknown fields as read.
+        return None if carries_nothing(value) else value
+
     def components(self) -> list[str]:
         """The optional components present, in canonical order."""
         return [c.value for c in Component if getattr(self, c.value) is not None]
+
+
+def carries_nothing(value: Any) -> bool:
+    """Whether an optional component holds no data: null, ``[]``, ``{}``, or an object (a dict or a
+    component model) whose every field carries nothing. A list with entries, even nulls, is data."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if value is None or value in ([], {}):
+        return True
+    return isinstance(value, dict) and all(carries_nothing(v) for v in value.values())
 
 
 class Component(enum.StrEnum):

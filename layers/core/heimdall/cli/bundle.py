@@ -217,8 +217,13 @@ def describe_bundle(path: Path, read: ReadResult) -> dict[str, Any]:
             "output_shape": model.output_shape,
             "parameters_count": model.parameters_count,
         },
+        # Components the writer filled with empty fallbacks are absent here (read as not written).
         "components": bundle.components(),
         "sample_count": len(bundle.sample_predictions or []),
+        # Means without stds (or the reverse) are kept but cannot normalise: deployments refuse them.
+        "normalization_complete": (
+            None if (stats := bundle.normalization_stats) is None else stats.means_and_stds() is not None
+        ),
         "onnx_sha256": read.onnx_sha256,
         "onnx_size_bytes": read.onnx_size_bytes,
         "integrity_declared": read.integrity_declared,
@@ -252,9 +257,11 @@ def _render_inspect(summary: dict[str, Any], console: Console = _out) -> None:
         _row(table, "parameters", f"{model['parameters_count']:,}")
     table.add_section()
     components = summary["components"]
-    shown = [
-        f"{c} ({summary['sample_count']})" if c == Component.SAMPLE_PREDICTIONS else c for c in components
-    ]
+    notes = {
+        Component.SAMPLE_PREDICTIONS: f" ({summary['sample_count']})",
+        Component.NORMALIZATION_STATS: "" if summary["normalization_complete"] else " (partial: not usable)",
+    }
+    shown = [f"{c}{notes.get(c, '')}" for c in components]
     _row(table, "components", ", ".join(shown) or "none (model only)")
     if summary["extra_fields"]:
         _row(table, "unknown fields", ", ".join(summary["extra_fields"]) + " (kept)")

@@ -334,17 +334,18 @@ def _built_model(deps: ApiDeps, source: _Source, precision: Literal["fp16", "int
 
 
 def _normalization(deps: ApiDeps, model: ModelRecord) -> NormalizationStats:
-    """The normalisation of the model's stored bundle; RequestInvalid when it has none."""
+    """The normalisation of the model's stored bundle; RequestInvalid when it has none, or only part
+    of one (means without stds, as the original Heimdall may have written)."""
     if "normalization_stats" in model.components and model.bundle_key:
         uri = f"s3://{deps.names.artifacts_bucket}/{model.bundle_key}"
         with tempfile.TemporaryDirectory(prefix="heimdall-deploy-", dir=deps.workdir) as tmp:
             path = Path(tmp) / "bundle.heimdall"
             deps.store.download(uri, path, max_bytes=deps.limits.max_bundle_bytes)
             stats = read_bundle(path, limits=deps.limits).bundle.normalization_stats
-        if stats is not None:
+        if stats is not None and stats.means_and_stds() is not None:
             return stats
     raise RequestInvalid(
-        f"model {model.model_id}'s bundle has no normalization_stats: "
+        f"model {model.model_id}'s bundle has no complete normalization_stats: "
         "create the endpoint with apply_normalization false",
         field="options.apply_normalization",
     )
