@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from tests.unit.test_checkpoint_ingest import (
@@ -20,7 +21,7 @@ from tests.unit.test_checkpoint_ingest import (
     submitted,
 )
 
-from heimdall.errors import RegistryUnavailable
+from heimdall.errors import IncompleteUpload, RegistryUnavailable
 from heimdall.events import CheckpointRejected, DetailType, InMemoryEventSink
 from heimdall.logic.checkpoints import CheckpointDeps
 from heimdall.logic.uploads import SweepDeps, sweep_incomplete_uploads
@@ -32,6 +33,7 @@ T0 = datetime(2026, 11, 25, tzinfo=UTC)
 DAY = 24 * 3600
 UPLOAD_ID = upload_id_for("ingest", PREFIX)
 MANIFEST_BYTES = json.dumps(MANIFEST).encode()
+EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 
 
 class Clock:
@@ -247,3 +249,11 @@ def test_a_second_half_racing_the_sweep_gives_the_job_or_the_rejection_never_bot
     for thread in threads:
         thread.join()
     assert (len(submitted(deps)), len(rejections(deps))) in {(1, 0), (0, 1)}
+
+
+def test_the_incomplete_upload_sample_event_is_a_valid_checkpoint_rejected() -> None:
+    sample = json.loads((EVENTS_DIR / "heimdall-checkpoint-rejected-incomplete-upload.json").read_text())
+    assert sample["detail-type"] == DetailType.CHECKPOINT_REJECTED.value
+    detail = CheckpointRejected.model_validate(sample["detail"])
+    assert detail.code == IncompleteUpload.code == "INCOMPLETE_UPLOAD"
+    assert "INCOMPLETE_UPLOAD" in (CheckpointRejected.model_fields["code"].description or "")

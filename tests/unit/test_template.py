@@ -335,6 +335,8 @@ API_ROUTES = frozenset(
         ("POST", "/api/v1/models/import"),
         ("POST", "/api/v1/training/models/import"),
         ("GET", "/api/v1/imports/{import_id}"),
+        ("GET", "/api/v1/uploads"),
+        ("GET", "/api/v1/uploads/{upload_id}"),
         ("GET", "/api/v1/export/capabilities"),
         ("POST", "/api/v1/export/jobs"),
         ("GET", "/api/v1/export/jobs/{job_id}"),

@@ -15,7 +15,7 @@ of several sweeps, one wins each round.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from heimdall.errors import IncompleteUpload, ObjectNotFound
 from heimdall.logic.api import ApiDeps, require_id
@@ -126,11 +126,11 @@ def _announce(record: PendingUpload, deps: CheckpointDeps, message: str) -> None
     deps.registry.finish_upload_rejection(record, quarantine_key=kept)
 
 
-def reject_after(record: PendingUpload, deps: ApiDeps) -> str | None:
-    """When an AWAITING round will be rejected (ISO 8601), or None once it settled."""
+def reject_after(record: PendingUpload, deps: ApiDeps) -> datetime | None:
+    """When an AWAITING round will be rejected (the sweep runs every few minutes), or None once settled."""
     if record.status is not UploadStatus.AWAITING:
         return None
-    return (record.created_at + timedelta(seconds=deps.pair_timeout_s)).isoformat()
+    return record.created_at + timedelta(seconds=deps.pair_timeout_s)
 
 
 def list_uploads(
