@@ -34,7 +34,8 @@ __all__ = [
     "sweep_incomplete_uploads",
 ]
 
-#: How long one sweep may take to announce a rejection before another sweep takes it over.
+#: How long one sweep may take to announce a rejection before another sweep takes it over: longer than
+#: the sweep function may run (its timeout is 120 s), so a live sweep is never overtaken.
 REJECTION_LEASE_S = 300
 #: Rounds one sweep handles at most (the next run takes the rest).
 SWEEP_BATCH = 100
