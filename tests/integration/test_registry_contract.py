@@ -26,6 +26,7 @@ from heimdall.errors import (
     InvalidPagination,
     InvalidTransition,
     RecordNotFound,
+    RegistryUnavailable,
 )
 from heimdall.manifest import ExportFormat
 from heimdall.registry import (
@@ -40,7 +41,11 @@ from heimdall.registry import (
     JobStatus,
     MetricsSummary,
     ModelRecord,
+    PendingUpload,
     Registry,
+    UploadStatus,
+    half_ref,
+    upload_id_for,
 )
 
 S = JobStatus
@@ -569,3 +574,193 @@ def test_is_claimed_reads_without_claiming(registry: Registry, clock: Clock) -> 
     registry.claim_once(key, ttl_s=60)
     registry.release_claim(key)
     assert registry.is_claimed(key) is False
+
+
+# --- half pairs (a checkpoint or manifest waiting for the other half) --------------------------------
+
+
+def lone_half(
+    owner: str, *, half: str = "manifest", revision: str = "r1", at: int = 0, prefix: str | None = None
+) -> PendingUpload:
+    prefix = prefix or f"checkpoints/{owner}/1.0.0/"
+    key = prefix + ("heimdall.json" if half == "manifest" else "model.safetensors")
+    return PendingUpload(
+        owner=owner,
+        upload_id=upload_id_for("ingest", prefix),
+        bucket="ingest",
+        prefix=prefix,
+        model_name=owner,
+        version="1.0.0",
+        half=half,  # type: ignore[arg-type]
+        key=key,
+        revision=revision,
+        etag=revision,
+        size_bytes=12,
+        refs=[half_ref("ingest", key, revision)],
+        created_at=T0 + timedelta(seconds=at),
+        updated_at=T0 + timedelta(seconds=at),
+    )
+
+
+def pairing(first: PendingUpload, *, revision: str = "c1", job_id: str = "job-1") -> PendingUpload:
+    """The other half arrived: the PAIRED record its handler writes."""
+    other = first.prefix + ("model.safetensors" if first.half == "manifest" else "heimdall.json")
+    return first.model_copy(
+        update={
+            "status": UploadStatus.PAIRED,
+            "half": first.missing,
+            "key": other,
+            "revision": revision,
+            "refs": [half_ref("ingest", other, revision), first.refs[0]],
+            "job_id": job_id,
+            "paired_key": first.key,
+        }
+    )
+
+
+def due(registry: Registry, owner: str, *, after_s: int, lease_s: int = 300) -> list[PendingUpload]:
+    now = T0 + timedelta(seconds=after_s)
+    found = registry.due_uploads(
+        arrived_before=now - timedelta(seconds=100),
+        rejecting_before=now - timedelta(seconds=lease_s),
+        limit=1000,
+    )
+    return [u for u in found if u.owner == owner]
+
+
+def test_a_lone_half_is_awaiting_listed_and_owner_scoped(registry: Registry, owner: str) -> None:
+    record = lone_half(owner)
+    stored = registry.await_upload(record)
+    assert stored.status is UploadStatus.AWAITING and stored.missing == "checkpoint"
+    assert registry.get_upload(owner, record.upload_id) == record
+    assert [u.upload_id for u in registry.list_uploads(owner).items] == [record.upload_id]
+    assert [u.upload_id for u in registry.list_uploads(owner, status=UploadStatus.AWAITING).items] == [
+        record.upload_id
+    ]
+    assert registry.list_uploads(owner, status=UploadStatus.PAIRED).items == []
+    with pytest.raises(RecordNotFound):
+        registry.get_upload("someone-else", record.upload_id)
+    # The same half again, or another lone revision: the round (and its clock) stays as it was.
+    assert registry.await_upload(lone_half(owner, revision="r2", at=50)) == record
+
+
+def test_the_other_half_settles_the_round_paired_keeping_its_first_half(
+    registry: Registry, owner: str
+) -> None:
+    first = registry.await_upload(lone_half(owner))
+    paired = registry.pair_upload(pairing(first))
+    assert paired is not None and paired.status is UploadStatus.PAIRED
+    stored = registry.get_upload(owner, first.upload_id)
+    assert (stored.status, stored.job_id, stored.half, stored.key) == (
+        UploadStatus.PAIRED,
+        "job-1",
+        "manifest",
+        first.key,
+    )
+    assert stored.paired_key == first.prefix + "model.safetensors"
+    assert due(registry, owner, after_s=10_000) == []
+    # The lone half's notification, late: the round already holds it.
+    assert registry.await_upload(first).status is UploadStatus.PAIRED
+
+
+def test_a_pair_with_no_round_yet_is_recorded_so_a_late_lone_write_cannot_dangle(
+    registry: Registry, owner: str
+) -> None:
+    first = lone_half(owner)
+    assert registry.pair_upload(pairing(first)) is not None
+    assert registry.await_upload(first).status is UploadStatus.PAIRED
+    assert due(registry, owner, after_s=10_000) == []
+
+
+def test_the_sweep_sees_only_rounds_past_the_timeout_and_rejects_each_once(
+    registry: Registry, owner: str, clock: Clock
+) -> None:
+    record = registry.await_upload(lone_half(owner))
+    assert due(registry, owner, after_s=50) == []
+    (seen,) = due(registry, owner, after_s=101)
+    clock.now = T0 + timedelta(seconds=101)
+    rejected = registry.begin_upload_rejection(seen, code="INCOMPLETE_UPLOAD", reason="alone")
+    assert rejected is not None and rejected.status is UploadStatus.REJECTED
+    assert rejected.rejecting_since == clock.now
+    assert registry.begin_upload_rejection(seen, code="INCOMPLETE_UPLOAD", reason="again") is None
+    # A pairing now is refused: the half that was rejected never starts a job.
+    assert registry.pair_upload(pairing(record)) is None
+    registry.finish_upload_rejection(rejected, quarantine_key="quarantine/x/original")
+    stored = registry.get_upload(owner, record.upload_id)
+    assert (stored.status, stored.error_code, stored.quarantine_key, stored.rejecting_since) == (
+        UploadStatus.REJECTED,
+        "INCOMPLETE_UPLOAD",
+        "quarantine/x/original",
+        None,
+    )
+    assert due(registry, owner, after_s=10_000, lease_s=1) == []
+    assert [u.upload_id for u in registry.list_uploads(owner, status=UploadStatus.REJECTED).items] == [
+        record.upload_id
+    ]
+
+
+def test_an_announcement_left_unfinished_is_due_again_after_its_lease(
+    registry: Registry, owner: str, clock: Clock
+) -> None:
+    registry.await_upload(lone_half(owner))
+    (seen,) = due(registry, owner, after_s=101)
+    clock.now = T0 + timedelta(seconds=101)
+    crashed = registry.begin_upload_rejection(seen, code="INCOMPLETE_UPLOAD", reason="alone")
+    assert crashed is not None
+    # While it is being announced, a new lone half must wait (retryable), and nothing is due yet.
+    with pytest.raises(RegistryUnavailable):
+        registry.await_upload(lone_half(owner, half="checkpoint", revision="c9"))
+    assert due(registry, owner, after_s=200) == []
+    (again,) = due(registry, owner, after_s=500)
+    clock.now = T0 + timedelta(seconds=500)
+    taken_over = registry.begin_upload_rejection(again, code="INCOMPLETE_UPLOAD", reason="alone")
+    assert taken_over is not None and taken_over.rejecting_since == clock.now
+    registry.finish_upload_rejection(crashed, quarantine_key="late")  # the first sweep, back: ignored
+    assert registry.get_upload(seen.owner, seen.upload_id).rejecting_since == clock.now
+    registry.finish_upload_rejection(taken_over, quarantine_key="q")
+    assert registry.get_upload(seen.owner, seen.upload_id).quarantine_key == "q"
+
+
+def test_after_a_settled_rejection_a_new_lone_half_starts_a_new_round(registry: Registry, owner: str) -> None:
+    registry.await_upload(lone_half(owner))
+    (seen,) = due(registry, owner, after_s=101)
+    rejected = registry.begin_upload_rejection(seen, code="INCOMPLETE_UPLOAD", reason="alone")
+    assert rejected is not None
+    registry.finish_upload_rejection(rejected, quarantine_key=None)
+    fresh = lone_half(owner, half="checkpoint", revision="c2", at=200)
+    assert registry.await_upload(fresh) == fresh
+    # A re-uploaded manifest (a new revision) pairs with it.
+    assert registry.pair_upload(pairing(fresh, revision="r2")) is not None
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_racing_pairing_and_rejection_have_exactly_one_winner(
+    registry: Registry, owner: str, attempt: int
+) -> None:
+    record = registry.await_upload(lone_half(owner))
+    (seen,) = due(registry, owner, after_s=101)
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def reject() -> None:
+        barrier.wait()
+        done = registry.begin_upload_rejection(seen, code="INCOMPLETE_UPLOAD", reason="alone")
+        outcomes.append("rejected" if done is not None else "lost")
+
+    def pair() -> None:
+        barrier.wait()
+        done = registry.pair_upload(pairing(record))
+        outcomes.append("paired" if done is not None else "refused")
+
+    threads = [threading.Thread(target=reject) for _ in range(3)] + [
+        threading.Thread(target=pair) for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    final = registry.get_upload(owner, record.upload_id).status
+    if final is UploadStatus.REJECTED:
+        assert outcomes.count("rejected") == 1 and "paired" not in outcomes
+    else:
+        assert final is UploadStatus.PAIRED and "rejected" not in outcomes

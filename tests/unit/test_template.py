@@ -301,6 +301,25 @@ def test_batch_state_changes_of_this_stacks_queue_reach_the_job_state_function()
     assert {"RUNNING", "SUCCEEDED", "FAILED"} <= set(pattern["detail"]["status"])
 
 
+def test_the_sweep_function_runs_on_a_schedule_with_the_pair_timeout() -> None:
+    (schedule,) = [e["Properties"] for e in _props("SweepFunction")["Events"].values()]
+    assert schedule["Schedule"].startswith("rate(") and schedule["Enabled"] is True
+    assert schedule["Name"] == {"Fn::Sub": "heimdall-${Stage}-sweep"}
+    assert _function_setting("SweepFunction", "CodeUri") == "functions/sweep"
+    timeout = _function_env("SweepFunction")["HEIMDALL_PAIR_TIMEOUT_S"]
+    assert _ref_target(timeout) == "PairTimeoutSeconds"
+    assert _template()["Parameters"]["PairTimeoutSeconds"]["Default"] == Settings().pair_timeout_s
+
+
+def test_the_sweep_function_writes_only_quarantine_copies() -> None:
+    writes = [
+        s
+        for s in _policy_statements("SweepFunction")
+        if any(a.startswith("s3:Put") for a in _as_list(s["Action"]))
+    ]
+    assert writes and all(s["Resource"] == {"Fn::Sub": "${ArtifactsBucket.Arn}/quarantine/*"} for s in writes)
+
+
 # --- HTTP API -------------------------------------------------------------------------------------
 
 #: The contract's route table (DESIGN §7, issue 5): every (method, path) the API serves, in API
@@ -316,6 +335,8 @@ API_ROUTES = frozenset(
         ("POST", "/api/v1/models/import"),
         ("POST", "/api/v1/training/models/import"),
         ("GET", "/api/v1/imports/{import_id}"),
+        ("GET", "/api/v1/uploads"),
+        ("GET", "/api/v1/uploads/{upload_id}"),
         ("GET", "/api/v1/export/capabilities"),
         ("POST", "/api/v1/export/jobs"),
         ("GET", "/api/v1/export/jobs/{job_id}"),

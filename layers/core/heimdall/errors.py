@@ -147,6 +147,14 @@ class InvalidManifest(ConversionError):
     exit_code = 3
 
 
+class IncompleteUpload(HeimdallError):
+    """Half a pair (a manifest without its checkpoint, or the reverse) waited past the timeout: the
+    half is rejected (``Checkpoint Rejected``) and quarantined. Never raised by a request."""
+
+    code = "INCOMPLETE_UPLOAD"
+    http_status = 422
+
+
 class UnsupportedArchitecture(ConversionError):
     """No registered architecture has that name, or the state_dict does not fit it."""
 

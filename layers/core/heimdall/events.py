@@ -170,7 +170,8 @@ class CheckpointReceived(EventDetail):
 
 
 class CheckpointRejected(EventDetail):
-    """An upload under ``checkpoints/`` was refused (invalid manifest, unsupported or unsafe file).
+    """An upload under ``checkpoints/`` was refused (invalid manifest, unsupported or unsafe file), or
+    half a pair waited too long for the other half (``INCOMPLETE_UPLOAD``, from the sweep).
 
     Key: ``key_for(bucket, key, version_id or etag)`` of the rejected object.
     """
@@ -183,7 +184,10 @@ class CheckpointRejected(EventDetail):
     etag: Identifier = _field("ETag of the rejected object (without quotes).")
     model_name: Identifier | None = _field("Model name, when it could be read.")
     version: Identifier | None = _field("Model version, when it could be read.")
-    code: ErrorCode = _field("Why, as a stable error code (e.g. INVALID_MANIFEST).")
+    code: ErrorCode = _field(
+        "Why, as a stable error code (e.g. INVALID_MANIFEST; INCOMPLETE_UPLOAD: a checkpoint or manifest "
+        "whose other half never came)."
+    )
     message: Text = _field("Why, for people.")
     quarantine_bucket: BucketName | None = _field("Bucket holding the kept original.")
     quarantine_key: ObjectKey | None = _field(

@@ -40,9 +40,11 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
 import json
 import re
 import threading
+import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +61,7 @@ from heimdall.errors import (
     InvalidPagination,
     InvalidTransition,
     RecordNotFound,
+    RegistryUnavailable,
 )
 from heimdall.types import ExportFormat, Shape
 
@@ -79,7 +82,10 @@ __all__ = [
     "MetricsSummary",
     "ModelRecord",
     "Page",
+    "PendingUpload",
     "Registry",
+    "UploadHalf",
+    "UploadStatus",
     "check_limit",
     "check_ttl",
     "chronological_key",
@@ -87,10 +93,14 @@ __all__ = [
     "dump_job_field_json",
     "encode_cursor",
     "epoch_seconds",
+    "half_ref",
     "imported_display_name",
     "paginate",
+    "plan_await",
+    "plan_pairing",
     "plan_transition",
     "sources_of",
+    "upload_id_for",
     "utcnow",
     "validate_job_updates",
 ]
@@ -330,6 +340,108 @@ class ImportRecord(_Record):
     @classmethod
     def _utc_or_none(cls, value: datetime | None) -> datetime | None:
         return None if value is None else _as_utc(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Half pairs: a checkpoint or manifest waiting for the other half
+
+
+class UploadStatus(enum.StrEnum):
+    """States of a half pair's round: ``AWAITING → PAIRED | REJECTED`` (both settle the round)."""
+
+    AWAITING = "AWAITING"
+    PAIRED = "PAIRED"
+    REJECTED = "REJECTED"
+
+
+#: Which half of a pair an object is.
+UploadHalf = Literal["checkpoint", "manifest"]
+_UPLOAD_NAMESPACE = uuid.UUID("0f4b7c1e-6a2d-4e8b-9c3f-2d5e7a9b1c4d")
+
+
+def upload_id_for(bucket: str, prefix: str) -> str:
+    """The id of the pair under ``prefix`` (``checkpoints/{model_name}/{version}/``) of ``bucket``.
+
+    Derived from the sender's own S3 prefix, so both halves find the same record; never used as a key.
+    """
+    return str(uuid.uuid5(_UPLOAD_NAMESPACE, f"{bucket}/{prefix}"))
+
+
+def half_ref(bucket: str, key: str, revision: str) -> str:
+    """The identity of one revision of one half (what a round's ``refs`` hold)."""
+    return hashlib.sha256(json.dumps([bucket, key, revision]).encode()).hexdigest()
+
+
+class PendingUpload(_Record):
+    """The pair under one ``checkpoints/{model_name}/{version}/`` prefix: a half that arrived alone waits
+    (``AWAITING``) until the other half comes (``PAIRED``, the job started) or the sweep gives up on it
+    (``REJECTED``, ``INCOMPLETE_UPLOAD``). One record per prefix; a later lone half starts a new round.
+
+    ``created_at`` is when the round's first half arrived.
+    """
+
+    upload_id: RecordId
+    status: UploadStatus = UploadStatus.AWAITING
+    bucket: Name
+    prefix: str = Field(min_length=1, max_length=1024)
+    #: From the prefix (display only).
+    model_name: Name
+    version: Name
+    #: The half that arrived first, and which revision of it.
+    half: UploadHalf
+    key: str = Field(min_length=1, max_length=1024)
+    revision: Name
+    version_id: str | None = Field(default=None, max_length=1024)
+    etag: str | None = Field(default=None, max_length=256)
+    size_bytes: int | None = Field(default=None, ge=0)
+    #: :func:`half_ref` of each half of this round, the one that arrived first first.
+    refs: list[Sha256Hex] = Field(min_length=1, max_length=2)
+    #: PAIRED: the job the pair started, and the key of the other half than ``key``.
+    job_id: str | None = Field(default=None, max_length=128)
+    paired_key: str | None = Field(default=None, max_length=1024)
+    #: REJECTED: why, and where the original was kept (once announced).
+    error_code: str | None = Field(default=None, max_length=64)
+    reason: Reason | None = None
+    quarantine_key: str | None = Field(default=None, max_length=1024)
+    #: REJECTED whose quarantine copy and event are still being made, since when (None once done).
+    rejecting_since: datetime | None = None
+
+    @field_validator("rejecting_since")
+    @classmethod
+    def _utc_or_none(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+    @property
+    def missing(self) -> UploadHalf:
+        """The half the round waits (or waited) for."""
+        return "manifest" if self.half == "checkpoint" else "checkpoint"
+
+
+def plan_pairing(current: PendingUpload | None, refs: Collection[str]) -> Literal["write", "refuse", "busy"]:
+    """What pairing the halves ``refs`` means for the prefix's round ``current`` (both registries).
+
+    ``write``: no round, an AWAITING or PAIRED one, or a settled rejection of other halves. ``refuse``:
+    the round was REJECTED with one of these halves (that revision must never start a job). ``busy``:
+    a rejection of other halves is still being announced (try again later).
+    """
+    if current is None or current.status is not UploadStatus.REJECTED:
+        return "write"
+    if set(refs) & set(current.refs):
+        return "refuse"
+    return "busy" if current.rejecting_since is not None else "write"
+
+
+def plan_await(current: PendingUpload | None, ref: str) -> Literal["write", "keep", "busy"]:
+    """What recording the lone half ``ref`` means for the prefix's round ``current`` (both registries).
+
+    ``keep``: an AWAITING round (its first half's clock runs on) or a settled round that already holds
+    this half. ``busy``: a rejection is still being announced. ``write``: a new round.
+    """
+    if current is None:
+        return "write"
+    if current.status is UploadStatus.AWAITING or ref in current.refs:
+        return "keep"
+    return "busy" if current.rejecting_since is not None else "write"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -601,6 +713,64 @@ class Registry(Protocol):
         """Whether ``key`` is currently claimed (held and not expired); claims nothing."""
         ...
 
+    # half pairs (see :class:`PendingUpload`) ------------------------------------------------------
+
+    def await_upload(self, record: PendingUpload) -> PendingUpload:
+        """Record the lone half ``record`` (AWAITING) unless its prefix's round already covers it.
+
+        Kept as it is (and returned): an AWAITING round (its first half's clock runs on), or a settled
+        round that holds this half. A settled round of other halves is replaced by the new one. Raises
+        RegistryUnavailable (retryable) while a rejection of the prefix is still being announced.
+        Atomic against :meth:`pair_upload` and :meth:`begin_upload_rejection` (:func:`plan_await`).
+        """
+        ...
+
+    def pair_upload(self, record: PendingUpload) -> PendingUpload | None:
+        """Settle the prefix's round PAIRED with the halves ``record.refs`` and ``record.job_id``.
+
+        An AWAITING round keeps when and which half arrived first; with no round yet ``record`` is
+        written as it is. None (nothing written) when the round was REJECTED with one of these halves:
+        the pair must not start. Raises RegistryUnavailable while a rejection is being announced.
+        Atomic against the sweep's :meth:`begin_upload_rejection` (:func:`plan_pairing`).
+        """
+        ...
+
+    def get_upload(self, owner: str, upload_id: str) -> PendingUpload:
+        """The round, if ``owner`` has it; else RecordNotFound."""
+        ...
+
+    def list_uploads(
+        self,
+        owner: str,
+        *,
+        status: UploadStatus | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[PendingUpload]:
+        """The owner's rounds (in one status if given), newest first."""
+        ...
+
+    def due_uploads(
+        self, *, arrived_before: datetime, rejecting_before: datetime, limit: int = DEFAULT_PAGE_SIZE
+    ) -> list[PendingUpload]:
+        """Whoever owns them, oldest first: AWAITING rounds whose half arrived before ``arrived_before``,
+        and REJECTED ones whose announcement started before ``rejecting_before`` and never finished.
+
+        For the sweep only; never expose it to a caller-facing path.
+        """
+        ...
+
+    def begin_upload_rejection(self, seen: PendingUpload, *, code: str, reason: str) -> PendingUpload | None:
+        """Move the round ``seen`` (AWAITING, or REJECTED with a stale announcement) to REJECTED with
+        ``rejecting_since`` now, if it is still exactly as seen; else None (a pairing or another sweep
+        won). Of a rejection and a pairing racing, exactly one is written."""
+        ...
+
+    def finish_upload_rejection(self, seen: PendingUpload, *, quarantine_key: str | None) -> None:
+        """Note a rejection ``seen`` (from :meth:`begin_upload_rejection`) announced; ignored when the
+        round has moved on since (another sweep took the announcement over)."""
+        ...
+
 
 # --------------------------------------------------------------------------------------------------
 # The in-memory fake
@@ -634,7 +804,7 @@ def paginate(
     return Page(items=page, cursor=encode_cursor({"scope": scope, "after": key(page[-1])}))
 
 
-_R = TypeVar("_R", ModelRecord, ExportJob, ImportRecord)
+_R = TypeVar("_R", ModelRecord, ExportJob, ImportRecord, PendingUpload)
 
 
 def _owned(records: Mapping[str, _R], record_id: str, owner: str | None, *, what: str, field: str) -> _R:
@@ -661,6 +831,7 @@ class InMemoryRegistry:
         self._imports: dict[str, ImportRecord] = {}
         self._defaults: dict[tuple[str, str, str], str] = {}
         self._claims: dict[str, int] = {}
+        self._uploads: dict[str, PendingUpload] = {}
 
     # models -------------------------------------------------------------------------------------
 
@@ -842,3 +1013,127 @@ class InMemoryRegistry:
         with self._lock:
             expires_at = self._claims.get(key)
         return expires_at is not None and expires_at > now
+
+    # half pairs ---------------------------------------------------------------------------------
+
+    def await_upload(self, record: PendingUpload) -> PendingUpload:
+        with self._lock:
+            current = self._uploads.get(record.upload_id)
+            plan = plan_await(current, record.refs[0])
+            if plan == "busy":
+                raise RegistryUnavailable(f"upload {record.upload_id}: a rejection is being announced")
+            if plan == "keep" and current is not None:
+                return current.model_copy(deep=True)
+            self._uploads[record.upload_id] = record.model_copy(deep=True)
+        return record
+
+    def pair_upload(self, record: PendingUpload) -> PendingUpload | None:
+        with self._lock:
+            current = self._uploads.get(record.upload_id)
+            plan = plan_pairing(current, record.refs)
+            if plan == "busy":
+                raise RegistryUnavailable(f"upload {record.upload_id}: a rejection is being announced")
+            if plan == "refuse":
+                return None
+            paired = _paired(current, record, self._now())
+            self._uploads[record.upload_id] = paired
+            return paired.model_copy(deep=True)
+
+    def get_upload(self, owner: str, upload_id: str) -> PendingUpload:
+        with self._lock:
+            return _owned(self._uploads, upload_id, owner, what="upload", field="upload_id")
+
+    def list_uploads(
+        self,
+        owner: str,
+        *,
+        status: UploadStatus | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[PendingUpload]:
+        with self._lock:
+            chosen = [
+                u.model_copy(deep=True)
+                for u in self._uploads.values()
+                if u.owner == owner and (status is None or u.status == status)
+            ]
+        return paginate(
+            chosen,
+            key=lambda u: chronological_key(u.created_at, u.upload_id),
+            scope=json.dumps(["uploads", owner, status]),
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def due_uploads(
+        self, *, arrived_before: datetime, rejecting_before: datetime, limit: int = DEFAULT_PAGE_SIZE
+    ) -> list[PendingUpload]:
+        check_limit(limit)
+        with self._lock:
+            awaiting = [
+                u
+                for u in self._uploads.values()
+                if u.status is UploadStatus.AWAITING and u.created_at < arrived_before
+            ]
+            stale = [
+                u
+                for u in self._uploads.values()
+                if u.rejecting_since is not None and u.rejecting_since < rejecting_before
+            ]
+            due = sorted(awaiting, key=lambda u: chronological_key(u.created_at, u.upload_id))
+            due += sorted(
+                stale, key=lambda u: chronological_key(u.rejecting_since or u.created_at, u.upload_id)
+            )
+            return [u.model_copy(deep=True) for u in due[:limit]]
+
+    def begin_upload_rejection(self, seen: PendingUpload, *, code: str, reason: str) -> PendingUpload | None:
+        with self._lock:
+            current = self._uploads.get(seen.upload_id)
+            if current is None or not _same_round(current, seen):
+                return None
+            now = self._now()
+            rejected = current.model_copy(
+                update={
+                    "status": UploadStatus.REJECTED,
+                    "error_code": code,
+                    "reason": reason[:4096],
+                    "rejecting_since": now,
+                    "updated_at": now,
+                }
+            )
+            self._uploads[seen.upload_id] = rejected
+            return rejected.model_copy(deep=True)
+
+    def finish_upload_rejection(self, seen: PendingUpload, *, quarantine_key: str | None) -> None:
+        with self._lock:
+            current = self._uploads.get(seen.upload_id)
+            if current is None or not _same_round(current, seen):
+                return
+            self._uploads[seen.upload_id] = current.model_copy(
+                update={"quarantine_key": quarantine_key, "rejecting_since": None, "updated_at": self._now()}
+            )
+
+
+def _same_round(current: PendingUpload, seen: PendingUpload) -> bool:
+    """Whether ``current`` is still the round ``seen`` was read from, in the state it had then."""
+    return (current.status, current.key, current.revision, current.rejecting_since) == (
+        seen.status,
+        seen.key,
+        seen.revision,
+        seen.rejecting_since,
+    ) and current.status is not UploadStatus.PAIRED
+
+
+def _paired(current: PendingUpload | None, record: PendingUpload, now: datetime) -> PendingUpload:
+    """The round PAIRED with ``record``'s halves and job: an AWAITING one keeps its first half."""
+    if current is None or current.status is not UploadStatus.AWAITING:
+        return record.model_copy(update={"status": UploadStatus.PAIRED, "rejecting_since": None})
+    return current.model_copy(
+        update={
+            "status": UploadStatus.PAIRED,
+            "refs": list(record.refs),
+            "job_id": record.job_id,
+            "paired_key": record.key,  # the half that came second
+            "updated_at": now,
+        }
+    )

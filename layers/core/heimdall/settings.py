@@ -60,6 +60,7 @@ MAX_PRESIGN_TTL_S = 12 * 3600
 #: Lambda's synchronous response limit is 6 MB (base64 adds a third): the default stays well under it.
 DEFAULT_MAX_RESPONSE_BYTES = 5 * MIB
 DEFAULT_MAX_INLINE_BYTES = 4 * MIB
+DEFAULT_PAIR_TIMEOUT_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ class Settings(BaseSettings):
     #: Whether API calls need the ``heimdall/read`` / ``heimdall/write`` scopes (false: any caller
     #: the authorizer let through may do everything).
     api_require_scopes: bool = True
+    #: How long a checkpoint or manifest waits for the other half of its pair before the sweep rejects
+    #: it (``INCOMPLETE_UPLOAD``): a day by default, at most 30.
+    pair_timeout_s: int = Field(default=DEFAULT_PAIR_TIMEOUT_S, ge=1, le=30 * 86400)
 
     def resource_names(self) -> ResourceNames:
         """The names of the project's AWS resources for this stage."""

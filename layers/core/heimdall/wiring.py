@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # each function imports only its own use case (cold-start tim
     from heimdall.logic.api import ApiDeps
     from heimdall.logic.ingest import IngestDeps
     from heimdall.logic.job_state import JobStateDeps
+    from heimdall.logic.uploads import SweepDeps
     from heimdall.serving import ServingDeps
 
 _job_submitter: JobSubmitter | None = None
@@ -34,6 +35,7 @@ def use_job_submitter(submitter: JobSubmitter | None) -> None:
     _job_submitter = submitter
     ingest_deps.cache_clear()
     api_deps.cache_clear()
+    sweep_deps.cache_clear()
 
 
 def use_counter_lock(lock: AbstractContextManager[object] | None) -> None:
@@ -100,6 +102,7 @@ def api_deps() -> ApiDeps:
         limits=settings.bundle_limits(),
         api=settings.api_limits(),
         drop_owner=settings.drop_owner,
+        pair_timeout_s=settings.pair_timeout_s,
     )
 
 
@@ -110,6 +113,14 @@ def job_state_deps() -> JobStateDeps:
 
     registry, store, events = _adapters()
     return JobStateDeps(registry=registry, store=store, events=events)
+
+
+@lru_cache(maxsize=1)
+def sweep_deps() -> SweepDeps:
+    """What the sweep function's use case needs: the ingest function's collaborators and the timeout."""
+    from heimdall.logic.uploads import SweepDeps  # noqa: PLC0415 - per-function imports
+
+    return SweepDeps(checkpoints=ingest_deps().checkpoints, pair_timeout_s=get_settings().pair_timeout_s)
 
 
 @lru_cache(maxsize=1)
@@ -138,3 +149,4 @@ def reset() -> None:
     ingest_deps.cache_clear()
     job_state_deps.cache_clear()
     api_deps.cache_clear()
+    sweep_deps.cache_clear()

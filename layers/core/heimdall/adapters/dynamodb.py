@@ -11,6 +11,9 @@ owners or names cannot forge another partition: ``%`` → ``%25``, ``#`` → ``%
                     GSI2 STATUS#{s} / OWNER#{o}#{t}#{id}          (by status, owner-scoped by prefix)
                     GSI3 OWNER#{o} / JOB#{t}#{id}                 (by owner)
     import          PK IMPORT#{id}             SK META
+    half pair       PK UPLOAD#{id}             SK META
+                    GSI2 UPLOADS#AWAITING|UPLOADS#REJECTING / {t}#{id}   (due for the sweep; sparse)
+                    GSI3 OWNER#{o} / UPLOAD#{t}#{id}              (by owner)
     default export  PK DEFAULT#{o}#{n}#{v}     SK EXPORT          (attribute job_id)
     claim           PK IDEMPOTENCY#{sha256}    SK CLAIM           (expires_at: the table's TTL attribute)
 
@@ -37,6 +40,7 @@ Throttling and 5xx are retried by botocore (``standard`` mode) and then raise
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -67,6 +71,8 @@ from heimdall.registry import (
     JobStatus,
     ModelRecord,
     Page,
+    PendingUpload,
+    UploadStatus,
     check_limit,
     check_ttl,
     chronological_key,
@@ -74,6 +80,8 @@ from heimdall.registry import (
     dump_job_field_json,
     encode_cursor,
     epoch_seconds,
+    plan_await,
+    plan_pairing,
     plan_transition,
     sources_of,
     utcnow,
@@ -294,6 +302,58 @@ def _job_item(job: ExportJob) -> dict[str, Any]:
 
 def _import_item(record: ImportRecord) -> dict[str, Any]:
     return {**_record_attributes(record), **_import_key(record.import_id), "entity": {"S": "IMPORT"}}
+
+
+def _upload_key(upload_id: str) -> dict[str, Any]:
+    return {"PK": {"S": f"UPLOAD#{_esc(upload_id)}"}, "SK": {"S": _META}}
+
+
+#: The sweep's partitions of GSI2 (sparse: a settled round is in neither).
+_UPLOADS_AWAITING = "UPLOADS#AWAITING"
+_UPLOADS_REJECTING = "UPLOADS#REJECTING"
+
+
+def _upload_item(record: PendingUpload) -> dict[str, Any]:
+    # Unset fields are left out rather than stored as NULL, so that conditions can use
+    # attribute_not_exists (rejecting_since above all).
+    data = json.loads(record.model_dump_json(exclude_none=True), parse_float=Decimal)
+    order = chronological_key(record.created_at, record.upload_id)
+    item = {
+        **{name: _to_attribute(value) for name, value in data.items()},
+        **_upload_key(record.upload_id),
+        "entity": {"S": "UPLOAD"},
+        "GSI3PK": {"S": _owner_pk(record.owner)},
+        "GSI3SK": {"S": f"UPLOAD#{order}"},
+    }
+    if record.status is UploadStatus.AWAITING:
+        item |= {"GSI2PK": {"S": _UPLOADS_AWAITING}, "GSI2SK": {"S": order}}
+    elif record.rejecting_since is not None:
+        since = chronological_key(record.rejecting_since, record.upload_id)
+        item |= {"GSI2PK": {"S": _UPLOADS_REJECTING}, "GSI2SK": {"S": since}}
+    return item
+
+
+def _time(moment: datetime) -> dict[str, Any]:
+    """A timestamp attribute, serialised exactly as records serialise theirs."""
+    return {"S": json.loads(dump_job_field_json("updated_at", moment))}
+
+
+def _same_round_condition(seen: PendingUpload) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """A condition that holds while the round is still exactly as ``seen`` (status, first half, and
+    the announcement in progress, if any)."""
+    names = {"#status": "status", "#key": "key", "#revision": "revision", "#since": "rejecting_since"}
+    values: dict[str, Any] = {
+        ":seen_status": {"S": str(seen.status)},
+        ":seen_key": {"S": seen.key},
+        ":seen_revision": {"S": seen.revision},
+    }
+    condition = "#status = :seen_status AND #key = :seen_key AND #revision = :seen_revision AND "
+    if seen.rejecting_since is None:
+        condition += "attribute_not_exists(#since)"
+    else:
+        condition += "#since = :seen_since"
+        values[":seen_since"] = _time(seen.rejecting_since)
+    return condition, names, values
 
 
 # --------------------------------------------------------------------------------------------------
@@ -773,3 +833,201 @@ class DynamoRegistry:
         if item is None:
             return False
         return int(item[TTL_ATTRIBUTE]["N"]) > epoch_seconds(self._now())
+
+    # half pairs ---------------------------------------------------------------------------------
+
+    def _get_upload(self, upload_id: str) -> PendingUpload | None:
+        item = self._get(_upload_key(upload_id))
+        return None if item is None else _decode(item, PendingUpload)
+
+    def await_upload(self, record: PendingUpload) -> PendingUpload:
+        """Record the lone half (one conditional put: no round, or a settled one of other halves)."""
+        for _ in range(_MAX_RACES):
+            try:
+                self._put(
+                    _upload_item(record),
+                    "attribute_not_exists(PK) OR (#status <> :awaiting AND attribute_not_exists(#since) "
+                    "AND NOT contains(#refs, :ref))",
+                    ExpressionAttributeNames={
+                        "#status": "status",
+                        "#since": "rejecting_since",
+                        "#refs": "refs",
+                    },
+                    ExpressionAttributeValues={
+                        ":awaiting": {"S": str(UploadStatus.AWAITING)},
+                        ":ref": {"S": record.refs[0]},
+                    },
+                )
+                return record
+            except _ConditionFailed:
+                current = self._get_upload(record.upload_id)
+                plan = plan_await(current, record.refs[0])
+                if plan == "busy":
+                    raise RegistryUnavailable(
+                        f"upload {record.upload_id}: a rejection is being announced", field="upload_id"
+                    ) from None
+                if plan == "keep" and current is not None:
+                    return current
+        raise ConflictError(f"upload {record.upload_id} kept changing", field="upload_id")
+
+    def pair_upload(self, record: PendingUpload) -> PendingUpload | None:
+        """Settle the round PAIRED: a consistent read decides, a write conditioned on the round being
+        as read applies it (an AWAITING round is updated in place, keeping its first half)."""
+        paired = record.model_copy(update={"status": UploadStatus.PAIRED, "rejecting_since": None})
+        for _ in range(_MAX_RACES):
+            current = self._get_upload(record.upload_id)
+            plan = plan_pairing(current, record.refs)
+            if plan == "busy":
+                raise RegistryUnavailable(
+                    f"upload {record.upload_id}: a rejection is being announced", field="upload_id"
+                )
+            if plan == "refuse":
+                return None
+            try:
+                if current is None:
+                    self._put(_upload_item(paired), "attribute_not_exists(PK)")
+                    return paired
+                condition, names, values = _same_round_condition(current)
+                if current.status is not UploadStatus.AWAITING:
+                    self._put(
+                        _upload_item(paired),
+                        condition,
+                        ExpressionAttributeNames=names,
+                        ExpressionAttributeValues=values,
+                    )
+                    return paired
+                names |= {"#refs": "refs", "#job_id": "job_id", "#updated_at": "updated_at"}
+                values |= {
+                    ":paired": {"S": str(UploadStatus.PAIRED)},
+                    ":refs": _to_attribute(list(record.refs)),
+                    ":job_id": _to_attribute(record.job_id),
+                    ":updated_at": _time(self._now()),
+                }
+                names["#paired_key"] = "paired_key"
+                values[":paired_key"] = {"S": record.key}  # the half that came second
+                assignments = (
+                    "#status = :paired, #refs = :refs, #job_id = :job_id, #paired_key = :paired_key, "
+                    "#updated_at = :updated_at"
+                )
+                response = _call(
+                    self.client.update_item,
+                    TableName=self.table_name,
+                    Key=_upload_key(record.upload_id),
+                    UpdateExpression=f"SET {assignments} REMOVE GSI2PK, GSI2SK",
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                )
+                return _decode(response["Attributes"], PendingUpload)
+            except _ConditionFailed:
+                continue  # the round changed under us: read again
+        raise ConflictError(f"upload {record.upload_id} kept changing", field="upload_id")
+
+    def get_upload(self, owner: str, upload_id: str) -> PendingUpload:
+        """The round, if ``owner`` has it; else RecordNotFound."""
+        record = self._get_upload(upload_id)
+        if record is None or record.owner != owner:
+            raise RecordNotFound(f"upload {upload_id} not found", field="upload_id")
+        return record
+
+    def list_uploads(
+        self,
+        owner: str,
+        *,
+        status: UploadStatus | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> Page[PendingUpload]:
+        """The owner's rounds (by owner, GSI3; a status narrows it with a filter), newest first."""
+        status_filter: dict[str, Any] = {}
+        if status is not None:
+            status_filter = {
+                "filter": "#status = :status",
+                "names": {"#status": "status"},
+                "values": {":status": {"S": str(UploadStatus(status))}},
+            }
+        listing = _Listing("GSI3", _owner_pk(owner), "UPLOAD#", **status_filter)
+        items, next_cursor = self._query(listing, limit, cursor)
+        return Page(items=[_decode(item, PendingUpload) for item in items], cursor=next_cursor)
+
+    def due_uploads(
+        self, *, arrived_before: datetime, rejecting_before: datetime, limit: int = DEFAULT_PAGE_SIZE
+    ) -> list[PendingUpload]:
+        """The sweep's work: two range queries of GSI2's sparse partitions, oldest first."""
+        check_limit(limit)
+        due: list[PendingUpload] = []
+        partitions = ((_UPLOADS_AWAITING, arrived_before), (_UPLOADS_REJECTING, rejecting_before))
+        for partition, before in partitions:
+            response = _call(
+                self.client.query,
+                TableName=self.table_name,
+                IndexName="GSI2",
+                KeyConditionExpression="GSI2PK = :pk AND GSI2SK < :before",
+                ExpressionAttributeValues={
+                    ":pk": {"S": partition},
+                    # Sorts before every key of that instant: "{t}#" < "{t}#{id}".
+                    ":before": {"S": chronological_key(before, "")},
+                },
+                ScanIndexForward=True,
+                Limit=limit - len(due),
+            )
+            due.extend(_decode(item, PendingUpload) for item in response.get("Items", []))
+            if len(due) >= limit:
+                break
+        return due
+
+    def begin_upload_rejection(self, seen: PendingUpload, *, code: str, reason: str) -> PendingUpload | None:
+        """One ``UpdateItem`` conditioned on the round being exactly as ``seen``; None when it is not."""
+        if seen.status is UploadStatus.PAIRED:
+            return None
+        now = self._now()
+        condition, names, values = _same_round_condition(seen)
+        names |= {"#code": "error_code", "#reason": "reason", "#updated_at": "updated_at"}
+        values |= {
+            ":rejected": {"S": str(UploadStatus.REJECTED)},
+            ":code": {"S": code},
+            ":reason": {"S": reason[:4096]},
+            ":now": _time(now),
+            ":gsi2pk": {"S": _UPLOADS_REJECTING},
+            ":gsi2sk": {"S": chronological_key(now, seen.upload_id)},
+        }
+        try:
+            response = _call(
+                self.client.update_item,
+                TableName=self.table_name,
+                Key=_upload_key(seen.upload_id),
+                UpdateExpression=(
+                    "SET #status = :rejected, #code = :code, #reason = :reason, #since = :now, "
+                    "#updated_at = :now, GSI2PK = :gsi2pk, GSI2SK = :gsi2sk"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except _ConditionFailed:
+            return None
+        return _decode(response["Attributes"], PendingUpload)
+
+    def finish_upload_rejection(self, seen: PendingUpload, *, quarantine_key: str | None) -> None:
+        """Clear the announcement (and leave the sweep's index) if the round is still ``seen``."""
+        condition, names, values = _same_round_condition(seen)
+        names["#updated_at"] = "updated_at"
+        values[":now"] = _time(self._now())
+        assignments = "#updated_at = :now"
+        if quarantine_key is not None:
+            names["#quarantine_key"] = "quarantine_key"
+            values[":quarantine_key"] = {"S": quarantine_key}
+            assignments += ", #quarantine_key = :quarantine_key"
+        # A failed condition: another sweep took the announcement over after our lease; it finishes it.
+        with contextlib.suppress(_ConditionFailed):
+            _call(
+                self.client.update_item,
+                TableName=self.table_name,
+                Key=_upload_key(seen.upload_id),
+                UpdateExpression=f"SET {assignments} REMOVE #since, GSI2PK, GSI2SK",
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )

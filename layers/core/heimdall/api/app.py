@@ -26,7 +26,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from heimdall.api.auth import authenticate
 from heimdall.api.openapi import OPENAPI_PATH, build_document, render
 from heimdall.api.responses import JSON, H, error_response, handler_of
-from heimdall.api.routes import capabilities, deployments, export_jobs, imports, models
+from heimdall.api.routes import capabilities, deployments, export_jobs, imports, models, uploads
 from heimdall.api.schemas import documented
 from heimdall.errors import HeimdallError
 from heimdall.observability import logger
@@ -37,7 +37,7 @@ _PAGINATION_PARAMS = {("query", "limit"), ("query", "cursor")}
 
 app = APIGatewayHttpResolver(enable_validation=True)
 app.use(middlewares=[authenticate])
-for _routes in (models, imports, export_jobs, capabilities, deployments):
+for _routes in (models, imports, export_jobs, capabilities, deployments, uploads):
     app.include_router(_routes.router)
 
 

@@ -35,8 +35,11 @@ from heimdall.registry import (
     MetricsSummary,
     ModelRecord,
     Name,
+    PendingUpload,
     RecordId,
     Sha256Hex,
+    UploadHalf,
+    UploadStatus,
 )
 from heimdall.storage import Download
 from heimdall.types import ExportFormat, Shape
@@ -175,6 +178,61 @@ class ExportJobPage(BaseModel):
     """One page of export jobs, newest first; pass ``next_cursor`` as ``cursor`` for the next one."""
 
     items: list[ExportJobOut]
+    next_cursor: str | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Half pairs (checkpoint uploads waiting for the other half)
+
+
+class UploadOut(_Out):
+    """A checkpoint/manifest pair under ``checkpoints/{model_name}/{version}/`` in the ingest bucket:
+    ``AWAITING`` while one half waits for the other, then ``PAIRED`` (``job_id``: the export job it
+    started) or ``REJECTED`` (``INCOMPLETE_UPLOAD`` after ``reject_after``)."""
+
+    upload_id: RecordId
+    status: UploadStatus
+    model_name: Name = Field(description="From the prefix the files were dropped under.")
+    version: Name
+    prefix_uri: str = Field(description="s3://bucket/checkpoints/{model_name}/{version}/")
+    half: UploadHalf = Field(description="The half that arrived first.")
+    uri: str = Field(description="s3://bucket/key of that half.")
+    revision: str = Field(description="Its S3 version id, else its ETag.")
+    missing: UploadHalf = Field(description="The half it waits (or waited) for.")
+    reject_after: datetime | None = Field(
+        description="AWAITING: when it is rejected unless the other half arrives (null once settled)."
+    )
+    job_id: str | None = Field(description="PAIRED: the export job the pair started.")
+    paired_uri: str | None = Field(description="PAIRED: s3://bucket/key of the other half.")
+    error_code: str | None
+    reason: str | None
+    quarantine_uri: str | None = Field(description="REJECTED: s3://bucket/key of the kept copy.")
+    created_at: datetime = Field(description="When the first half arrived.")
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: PendingUpload, *, reject_after: datetime | None, artifacts_bucket: str) -> UploadOut:
+        """The public view of ``record`` (keys as ``s3://`` URIs)."""
+        bucket = record.bucket
+        return cls.model_validate(
+            {
+                **record.model_dump(),
+                "prefix_uri": f"s3://{bucket}/{record.prefix}",
+                "uri": f"s3://{bucket}/{record.key}",
+                "missing": record.missing,
+                "reject_after": reject_after,
+                "paired_uri": f"s3://{bucket}/{record.paired_key}" if record.paired_key else None,
+                "quarantine_uri": (
+                    f"s3://{artifacts_bucket}/{record.quarantine_key}" if record.quarantine_key else None
+                ),
+            }
+        )
+
+
+class UploadPage(BaseModel):
+    """One page of half pairs, newest first; pass ``next_cursor`` as ``cursor`` for the next one."""
+
+    items: list[UploadOut]
     next_cursor: str | None
 
 

@@ -35,7 +35,7 @@ from heimdall.cli.bundle import bundle_app
 from heimdall.cli.convert import convert
 from heimdall.cli.deploy import deploy_app, infer
 from heimdall.cli.local import demo, local_app
-from heimdall.cli.remote import jobs_app, model_export, model_import, models_list
+from heimdall.cli.remote import jobs_app, model_export, model_import, models_list, uploads_app
 from heimdall.errors import HeimdallError
 
 #: Set to 1 to see the traceback of an unexpected error.
@@ -112,6 +112,7 @@ app.command("list")(models_list)
 app.command("export")(model_export)
 app.command("import")(model_import)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(uploads_app, name="uploads")
 app.add_typer(deploy_app, name="deploy")
 app.command("infer")(infer)
 

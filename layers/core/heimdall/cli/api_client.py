@@ -528,6 +528,16 @@ class ApiClient:
         """``POST /api/v1/export/jobs/{job_id}/set-default``: the job, now the default."""
         return self._json("POST", ("export", "jobs", job_id, "set-default"))
 
+    def list_uploads(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> Json:
+        """``GET /api/v1/uploads``: one page of checkpoint uploads (status: awaiting, paired, rejected)."""
+        return self._json("GET", ("uploads",), params={"status": status, "limit": limit, "cursor": cursor})
+
+    def get_upload(self, upload_id: str) -> Json:
+        """``GET /api/v1/uploads/{upload_id}``: one UploadOut."""
+        return self._json("GET", ("uploads", upload_id))
+
     def cancel_export_job(self, job_id: str) -> Json:
         """``DELETE /api/v1/export/jobs/{job_id}``: the job, now CANCELLED."""
         return self._json("DELETE", ("export", "jobs", job_id))

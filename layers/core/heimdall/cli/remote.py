@@ -1,4 +1,5 @@
-"""The commands that drive the HTTP API: ``heimdall list|export|import`` and ``heimdall jobs ...``.
+"""The commands that drive the HTTP API: ``heimdall list|export|import``, ``heimdall jobs ...`` and
+``heimdall uploads ...``.
 
 Each command opens an :class:`~heimdall.cli.api_client.ApiClient` from ``--api`` and ``--token``,
 makes its calls and renders the answer as rich tables, or with ``--json`` as one JSON document on
@@ -68,6 +69,8 @@ _STATUS_STYLE = {
     "FAILED": "red",
     "REJECTED": "red",
     "CANCELLED": "yellow",
+    "PAIRED": "green",
+    "AWAITING": "yellow",
 }
 
 # --- options every command takes -------------------------------------------------------------------
@@ -510,6 +513,112 @@ def _show_job(job: Json, as_json: bool) -> None:
             if result.get(label):
                 rows.append((label.replace("_", " "), str(result[label])))
     out_console.print(details_table(f"export job {job.get('job_id')}", rows))
+
+
+# --- heimdall uploads ------------------------------------------------------------------------------
+
+uploads_app = typer.Typer(
+    name="uploads",
+    help=(
+        "Checkpoint uploads: the checkpoint/manifest pairs dropped under checkpoints/{model_name}/{version}/ "
+        "in the ingest bucket. A half that waits for the other is AWAITING until it pairs (the export job "
+        "starts) or the timeout rejects it (INCOMPLETE_UPLOAD).\n\n"
+        "Exit codes: 0 success, 1 a failed operation (error code and message on stderr), 2 usage error."
+    ),
+    no_args_is_help=True,
+)
+
+
+class UploadState(enum.StrEnum):
+    """What ``uploads list --status`` narrows to."""
+
+    AWAITING = "awaiting"
+    PAIRED = "paired"
+    REJECTED = "rejected"
+
+
+@uploads_app.command("list")
+def uploads_list(
+    *,
+    status: Annotated[
+        UploadState | None, typer.Option("--status", help="Only the uploads in this state.")
+    ] = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    all_pages: AllPages = False,
+    cursor: Cursor = None,
+    api: ApiUrl = DEFAULT_API_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """List your checkpoint uploads: which half arrived, what it waits for, until when, what became of it."""
+    chosen = status.value if status is not None else None
+    with connect(api, token) as client:
+        items, next_cursor = collect_pages(
+            lambda c: client.list_uploads(status=chosen, limit=limit, cursor=c), cursor, all_pages
+        )
+    show_listing(
+        f"uploads ({len(items)})",
+        ("Upload ID", "Status", "Model", "Version", "Arrived", "Waits for", "Created", "Outcome"),
+        [
+            (
+                str(upload.get("upload_id")),
+                _status(upload.get("status")),
+                str(upload.get("model_name")),
+                str(upload.get("version")),
+                str(upload.get("half")),
+                str(upload.get("missing")),
+                when_text(upload.get("created_at")),
+                _upload_outcome(upload),
+            )
+            for upload in items
+        ],
+        next_cursor,
+        as_json=as_json,
+        items=items,
+    )
+
+
+@uploads_app.command("get")
+def upload_get(
+    upload_id: Annotated[str, typer.Argument(metavar="UPLOAD_ID", help="The upload.")],
+    *,
+    api: ApiUrl = DEFAULT_API_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show one checkpoint upload."""
+    with connect(api, token) as client:
+        upload = client.get_upload(upload_id)
+    if as_json:
+        print_json(upload)
+        return
+    rows: list[tuple[str, str | Text]] = [
+        ("upload id", str(upload.get("upload_id"))),
+        ("status", _status(upload.get("status"))),
+        ("model", f"{upload.get('model_name')} {upload.get('version')}"),
+        ("prefix", str(upload.get("prefix_uri"))),
+        (f"{upload.get('half')} (arrived)", str(upload.get("uri"))),
+        ("waits for", str(upload.get("missing"))),
+        ("created", when_text(upload.get("created_at"))),
+        ("updated", when_text(upload.get("updated_at"))),
+        ("outcome", _upload_outcome(upload)),
+    ]
+    for label, field in (
+        ("paired with", "paired_uri"),
+        ("quarantine", "quarantine_uri"),
+        ("reason", "reason"),
+    ):
+        if upload.get(field):
+            rows.append((label, str(upload[field])))
+    out_console.print(details_table(f"upload {upload.get('upload_id')}", rows))
+
+
+def _upload_outcome(upload: Json) -> str:
+    if upload.get("status") == "PAIRED":
+        return f"job {upload.get('job_id')}"
+    if upload.get("status") == "REJECTED":
+        return str(upload.get("error_code") or "")
+    return f"rejected after {upload.get('reject_after')}"
 
 
 # --- rendering helpers -----------------------------------------------------------------------------

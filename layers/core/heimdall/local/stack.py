@@ -9,6 +9,9 @@
 * The dispatcher delivers those queues to the same handler modules Lambda runs
   (``functions/*/app.py``) with the same event shapes (an SQS batch for ingest with partial-batch
   responses, the EventBridge event for job state).
+* The sweep function (``functions/sweep/app.py``, an EventBridge schedule in AWS) is invoked every
+  ``sweep_interval_s`` seconds; ``HEIMDALL_PAIR_TIMEOUT_S`` sets how long a half pair waits before it
+  rejects it.
 * Conversion jobs run as subprocesses (``python -m heimdall_batch``, the Batch container's entry point)
   and report their state changes to the default bus as ``aws.batch`` events, as AWS Batch does.
 * The HTTP API is served on ``127.0.0.1:3000`` by :class:`heimdall.local.gateway.LocalGateway`, which
@@ -50,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 4566
 DEFAULT_API_PORT = 3000
+#: How often the local stack runs the sweep function (seconds).
+DEFAULT_SWEEP_INTERVAL_S = 5.0
 REGION = "us-east-1"
 FUNCTIONS_DIR = Path(__file__).resolve().parents[4] / "functions"
 #: Paths the inference function serves (template.yaml: InferFunction's events), with no JWT authorizer.
@@ -194,9 +199,11 @@ class LocalStack:
         log_level: str = "INFO",
         api_port: int | None = DEFAULT_API_PORT,
         api_tokens: Mapping[str, Any] | None = None,
+        sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
     ) -> None:
         """``api_port`` 0 serves the API on a free port, None not at all; ``api_tokens`` adds bearer
-        tokens (``{"<token>": {"sub": "...", "scopes": [...]}}``) to the default one."""
+        tokens (``{"<token>": {"sub": "...", "scopes": [...]}}``) to the default one;
+        ``sweep_interval_s`` is how often the sweep function runs (AWS: every 5 minutes)."""
         self.log_level = log_level
         self.port = port
         self.stage = stage
@@ -210,7 +217,8 @@ class LocalStack:
         self._saved_env: dict[str, str | None] = {}
         self.runner: SubprocessJobRunner | None = None
         self.queue_urls: dict[str, str] = {}
-        self.handled: dict[str, int] = {"ingest": 0, "job_state": 0}
+        self.handled: dict[str, int] = {"ingest": 0, "job_state": 0, "sweep": 0}
+        self.sweep_interval_s = sweep_interval_s
         self.api_port = api_port
         self._api_tokens = api_tokens
         self.gateway: LocalGateway | None = None
@@ -257,6 +265,9 @@ class LocalStack:
             threading.Thread(target=self._pump_ingest, args=(ingest,), name="dispatch-ingest", daemon=True),
             threading.Thread(
                 target=self._pump_job_state, args=(job_state,), name="dispatch-job-state", daemon=True
+            ),
+            threading.Thread(
+                target=self._run_sweep, args=(load_function("sweep"),), name="dispatch-sweep", daemon=True
             ),
         ]
         for thread in self._threads:
@@ -419,6 +430,34 @@ class LocalStack:
                     QueueUrl=self.queue_urls["job-state"], ReceiptHandle=message["ReceiptHandle"]
                 )
                 self.handled["job_state"] += 1
+
+    def _run_sweep(self, module: ModuleType) -> None:
+        """The sweep function on its schedule, as EventBridge invokes it; a failed run is logged and the
+        next one tries again (the schedule's retry policy is none)."""
+        handler = invoker(module)
+        while not self._stop.wait(self.sweep_interval_s):
+            try:
+                with self._handler_lock:
+                    handler(_scheduled_event(), _Context("sweep"))
+            except Exception:
+                logger.warning("sweep failed; the next run tries again", exc_info=True)
+                continue
+            self.handled["sweep"] += 1
+
+
+def _scheduled_event() -> dict[str, Any]:
+    """EventBridge's "Scheduled Event", as a schedule rule delivers it."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": REGION,
+        "resources": [f"arn:aws:events:{REGION}:123456789012:rule/heimdall-local-sweep"],
+        "detail": {},
+    }
 
 
 def _sqs_record(message: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from heimdall.events import EventSink
 from heimdall.logic.bundles import BundleDeps
 from heimdall.logic.checkpoints import CheckpointDeps
 from heimdall.registry import Registry, utcnow
-from heimdall.settings import ApiLimits, BundleLimits, ResourceNames
+from heimdall.settings import DEFAULT_PAIR_TIMEOUT_S, ApiLimits, BundleLimits, ResourceNames
 from heimdall.storage import ObjectStore
 
 __all__ = ["ApiDeps", "ApiLimits", "require_id"]
@@ -55,6 +55,8 @@ class ApiDeps:
     workdir: Path | None = None
     #: Owner of bundles found under an import key that no import record claims (like a direct drop).
     drop_owner: str = "system"
+    #: How long a half pair waits before it is rejected (``Settings.pair_timeout_s``; shown in listings).
+    pair_timeout_s: int = DEFAULT_PAIR_TIMEOUT_S
 
     def bundle_deps(self) -> BundleDeps:
         """The same collaborators, as bundle indexing takes them."""

@@ -5,6 +5,12 @@ whose header metadata embeds the manifest (key ``heimdall``) starts it alone. Th
 loads torch, so a ``.pt``/``.pth`` checkpoint's embedded manifest (inside its pickle) cannot be read
 here: those need the sidecar ``heimdall.json``.
 
+A half that arrives alone (a manifest without its checkpoint, or the reverse) is recorded as AWAITING
+(:class:`~heimdall.registry.PendingUpload`, one round per prefix); the half that completes the pair
+settles it PAIRED before the job starts, and :mod:`heimdall.logic.uploads`'s sweep rejects a round
+still AWAITING after the timeout (``INCOMPLETE_UPLOAD``). The registry makes the pairing and the
+rejection exclusive: a half that was rejected never starts a job.
+
 Both notifications of a pair may see both objects (they often arrive together), so the job is keyed by
 the pair — (checkpoint key and revision, manifest key and revision) — and claimed once: one job, one
 ``Export Job Submitted``, whatever the delivery order or duplication. An invalid manifest or an
@@ -20,7 +26,7 @@ from __future__ import annotations
 import json
 import struct
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -47,7 +53,17 @@ from heimdall.manifest import (
     read_manifest,
 )
 from heimdall.notifications import ClassifiedKey, KeyKind, ObjectCreated, classify_ingest_key
-from heimdall.registry import ExportJob, JobStatus, Registry, utcnow
+from heimdall.registry import (
+    ExportJob,
+    JobStatus,
+    PendingUpload,
+    Registry,
+    UploadHalf,
+    UploadStatus,
+    half_ref,
+    upload_id_for,
+    utcnow,
+)
 from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.storage import ObjectInfo, ObjectStore
 from heimdall.types import ExportFormat
@@ -74,6 +90,8 @@ class CheckpointOutcome:
     status: Literal["submitted", "waiting", "rejected", "duplicate"]
     job_id: str | None = None
     reason: str | None = None
+    #: The half pair's round (:class:`~heimdall.registry.PendingUpload`) a waiting half is recorded in.
+    upload_id: str | None = None
 
 
 def handle_checkpoint_object(
@@ -100,7 +118,33 @@ def reject_upload(
     version: str | None = None,
 ) -> CheckpointOutcome:
     """Quarantine an upload under ``checkpoints/`` and announce ``Checkpoint Rejected``."""
-    key = quarantine(obj, _bundle_deps(deps), code=code, message=message)
+    key = quarantine_upload(obj, deps, code=code, message=message)
+    announce_rejection(
+        obj, deps, owner=owner, code=code, message=message, model_name=model_name, version=version, kept=key
+    )
+    return CheckpointOutcome(status="rejected", reason=f"{code}: {message}")
+
+
+def quarantine_upload(obj: ObjectCreated, deps: CheckpointDeps, *, code: str, message: str) -> str:
+    """Copy a rejected upload to quarantine with its ``reason.json``; returns the copy's key.
+
+    ObjectNotFound when it no longer exists. The original stays where it was dropped.
+    """
+    return quarantine(obj, _bundle_deps(deps), code=code, message=message)
+
+
+def announce_rejection(
+    obj: ObjectCreated,
+    deps: CheckpointDeps,
+    *,
+    owner: str,
+    code: str,
+    message: str,
+    model_name: str | None,
+    version: str | None,
+    kept: str | None,
+) -> None:
+    """Publish ``Checkpoint Rejected`` for ``obj``; ``kept`` is its quarantine key (None: nothing kept)."""
     detail = CheckpointRejected(
         idempotency_key=CheckpointRejected.key_for(obj.bucket, obj.key, obj.revision),
         occurred_at=deps.now(),
@@ -113,11 +157,10 @@ def reject_upload(
         version=version,
         code=code,
         message=message[:1000],
-        quarantine_bucket=deps.names.artifacts_bucket,
-        quarantine_key=key,
+        quarantine_bucket=deps.names.artifacts_bucket if kept is not None else None,
+        quarantine_key=kept,
     )
     deps.events.publish([make_event(detail)])
-    return CheckpointOutcome(status="rejected", reason=f"{code}: {message}")
 
 
 def _handle(
@@ -149,7 +192,9 @@ def _handle(
                     model_name=classified.model_name,
                     version=classified.version,
                 )
-            return CheckpointOutcome(status="waiting", reason="the manifest beside it is invalid")
+            return _await_other_half(
+                obj, classified, deps, owner, keys=keys, reason="the manifest beside it is invalid"
+            )
     if manifest is not None and (manifest.model_name, manifest.version) != (
         classified.model_name,
         classified.version,
@@ -168,9 +213,9 @@ def _handle(
                 model_name=classified.model_name,
                 version=classified.version,
             )
-        return CheckpointOutcome(status="waiting", reason=message)
+        return _await_other_half(obj, classified, deps, owner, keys=keys, reason=message)
     if not checkpoints:
-        return CheckpointOutcome(status="waiting", reason="no checkpoint yet")
+        return _await_other_half(obj, classified, deps, owner, keys=keys, reason="no checkpoint yet")
     checkpoint_key = obj.key if classified.kind is KeyKind.CHECKPOINT else checkpoints[-1]
     sidecar = manifest_key if manifest is not None else None
     if manifest is None:
@@ -187,7 +232,9 @@ def _handle(
                 version=classified.version,
             )
         if manifest is None:
-            return CheckpointOutcome(status="waiting", reason=f"waiting for {MANIFEST_FILE_NAME}")
+            return _await_other_half(
+                obj, classified, deps, owner, keys=keys, reason=f"waiting for {MANIFEST_FILE_NAME}"
+            )
 
     checkpoint = deps.store.head(f"s3://{bucket}/{checkpoint_key}")
     manifest_revision = deps.store.head(f"s3://{bucket}/{sidecar}").revision if sidecar else ""
@@ -203,10 +250,39 @@ def _handle(
         manifest=manifest,
         manifest_key=sidecar,
     )
+    pairing = None
+    if sidecar is not None:  # an embedded manifest is no pair: nothing waits for it
+        halves = [(checkpoint_key, checkpoint.revision), (sidecar, manifest_revision)]
+        arrived, other = halves if classified.kind is KeyKind.CHECKPOINT else halves[::-1]
+        pairing = _lone_half(obj, classified, deps, owner).model_copy(
+            update={
+                "status": UploadStatus.PAIRED,
+                "revision": arrived[1],
+                "refs": [half_ref(bucket, arrived[0], arrived[1]), half_ref(bucket, other[0], other[1])],
+                "job_id": request.job_id,
+                "paired_key": other[0],
+            }
+        )
+
+    def work() -> CheckpointOutcome:
+        if pairing is not None and deps.registry.pair_upload(pairing) is None:
+            # The other half was rejected as an incomplete upload: it never starts a job, and this half
+            # now waits for a new upload of it.
+            return _await_other_half(
+                obj,
+                classified,
+                deps,
+                owner,
+                keys=keys,
+                reason=f"the {_other(pairing.half)} beside it was rejected as an incomplete upload; "
+                "upload it again",
+            )
+        return _start_job(deps, request)
+
     return run_once(
         deps.registry,
         pair,
-        lambda: _start_job(deps, request),
+        work,
         duplicate=CheckpointOutcome(status="duplicate", reason="the other half of the pair started the job"),
     )
 
@@ -214,6 +290,53 @@ def _handle(
 def _start_job(deps: CheckpointDeps, request: JobRequest) -> CheckpointOutcome:
     job, started = start_export_job(deps, request)
     return CheckpointOutcome(status="submitted" if started else "duplicate", job_id=job.job_id)
+
+
+def _other(half: UploadHalf) -> UploadHalf:
+    return "manifest" if half == "checkpoint" else "checkpoint"
+
+
+def _lone_half(
+    obj: ObjectCreated, classified: ClassifiedKey, deps: CheckpointDeps, owner: str
+) -> PendingUpload:
+    """The AWAITING round of ``obj``, a checkpoint or manifest that is (so far) alone under its prefix."""
+    prefix, model_name, version = classified.prefix, classified.model_name, classified.version
+    if prefix is None or model_name is None or version is None:
+        raise ValueError(f"not a checkpoint or manifest key: {obj.key}")
+    now = deps.now()
+    return PendingUpload(
+        owner=owner,
+        upload_id=upload_id_for(obj.bucket, prefix),
+        bucket=obj.bucket,
+        prefix=prefix,
+        model_name=model_name,
+        version=version,
+        half="checkpoint" if classified.kind is KeyKind.CHECKPOINT else "manifest",
+        key=obj.key,
+        revision=obj.revision,
+        version_id=obj.version_id,
+        etag=obj.etag or None,
+        size_bytes=obj.size,
+        refs=[half_ref(obj.bucket, obj.key, obj.revision)],
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _await_other_half(
+    obj: ObjectCreated,
+    classified: ClassifiedKey,
+    deps: CheckpointDeps,
+    owner: str,
+    *,
+    keys: Collection[str],
+    reason: str,
+) -> CheckpointOutcome:
+    """Record ``obj`` as a half waiting for the other (visible as AWAITING until paired or rejected)."""
+    if obj.key not in keys:  # deleted before we listed: nothing waits
+        return CheckpointOutcome(status="waiting", reason=reason)
+    stored = deps.registry.await_upload(_lone_half(obj, classified, deps, owner))
+    return CheckpointOutcome(status="waiting", reason=reason, upload_id=stored.upload_id)
 
 
 @dataclass(frozen=True)
@@ -393,8 +516,10 @@ __all__ = [
     "CheckpointDeps",
     "CheckpointOutcome",
     "JobRequest",
+    "announce_rejection",
     "handle_checkpoint_object",
     "load_manifest",
+    "quarantine_upload",
     "record_export_job",
     "reject_upload",
     "start_export_job",
