@@ -393,6 +393,26 @@ def test_a_job_is_created_repeat_safe_and_a_cancelled_job_stays_cancelled(
     error_of(http.get(f"{JOBS}/{job_id}/download", params={"file": "bundle"}), 409, "NOT_READY")
 
 
+def test_an_idempotency_key_reused_with_another_body_is_422(
+    http: httpx.Client, staged: StagedCheckpoint, cancelled_job: dict[str, Any]
+) -> None:
+    job_id = cancelled_job["created"]["job_id"]
+    key = {"Idempotency-Key": "e2e-http-job", **JSON_TYPE}
+    # create_job's request with its keys in another order and other spacing: the same job.
+    same = (
+        f'{{ "formats": ["onnx"], "manifest_uri": "{staged.manifest_uri}",\n'
+        f'  "checkpoint_uri": "{staged.checkpoint_uri}" }}'
+    )
+    response = http.post(JOBS, content=same.encode(), headers=key)
+    assert response.status_code == 202 and response.json()["job_id"] == job_id, response.text
+    for changed in ({"formats": ["onnx", "onnx_int8"]}, {"manifest_uri": None}):
+        body = {"checkpoint_uri": staged.checkpoint_uri, "manifest_uri": staged.manifest_uri}
+        body = {k: v for k, v in {**body, "formats": ["onnx"], **changed}.items() if v is not None}
+        error = error_of(http.post(JOBS, json=body, headers=key), 422, "IDEMPOTENCY_KEY_REUSED")
+        assert error["field"] == "Idempotency-Key"
+    assert http.get(f"{JOBS}/{job_id}").json()["status"] == "CANCELLED"  # the first job is untouched
+
+
 def test_job_requests_that_cannot_be_honoured_are_refused(
     api: ApiStack, http: httpx.Client, staged: StagedCheckpoint, model_id: str
 ) -> None:

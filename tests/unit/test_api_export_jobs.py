@@ -71,6 +71,19 @@ def test_an_idempotency_key_makes_a_repeat_return_the_same_job(api: Api, deps: A
     assert too_long.status == 422 and too_long.error["field"] == "idempotency-key"
 
 
+def test_an_idempotency_key_reused_with_another_body_is_422(api: Api, deps: ApiDeps) -> None:
+    put_checkpoint(deps)
+    key = {"Idempotency-Key": "req-1"}
+    first = api.post(JOBS, body=f'{{"checkpoint_uri": "{CHECKPOINT}", "formats": ["onnx"]}}', headers=key)
+    # The same request in other words (key order, spacing): the same job.
+    same = api.post(JOBS, body=f'{{ "formats" : [ "onnx" ] ,"checkpoint_uri":"{CHECKPOINT}"}}', headers=key)
+    assert first.status == same.status == 202 and first.json()["job_id"] == same.json()["job_id"]
+    other = api.post(JOBS, json_body={"checkpoint_uri": CHECKPOINT, "formats": ["onnx_int8"]}, headers=key)
+    assert other.status == 422, other.body
+    assert other.error["code"] == "IDEMPOTENCY_KEY_REUSED" and other.error["field"] == "Idempotency-Key"
+    assert len(runner(deps).specs) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

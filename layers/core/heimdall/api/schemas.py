@@ -387,7 +387,8 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
     ),
     422: (
         "Unprocessable",
-        "Request validation failed (VALIDATION_ERROR), the bundle or package was refused (INVALID_BUNDLE, "
+        "Request validation failed (VALIDATION_ERROR), an Idempotency-Key was sent again with another "
+        "request (IDEMPOTENCY_KEY_REUSED), the bundle or package was refused (INVALID_BUNDLE, "
         "CHECKSUM_MISMATCH, PACKAGE_INCONSISTENT, ...), or the model answered NaN (NON_FINITE_OUTPUT)",
     ),
     429: (

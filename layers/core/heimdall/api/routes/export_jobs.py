@@ -36,7 +36,7 @@ MAX_IDEMPOTENCY_KEY_CHARS = 256
         "Convert a model's checkpoint again (model_id) or a checkpoint in the ingest bucket "
         "(checkpoint_uri, under checkpoints/; its manifest is manifest_uri, else the sidecar "
         "heimdall.json, else the one the safetensors file embeds). With an Idempotency-Key a repeat "
-        "returns the same job."
+        "returns the same job; the key sent again with another request is 422 IDEMPOTENCY_KEY_REUSED."
     ),
     tags=TAGS,
     status_code=202,
@@ -50,7 +50,8 @@ def create_export_job(
             alias="Idempotency-Key",
             min_length=1,
             max_length=MAX_IDEMPOTENCY_KEY_CHARS,
-            description="Makes the request safe to repeat: the same key gives the same job.",
+            description="Makes the request safe to repeat: the same key and request give the same job; "
+            "the key with another request is 422 IDEMPOTENCY_KEY_REUSED.",
         ),
     ] = None,
 ) -> ExportJobOut:
