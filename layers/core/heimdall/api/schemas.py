@@ -16,6 +16,7 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from heimdall.api.responses import JSON
+from heimdall.api.seed_names import seed_deployment, seed_export_job
 from heimdall.conversion import JobSource
 from heimdall.deployments import (
     Deployment,
@@ -219,12 +220,32 @@ class ImportedOut(BaseModel):
     model: ModelOut | None
 
 
+#: What the original Heimdall answered to an import; its clients read ``model_id`` from it.
+SEED_IMPORT_MESSAGE = "Model imported successfully"
+
+
+class LegacyImportedOut(ImportedOut):
+    """An inline import through the existing clients' path: the current answer, plus the original
+    Heimdall's top-level ``model_id``, ``message`` and ``onnx_path`` that their scripts read."""
+
+    model_id: RecordId | None = Field(description="The new model's id (the same as model.model_id).")
+    message: str = Field(default=SEED_IMPORT_MESSAGE, description=f"Always {SEED_IMPORT_MESSAGE!r}.")
+    onnx_path: str | None = Field(
+        description="Where the imported ONNX model is stored in the artifacts bucket (imported/...)."
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Export jobs and downloads
 
 
 class CreateExportJobRequest(BaseModel):
-    """Convert a model again (``model_id``) or a checkpoint in the ingest bucket (``checkpoint_uri``)."""
+    """Convert a model again (``model_id``) or a checkpoint in the ingest bucket (``checkpoint_uri``).
+
+    The original Heimdall's names are accepted too (:mod:`heimdall.api.seed_names`): ``export_format``,
+    ``export_config`` and ``optimization_config`` become ``formats``; what they ask that a job cannot
+    do is a 422 naming the field.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -234,6 +255,27 @@ class CreateExportJobRequest(BaseModel):
     )
     manifest_uri: str | None = Field(default=None, min_length=6, max_length=2048)
     formats: list[ExportFormat] | None = Field(default=None, min_length=1, max_length=len(ExportFormat))
+    export_format: ExportFormat | None = Field(
+        default=None,
+        description="The original Heimdall's name: one format, the same as formats: [export_format] "
+        "(with formats too, the two must agree).",
+    )
+    export_config: dict[str, Any] | None = Field(
+        default=None,
+        description="The original Heimdall's name: only {format} or {formats} can be honoured (the opset "
+        "and shapes come from the manifest or the imported model); any other key is a 422 naming it.",
+    )
+    optimization_config: dict[str, Any] | None = Field(
+        default=None,
+        description="The original Heimdall's name: {quantization: int8|fp16|none, int8: bool, fp16: bool, "
+        "tensorrt: bool} adds onnx_int8 / onnx_fp16 / tensorrt to the format asked (else to onnx); any "
+        "other key is a 422 naming it.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_names(cls, data: Any) -> Any:
+        return seed_export_job(data)
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateExportJobRequest:
@@ -248,6 +290,12 @@ class CreateExportJobRequest(BaseModel):
 # Deployments
 
 
+def _type_or_seed_type(schema: dict[str, Any]) -> None:
+    """``type`` or its seed alias ``deployment_type``: one of them is required, not ``type`` itself."""
+    schema["required"] = [name for name in schema.get("required", []) if name != "type"]
+    schema["anyOf"] = [{"required": ["type"]}, {"required": ["deployment_type"]}]
+
+
 class CreateDeploymentRequest(BaseModel):
     """A deployment of a model (``model_id``) or of an export job (``export_job_id``): exactly one.
 
@@ -256,13 +304,25 @@ class CreateDeploymentRequest(BaseModel):
     ``{precision: auto|int8|fp16|fp32}``; container ``{triton_image: str}``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_type_or_seed_type)
 
     type: DeploymentType
     name: Name
     model_id: RecordId | None = None
     export_job_id: RecordId | None = None
     options: dict[str, Any] = Field(default_factory=dict, description="The type's options (see above).")
+    deployment_type: DeploymentType | None = Field(
+        default=None, description="The original Heimdall's name of type (with type too, they must agree)."
+    )
+    deployment_config: dict[str, Any] | None = Field(
+        default=None,
+        description="The original Heimdall's name of options (with options too, they must agree).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_names(cls, data: Any) -> Any:
+        return seed_deployment(data)
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateDeploymentRequest:
