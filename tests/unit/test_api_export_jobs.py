@@ -117,7 +117,7 @@ def test_a_bad_job_request_is_422_naming_the_field(api: Api, deps: ApiDeps, body
         ("//79", "application/json", True, 400, "INVALID_JSON"),  # base64 of bytes that are not UTF-8
         ("QQ", "application/json", True, 400, "BAD_REQUEST"),  # not base64: bad padding
         ("", "application/json", False, 400, "INVALID_JSON"),
-        ("LS14DQo=", "multipart/form-data", True, 400, "INVALID_JSON"),  # a multipart shard, not JSON
+        ("LS14DQo=", "multipart/form-data", True, 415, "UNSUPPORTED_MEDIA_TYPE"),  # not JSON at all
         ("x" * (4 * 1024 * 1024 + 1), "application/json", False, 413, "PAYLOAD_TOO_LARGE"),
     ],
     ids=["syntax", "nan", "deep", "not-utf8", "not-base64", "empty", "multipart", "huge"],
@@ -129,13 +129,24 @@ def test_a_job_body_that_is_not_json_is_refused(
     assert (reply.status, reply.error["code"]) == (status, code), reply.body
 
 
-@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
-def test_json_is_json_whatever_the_content_type_says(
-    api: Api, deps: ApiDeps, content_type: str | None
-) -> None:
-    put_checkpoint(deps)  # `curl -d '{...}'` sends its JSON as a form
+@pytest.mark.parametrize(
+    "content_type", [None, "application/json; charset=utf-8", "application/merge-patch+json"]
+)
+def test_json_or_no_content_type_is_read_as_json(api: Api, deps: ApiDeps, content_type: str | None) -> None:
+    put_checkpoint(deps)
     body = json.dumps({"checkpoint_uri": CHECKPOINT})
     assert api.post(JOBS, body=body, content_type=content_type).status == 202
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain", "application/gzip", "multipart/form-data"],
+)
+def test_a_body_of_another_media_type_is_415(api: Api, deps: ApiDeps, content_type: str) -> None:
+    put_checkpoint(deps)  # `curl -d '{...}'` without -H sends its JSON as a form: told to say it is JSON
+    reply = api.post(JOBS, body=json.dumps({"checkpoint_uri": CHECKPOINT}), content_type=content_type)
+    assert reply.status == 415 and reply.error["code"] == "UNSUPPORTED_MEDIA_TYPE", reply.body
+    assert "application/json" in reply.error["message"] and runner(deps).specs == []
 
 
 def test_a_missing_checkpoint_is_404(api: Api) -> None:

@@ -436,6 +436,10 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
     401: ("Unauthorized", "No identity: no token, a bad token, or claims without a subject (UNAUTHORIZED)"),
     403: ("Forbidden", "The caller lacks the scope this request needs (FORBIDDEN)"),
     404: ("NotFound", "No such record, another owner's record, or an id that is not well-formed (NOT_FOUND)"),
+    405: (
+        "MethodNotAllowed",
+        "The path exists, but not for this method; Allow lists the methods it serves (METHOD_NOT_ALLOWED)",
+    ),
     409: (
         "Conflict",
         "The record is not in a state that allows this (CONFLICT, INVALID_TRANSITION, NOT_READY, "
@@ -444,6 +448,15 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
     413: (
         "PayloadTooLarge",
         "The request body or the bundle is over the limit (PAYLOAD_TOO_LARGE, TOO_LARGE)",
+    ),
+    414: (
+        "UriTooLong",
+        "The request line (path and query) is over 64 KiB; refused before any handler runs (URI_TOO_LONG)",
+    ),
+    415: (
+        "UnsupportedMediaType",
+        "The body's Content-Type is not one the operation takes (UNSUPPORTED_MEDIA_TYPE); no Content-Type "
+        "at all is read as JSON (or, for an import, as a bundle told by its bytes)",
     ),
     422: (
         "Unprocessable",
@@ -464,6 +477,14 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
 }
 #: Every authenticated operation may answer these: no identity, no scope, a bad parameter, an outage.
 COMMON_ERRORS = (401, 403, 422, 503)
+#: Every operation, public or not, may answer these: a request line too long to read.
+PROTOCOL_ERRORS = (414,)
+#: No operation answers 405 (it is the answer to a method no operation has at that path): the documents
+#: declare it once, in components/responses, and say so in their description.
+METHOD_NOT_ALLOWED_NOTE = (
+    "A method a path does not serve is 405 METHOD_NOT_ALLOWED with an Allow header "
+    "(components/responses/MethodNotAllowed); a request line over 64 KiB is 414 URI_TOO_LONG."
+)
 
 _RETRY_AFTER_HEADER = {
     "description": "Seconds to wait before retrying.",
@@ -505,7 +526,7 @@ def documented(
     if headers:
         success["headers"] = dict(headers)
     out: dict[int, Any] = {status: success}
-    common = () if public else COMMON_ERRORS
+    common = PROTOCOL_ERRORS if public else (*COMMON_ERRORS, *PROTOCOL_ERRORS)
     for code in sorted({*errors, *common}):
         error: dict[str, Any] = {
             "description": ERROR_RESPONSES[code][1],
@@ -515,3 +536,18 @@ def documented(
             error["headers"] = {"Retry-After": _RETRY_AFTER_HEADER}
         out[code] = error
     return cast(dict[int, OpenAPIResponse], out)
+
+
+def method_not_allowed_response() -> dict[str, Any]:
+    """The document's shared 405: ErrorBody, with the ``Allow`` header listing the path's methods."""
+    return {
+        "description": ERROR_RESPONSES[405][1],
+        "headers": {
+            "Allow": {
+                "description": "The methods the path serves, comma-separated.",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+        "content": {JSON: {"schema": {"$ref": SCHEMAS + ErrorBody.__name__}}},
+    }

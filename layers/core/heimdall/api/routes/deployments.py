@@ -10,9 +10,10 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from heimdall.api.auth import current_caller
-from heimdall.api.bodies import json_model, raw_body
+from heimdall.api.bodies import json_model, raw_body, require_media_type
 from heimdall.api.deps import api_deps
 from heimdall.api.params import Cursor, Limit, path_id
+from heimdall.api.responses import JSON
 from heimdall.api.schemas import (
     CreatedDeploymentOut,
     CreateDeploymentRequest,
@@ -57,7 +58,7 @@ def _out(deployment: Deployment) -> DeploymentOut:
     ),
     tags=TAGS,
     status_code=201,
-    responses=documented(201, "The deployment", CreatedDeploymentOut, errors=(400, 404, 409, 413)),
+    responses=documented(201, "The deployment", CreatedDeploymentOut, errors=(400, 404, 409, 413, 415)),
     openapi_extensions={
         "requestBody": json_request_body(CreateDeploymentRequest, "What to deploy, and how.")
     },
@@ -65,6 +66,7 @@ def _out(deployment: Deployment) -> DeploymentOut:
 def create_deployment() -> CreatedDeploymentOut:
     """Create a deployment owned by the caller; it starts ACTIVE."""
     deps = api_deps()
+    require_media_type(router.current_event, (JSON,))
     request = json_model(
         raw_body(router.current_event, max_bytes=deps.api.max_inline_bytes), CreateDeploymentRequest
     )

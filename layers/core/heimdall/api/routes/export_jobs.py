@@ -9,9 +9,10 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 
 from heimdall.api.auth import current_caller
-from heimdall.api.bodies import json_model, raw_body
+from heimdall.api.bodies import json_model, raw_body, require_media_type
 from heimdall.api.deps import api_deps
 from heimdall.api.params import Cursor, Limit, path_id
+from heimdall.api.responses import JSON
 from heimdall.api.schemas import (
     CreateExportJobRequest,
     ExportJobOut,
@@ -40,7 +41,7 @@ MAX_IDEMPOTENCY_KEY_CHARS = 256
     ),
     tags=TAGS,
     status_code=202,
-    responses=documented(202, "The job, submitted", ExportJobOut, errors=(400, 404, 409, 413)),
+    responses=documented(202, "The job, submitted", ExportJobOut, errors=(400, 404, 409, 413, 415)),
     openapi_extensions={"requestBody": json_request_body(CreateExportJobRequest, "What to convert.")},
 )
 def create_export_job(
@@ -57,6 +58,7 @@ def create_export_job(
 ) -> ExportJobOut:
     """Create and submit an export job owned by the caller."""
     deps = api_deps()
+    require_media_type(router.current_event, (JSON,))
     request = json_model(
         raw_body(router.current_event, max_bytes=deps.api.max_inline_bytes), CreateExportJobRequest
     )

@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from heimdall.api.auth import current_caller
-from heimdall.api.bodies import MULTIPART, json_model, media_type, multipart_file, raw_body
+from heimdall.api.bodies import MULTIPART, json_model, multipart_file, raw_body, require_media_type
 from heimdall.api.deps import api_deps
 from heimdall.api.params import path_id
 from heimdall.api.responses import JSON
@@ -36,6 +36,8 @@ IMPORT_PATH = "/api/v1/models/import"
 LEGACY_IMPORT_PATH = "/api/v1/training/models/import"
 COMPONENTS = tuple(c.value for c in Component)
 _BINARY = {"type": "string", "format": "binary"}
+#: What an inline import's body may be (none: told by its bytes); a presigned import's is JSON.
+_INLINE_TYPES = (JSON, "application/gzip", "application/octet-stream", MULTIPART)
 #: Powertools cannot declare a body that is JSON or binary or multipart: the route reads it itself.
 _IMPORT_BODY = {
     "required": True,
@@ -80,7 +82,7 @@ def _import_doc(imported: type[ImportedOut], description: str) -> dict[str, Any]
         "openapi_extensions": {"requestBody": _IMPORT_BODY},
         "description": description,
         "responses": {
-            **documented(201, "Imported and indexed", imported, errors=(400, 413)),
+            **documented(201, "Imported and indexed", imported, errors=(400, 413, 415)),
             **documented(202, "Presigned upload started (mode=presigned)", ImportStartedOut),
         },
     }
@@ -131,6 +133,7 @@ def _import_bundle(components: str | None, mode: str, *, legacy: bool) -> Respon
     deps = api_deps()
     selection = parse_components(components)
     event = router.current_event
+    found = require_media_type(event, (JSON,) if mode == "presigned" else _INLINE_TYPES)
     data = raw_body(
         event, max_bytes=deps.api.max_inline_bytes, hint="; upload larger bundles with ?mode=presigned"
     )
@@ -148,7 +151,7 @@ def _import_bundle(components: str | None, mode: str, *, legacy: bool) -> Respon
         )
         return Response(status_code=202, content_type=JSON, body=started)
 
-    if media_type(event) == MULTIPART:
+    if found == MULTIPART:
         data = multipart_file(data, event.headers.get("content-type") or "")
     if not data:
         raise RequestInvalid(
