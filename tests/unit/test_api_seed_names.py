@@ -170,6 +170,11 @@ def test_a_seed_deployment_request_over_http(api: Api) -> None:
     assert reply.status == 201, reply.body
     deployment = reply.json()["deployment"]
     assert deployment["type"] == "download" and deployment["options"] == {"file": "onnx"}
+    seed = {"deployment_type": "platform_endpoint", "name": "s", "model_id": model["model_id"]}
+    refused = api.post("/api/v1/deployments", json_body={**seed, "deployment_config": {"tier": "gold"}})
+    assert refused.status == 422 and refused.error["field"] == "deployment_config.tier", refused.body
+    ours = api.post("/api/v1/deployments", json_body={**seed, "options": {"tier": "gold"}})
+    assert ours.status == 422 and ours.error["field"] == "options.tier"
 
 
 # --- the legacy import answer --------------------------------------------------------------------------

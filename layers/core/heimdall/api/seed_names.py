@@ -23,7 +23,7 @@ from typing import Any
 from heimdall.errors import RequestInvalid
 from heimdall.types import ExportFormat
 
-__all__ = ["seed_deployment", "seed_export_job"]
+__all__ = ["option_field_as_sent", "seed_deployment", "seed_export_job"]
 
 _FORMATS = [f.value for f in ExportFormat]
 #: optimization_config's boolean switches, and the format each asks for.
@@ -48,6 +48,14 @@ def seed_deployment(data: Any) -> Any:
         return data
     data = _alias(data, alias="deployment_type", name="type")
     return _alias(data, alias="deployment_config", name="options")
+
+
+def option_field_as_sent(field: str | None, *, seed_name: bool) -> str | None:
+    """A refused option's field (``options.tier``) as the caller named it: ``deployment_config.tier``
+    when the options came under the seed name."""
+    if seed_name and field is not None and field.split(".")[0] == "options":
+        return "deployment_config" + field.removeprefix("options")
+    return field
 
 
 def seed_export_job(data: Any) -> Any:
@@ -89,8 +97,8 @@ def _alias(data: dict[str, Any], *, alias: str, name: str) -> dict[str, Any]:
         raise RequestInvalid(
             f"{alias} and {name} name the same thing and differ; send one of them", field=alias
         )
-    rest = {key: item for key, item in data.items() if key != alias}
-    return {**rest, name: value}
+    # The alias stays set too: the route can then name a refused option as the caller sent it.
+    return {**data, name: value}
 
 
 def _as_formats(value: Any, *, field: str) -> list[str] | None:

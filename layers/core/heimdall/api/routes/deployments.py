@@ -25,7 +25,9 @@ from heimdall.api.schemas import (
     documented,
     json_request_body,
 )
+from heimdall.api.seed_names import option_field_as_sent
 from heimdall.deployments import Deployment
+from heimdall.errors import RequestInvalid
 from heimdall.logic import deployments as logic
 from heimdall.registry import DEFAULT_PAGE_SIZE, RecordId
 from heimdall.storage import Download
@@ -70,17 +72,21 @@ def create_deployment() -> CreatedDeploymentOut:
     request = json_model(
         raw_body(router.current_event, max_bytes=deps.api.max_inline_bytes), CreateDeploymentRequest
     )
-    created = logic.create_deployment(
-        deps,
-        current_caller(router).sub,
-        logic.CreateDeployment(
-            type=request.type,
-            name=request.name,
-            model_id=request.model_id,
-            export_job_id=request.export_job_id,
-            options=request.options,
-        ),
-    )
+    try:
+        created = logic.create_deployment(
+            deps,
+            current_caller(router).sub,
+            logic.CreateDeployment(
+                type=request.type,
+                name=request.name,
+                model_id=request.model_id,
+                export_job_id=request.export_job_id,
+                options=request.options,
+            ),
+        )
+    except RequestInvalid as exc:
+        exc.field = option_field_as_sent(exc.field, seed_name=request.deployment_config is not None)
+        raise
     return CreatedDeploymentOut(
         deployment=_out(created.deployment), api_key=created.api_key, download=created.download
     )
