@@ -83,6 +83,7 @@ def test_seed_job_names_map_onto_formats(body: dict[str, Any], formats: list[str
         ({"optimization_config": {"fp16": "yes"}}, "optimization_config.fp16"),
         ({"optimization_config": [1]}, "optimization_config"),
         ({"formats": ["onnx"], "optimization_config": {"int8": True}}, "optimization_config.int8"),
+        ({"formats": "onnx", "export_format": "onnx"}, "formats"),
     ],
 )
 def test_seed_job_names_that_cannot_be_honoured_are_refused(body: dict[str, Any], field: str) -> None:

@@ -66,6 +66,8 @@ def seed_export_job(data: Any) -> Any:
     ):
         return data
     data = dict(data)
+    if not isinstance(data.get("formats", []), list):
+        raise RequestInvalid("formats must be a list of format names", field="formats")
     formats = _as_formats(data.get("formats"), field="formats")
     for value, field in _named_formats(data):
         if formats is not None and set(value) != set(formats):
