@@ -463,6 +463,26 @@ def test_a_job_is_created_repeat_safe_and_a_cancelled_job_stays_cancelled(
     error_of(http.get(f"{JOBS}/{job_id}/download", params={"file": "bundle"}), 409, "NOT_READY")
 
 
+def test_an_idempotency_key_reused_with_another_body_is_422(
+    http: httpx.Client, staged: StagedCheckpoint, cancelled_job: dict[str, Any]
+) -> None:
+    job_id = cancelled_job["created"]["job_id"]
+    key = {"Idempotency-Key": "e2e-http-job", **JSON_TYPE}
+    # create_job's request with its keys in another order and other spacing: the same job.
+    same = (
+        f'{{ "formats": ["onnx"], "manifest_uri": "{staged.manifest_uri}",\n'
+        f'  "checkpoint_uri": "{staged.checkpoint_uri}" }}'
+    )
+    response = http.post(JOBS, content=same.encode(), headers=key)
+    assert response.status_code == 202 and response.json()["job_id"] == job_id, response.text
+    for changed in ({"formats": ["onnx", "onnx_int8"]}, {"manifest_uri": None}):
+        body = {"checkpoint_uri": staged.checkpoint_uri, "manifest_uri": staged.manifest_uri}
+        body = {k: v for k, v in {**body, "formats": ["onnx"], **changed}.items() if v is not None}
+        error = error_of(http.post(JOBS, json=body, headers=key), 422, "IDEMPOTENCY_KEY_REUSED")
+        assert error["field"] == "Idempotency-Key"
+    assert http.get(f"{JOBS}/{job_id}").json()["status"] == "CANCELLED"  # the first job is untouched
+
+
 def test_job_requests_that_cannot_be_honoured_are_refused(
     api: ApiStack, http: httpx.Client, staged: StagedCheckpoint, model_id: str
 ) -> None:
@@ -598,6 +618,33 @@ def test_a_method_a_route_does_not_serve_is_refused_with_what_it_does(http: http
     assert response.status_code in (404, 405), response.text  # the contract allows either
     if response.status_code == 405:
         assert response.json()["error"]["code"] == "METHOD_NOT_ALLOWED" and response.headers["allow"] == "GET"
+
+
+def test_a_request_line_too_long_to_read_is_a_json_414(api: ApiStack) -> None:
+    response = raw_request(api.url, "GET", f"/api/v1/models?name={'x' * 100_000}", token=api.token)
+    assert response.status == 414 and response.error()["code"] == "URI_TOO_LONG"  # not http.server's HTML
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_other_methods_on_the_inference_path_are_405_with_allow(api: ApiStack, method: str) -> None:
+    response = raw_request(api.url, method, f"/v1/infer/{uuid.uuid4()}", body=b"{}")
+    assert response.status == 405 and response.headers["allow"] == "POST", response.body
+    assert response.error()["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_a_body_that_is_not_json_on_a_json_route_is_415(http: httpx.Client, staged: StagedCheckpoint) -> None:
+    body = json.dumps({"checkpoint_uri": staged.checkpoint_uri}).encode()
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", "application/xml"):
+        response = http.post(JOBS, content=body, headers={"Content-Type": content_type})
+        assert error_of(response, 415, "UNSUPPORTED_MEDIA_TYPE")["field"] == "Content-Type"
+    form = http.post(
+        IMPORT, content=make_bundle(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    error_of(form, 415, "UNSUPPORTED_MEDIA_TYPE")
+    deployment = http.post(
+        "/api/v1/deployments", content=b"type=download", headers={"Content-Type": "text/plain"}
+    )
+    error_of(deployment, 415, "UNSUPPORTED_MEDIA_TYPE")
 
 
 def test_ids_that_name_nothing_are_404(http: httpx.Client) -> None:

@@ -564,6 +564,36 @@ def test_concurrent_claims_have_exactly_one_winner(registry: Registry) -> None:
     assert sorted(results) == [False] * 7 + [True]
 
 
+def test_claim_request_keeps_the_first_fingerprint_for_ever(registry: Registry, clock: Clock) -> None:
+    key = f"api-export-job-request#{uuid.uuid4().hex}"
+    assert registry.claim_request(key, "a" * 64) == "a" * 64
+    assert registry.claim_request(key, "a" * 64) == "a" * 64
+    assert registry.claim_request(key, "b" * 64) == "a" * 64, "the first request's fingerprint stays"
+    clock.now += timedelta(days=400)  # not a lease: a key names its first request as long as its job lives
+    assert registry.claim_request(key, "b" * 64) == "a" * 64
+    assert registry.claim_request(f"{key}-other", "b" * 64) == "b" * 64
+
+
+def test_concurrent_request_claims_agree_on_one_fingerprint(registry: Registry) -> None:
+    key = f"api-export-job-request#{uuid.uuid4().hex}"
+    barrier = threading.Barrier(8)
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        stored = registry.claim_request(key, f"{n:064d}")
+        with lock:
+            seen.append(stored)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(seen)) == 1 and len(seen) == 8
+
+
 def test_is_claimed_reads_without_claiming(registry: Registry, clock: Clock) -> None:
     key = f"done#{uuid.uuid4().hex}"
     assert registry.is_claimed(key) is False

@@ -71,6 +71,19 @@ def test_an_idempotency_key_makes_a_repeat_return_the_same_job(api: Api, deps: A
     assert too_long.status == 422 and too_long.error["field"] == "idempotency-key"
 
 
+def test_an_idempotency_key_reused_with_another_body_is_422(api: Api, deps: ApiDeps) -> None:
+    put_checkpoint(deps)
+    key = {"Idempotency-Key": "req-1"}
+    first = api.post(JOBS, body=f'{{"checkpoint_uri": "{CHECKPOINT}", "formats": ["onnx"]}}', headers=key)
+    # The same request in other words (key order, spacing): the same job.
+    same = api.post(JOBS, body=f'{{ "formats" : [ "onnx" ] ,"checkpoint_uri":"{CHECKPOINT}"}}', headers=key)
+    assert first.status == same.status == 202 and first.json()["job_id"] == same.json()["job_id"]
+    other = api.post(JOBS, json_body={"checkpoint_uri": CHECKPOINT, "formats": ["onnx_int8"]}, headers=key)
+    assert other.status == 422, other.body
+    assert other.error["code"] == "IDEMPOTENCY_KEY_REUSED" and other.error["field"] == "Idempotency-Key"
+    assert len(runner(deps).specs) == 1
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -104,7 +117,7 @@ def test_a_bad_job_request_is_422_naming_the_field(api: Api, deps: ApiDeps, body
         ("//79", "application/json", True, 400, "INVALID_JSON"),  # base64 of bytes that are not UTF-8
         ("QQ", "application/json", True, 400, "BAD_REQUEST"),  # not base64: bad padding
         ("", "application/json", False, 400, "INVALID_JSON"),
-        ("LS14DQo=", "multipart/form-data", True, 400, "INVALID_JSON"),  # a multipart shard, not JSON
+        ("LS14DQo=", "multipart/form-data", True, 415, "UNSUPPORTED_MEDIA_TYPE"),  # not JSON at all
         ("x" * (4 * 1024 * 1024 + 1), "application/json", False, 413, "PAYLOAD_TOO_LARGE"),
     ],
     ids=["syntax", "nan", "deep", "not-utf8", "not-base64", "empty", "multipart", "huge"],
@@ -116,13 +129,24 @@ def test_a_job_body_that_is_not_json_is_refused(
     assert (reply.status, reply.error["code"]) == (status, code), reply.body
 
 
-@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
-def test_json_is_json_whatever_the_content_type_says(
-    api: Api, deps: ApiDeps, content_type: str | None
-) -> None:
-    put_checkpoint(deps)  # `curl -d '{...}'` sends its JSON as a form
+@pytest.mark.parametrize(
+    "content_type", [None, "application/json; charset=utf-8", "application/merge-patch+json"]
+)
+def test_json_or_no_content_type_is_read_as_json(api: Api, deps: ApiDeps, content_type: str | None) -> None:
+    put_checkpoint(deps)
     body = json.dumps({"checkpoint_uri": CHECKPOINT})
     assert api.post(JOBS, body=body, content_type=content_type).status == 202
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain", "application/gzip", "multipart/form-data"],
+)
+def test_a_body_of_another_media_type_is_415(api: Api, deps: ApiDeps, content_type: str) -> None:
+    put_checkpoint(deps)  # `curl -d '{...}'` without -H sends its JSON as a form: told to say it is JSON
+    reply = api.post(JOBS, body=json.dumps({"checkpoint_uri": CHECKPOINT}), content_type=content_type)
+    assert reply.status == 415 and reply.error["code"] == "UNSUPPORTED_MEDIA_TYPE", reply.body
+    assert "application/json" in reply.error["message"] and runner(deps).specs == []
 
 
 def test_a_missing_checkpoint_is_404(api: Api) -> None:

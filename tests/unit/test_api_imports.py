@@ -45,7 +45,6 @@ def assert_imported(reply_json: dict[str, Any], *, owner_sub: str = "alice") -> 
     [
         ("application/json", False),
         (None, False),
-        ("application/x-www-form-urlencoded", False),  # what `curl --data-binary` sends by default
         ("application/gzip", True),
         ("application/octet-stream", True),
         ("application/json", True),  # gzip is told by its bytes, not by the type
@@ -64,6 +63,25 @@ def test_a_raw_bundle_body_is_imported(
     # The body was stored where a presigned upload would have put it.
     import_id = reply.json()["import"]["import_id"]
     assert store_of(deps).objects[("ingest", import_key(import_id))] == data
+
+
+@pytest.mark.parametrize("path", [IMPORT, LEGACY_IMPORT])
+@pytest.mark.parametrize(
+    ("content_type", "query"),
+    [
+        ("application/x-www-form-urlencoded", None),  # `curl --data-binary @m.heimdall` without -H
+        ("text/plain", None),
+        ("image/png", None),
+        ("application/gzip", {"mode": "presigned"}),  # a presigned import's body is JSON
+        ("multipart/form-data; boundary=x", {"mode": "presigned"}),
+    ],
+)
+def test_a_body_of_another_media_type_is_415(
+    api: Api, deps: ApiDeps, path: str, content_type: str, query: dict[str, str] | None
+) -> None:
+    reply = api.post(path, query=query, body=bundle_bytes(), content_type=content_type, is_base64=True)
+    assert reply.status == 415 and reply.error["code"] == "UNSUPPORTED_MEDIA_TYPE", reply.body[:300]
+    assert events_of(deps).detail_types == []
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -18,6 +18,7 @@ from botocore.stub import Stubber
 from heimdall.adapters.batch import BatchJobSubmitter
 from heimdall.conversion import DEFAULT_BUNDLE_FORMATS, JobSpec
 from heimdall.errors import (
+    IdempotencyKeyReused,
     InvalidManifest,
     InvalidTransition,
     NoCheckpoint,
@@ -181,6 +182,41 @@ def test_an_idempotency_key_makes_a_repeat_return_the_same_job(deps: ApiDeps) ->
     assert plain[0].job_id != plain[1].job_id
     with pytest.raises(RequestInvalid):
         create_export_job(deps, "alice", checkpoint_uri=CHECKPOINT, idempotency_key="k" * 257)
+
+
+def test_an_idempotency_key_reused_with_another_request_is_refused(deps: ApiDeps) -> None:
+    put(deps, CHECKPOINT, safetensors_with_manifest(MANIFEST))
+    first = create_export_job(
+        deps,
+        "alice",
+        checkpoint_uri=CHECKPOINT,
+        formats=[ExportFormat.ONNX, ExportFormat.ONNX_INT8],
+        idempotency_key="req-1",
+    )
+    # The same request, formats in another order and repeated: the same job.
+    again = create_export_job(
+        deps,
+        "alice",
+        checkpoint_uri=CHECKPOINT,
+        formats=[ExportFormat.ONNX_INT8, ExportFormat.ONNX, ExportFormat.ONNX_INT8],
+        idempotency_key="req-1",
+    )
+    assert again.job_id == first.job_id
+    for changed in (
+        {"formats": [ExportFormat.ONNX]},
+        {"formats": None},
+        {"manifest_uri": f"s3://ingest/{PREFIX}heimdall.json"},
+    ):
+        request: dict[str, Any] = {"formats": [ExportFormat.ONNX, ExportFormat.ONNX_INT8], **changed}
+        with pytest.raises(IdempotencyKeyReused) as refused:
+            create_export_job(deps, "alice", checkpoint_uri=CHECKPOINT, idempotency_key="req-1", **request)
+        assert refused.value.field == "Idempotency-Key" and refused.value.http_status == 422
+    with pytest.raises(IdempotencyKeyReused):
+        create_export_job(deps, "alice", model_id="m1", idempotency_key="req-1")
+    assert len(runner(deps).specs) == 1
+    # Keys belong to their owner: bob's req-1 is another key.
+    bobs = create_export_job(deps, "bob", checkpoint_uri=CHECKPOINT, idempotency_key="req-1")
+    assert bobs.job_id != first.job_id
 
 
 def test_a_failed_submission_is_submitted_again_by_the_repeat(deps: ApiDeps) -> None:

@@ -277,6 +277,69 @@ def test_a_chunked_body_over_the_limit_is_refused(recorder: Recorder) -> None:
     assert recorder.events == []
 
 
+def json_error_of(reply: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """The status, headers and error object of a raw HTTP/1.x reply in the API's JSON error shape."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    assert headers["content-type"] == "application/json", reply[:300]
+    assert int(headers["content-length"]) == len(body)
+    error: dict[str, Any] = json.loads(body)["error"]
+    assert set(error) >= {"code", "message"}
+    return int(status_line.split()[1]), headers, error
+
+
+@pytest.mark.parametrize(
+    ("request_text", "status", "code"),
+    [
+        (f"GET /api/v1/models?q={'x' * 100_000} HTTP/1.1\r\nHost: h\r\n\r\n", 414, "URI_TOO_LONG"),
+        (f"GET /x HTTP/1.1\r\nHost: h\r\nX-Big: {'y' * 70_000}\r\n\r\n", 431, "HEADERS_TOO_LARGE"),
+        (
+            "GET /x HTTP/1.1\r\n" + "".join(f"X-{n}: v\r\n" for n in range(120)) + "\r\n",
+            431,
+            "HEADERS_TOO_LARGE",
+        ),
+        ("GET /x HTTP/9.9\r\nHost: h\r\n\r\n", 505, "HTTP_VERSION_NOT_SUPPORTED"),
+        ("GET /x HTTP/1.x\r\nHost: h\r\n\r\n", 400, "BAD_REQUEST"),
+        ("GET /x HTTP/1.1 extra\r\nHost: h\r\n\r\n", 400, "BAD_REQUEST"),
+        ("G(T /x HTTP/1.1\r\nHost: h\r\n\r\n", 400, "BAD_REQUEST"),
+        ("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, "BAD_REQUEST"),
+    ],
+    ids=[
+        "query-100k",
+        "header-line",
+        "header-count",
+        "version",
+        "bad-version",
+        "syntax",
+        "method-token",
+        "tls",
+    ],
+)
+def test_requests_http_server_refuses_get_the_json_error_shape(
+    gateway: LocalGateway, recorder: Recorder, request_text: str, status: int, code: str
+) -> None:
+    reply = raw_exchange(gateway, request_text)
+    got, headers, error = json_error_of(reply)
+    assert (got, error["code"]) == (status, code), reply[:300]
+    assert headers["connection"] == "close" and recorder.events == []
+
+
+def test_any_method_token_reaches_the_handler(gateway: LocalGateway, recorder: Recorder) -> None:
+    # RFC 9110 method tokens that http.server has no do_ method for: the API answers them (405 or 404).
+    for method in ("PROPFIND", "M-SEARCH", "get", "X_Y"):
+        reply = raw_exchange(
+            gateway, f"{method} /x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+        )
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert [e["requestContext"]["http"]["method"] for e in recorder.events] == [
+        "PROPFIND",
+        "M-SEARCH",
+        "get",
+        "X_Y",
+    ]
+
+
 def test_an_event_over_lambdas_invocation_limit_is_413(recorder: Recorder) -> None:
     with LocalGateway(recorder, TOKENS, port=0, max_event_bytes=4000) as small:
         response = call(small, "POST", "/x", body=b"\x00" * 3000, headers=[("Content-Type", "image/png")])

@@ -120,9 +120,35 @@ def test_operations_declare_the_errors_they_can_give(document: dict[str, Any]) -
     assert {"409"} <= statuses("delete", "/api/v1/export/jobs/{job_id}")
     assert {"409"} <= statuses("get", "/api/v1/export/jobs/{job_id}/download")
     assert {"400"} <= statuses("get", "/api/v1/models")
-    assert statuses("get", "/api/v1/openapi.json") == {"200"}
+    assert statuses("get", "/api/v1/openapi.json") == {"200", "414"}  # a request line too long to read
+    for method, path in [
+        ("post", "/api/v1/models/import"),
+        ("post", "/api/v1/training/models/import"),
+        ("post", "/api/v1/export/jobs"),
+        ("post", "/api/v1/deployments"),
+    ]:
+        assert {"414", "415"} <= statuses(method, path), path
     delete = document["paths"]["/api/v1/models/{model_id}"]["delete"]["responses"]["204"]
     assert "content" not in delete
+    # No operation answers 405: the document declares it once, with its Allow header, and says so.
+    assert document["components"]["responses"]["MethodNotAllowed"]["headers"]["Allow"]["required"]
+    assert "405" in document["info"]["description"]
+
+
+def test_the_seed_names_and_the_legacy_import_answer_are_documented(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    assert {"export_format", "export_config", "optimization_config"} <= set(
+        schemas["CreateExportJobRequest"]["properties"]
+    )
+    deployment = schemas["CreateDeploymentRequest"]
+    assert {"deployment_type", "deployment_config"} <= set(deployment["properties"])
+    assert "type" not in deployment["required"]
+    assert deployment["anyOf"] == [{"required": ["type"]}, {"required": ["deployment_type"]}]
+    legacy = document["paths"]["/api/v1/training/models/import"]["post"]["responses"]["201"]
+    answer = legacy["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert {"model_id", "message", "onnx_path", "import", "model"} <= set(schemas[answer]["properties"])
+    current = document["paths"]["/api/v1/models/import"]["post"]["responses"]["201"]
+    assert current["content"]["application/json"]["schema"]["$ref"].endswith("/ImportedOut")
 
 
 def test_the_export_documents_both_answers_and_their_headers(document: dict[str, Any]) -> None:

@@ -113,9 +113,9 @@ class Endpoint:
         body: bytes = b"",
         *,
         key: str | None = "",
-        content_type: str = "application/json",
+        content_type: str | None = "application/json",
     ) -> tuple[int, dict[str, str], Any]:
-        headers = [("content-type", content_type)]
+        headers = [] if content_type is None else [("content-type", content_type)]
         key = self.key if key == "" else key
         if key is not None:
             headers.append(("authorization", f"Bearer {key}"))
@@ -267,6 +267,43 @@ def test_a_key_opens_only_its_own_deployment_and_unknown_paths_are_404(endpoint:
     assert status == 404 and answer["error"]["code"] == "NOT_FOUND"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/infer/dep-1", "POST"),
+        ("PUT", "/v1/infer/dep-1", "POST"),
+        ("DELETE", "/v1/infer/dep-1", "POST"),
+        ("POST", "/v1/deployments/dep-1/usage", "GET"),
+        ("PATCH", "/v1/openapi.json", "GET"),
+    ],
+)
+def test_a_method_a_path_does_not_serve_is_405_with_allow(
+    endpoint: Endpoint, method: str, path: str, allow: str
+) -> None:
+    status, headers, answer = endpoint.call(method, path, b"{}")
+    assert status == 405 and headers["allow"] == allow, answer
+    assert answer["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "xml"],
+)
+def test_a_body_that_is_not_json_is_415(endpoint: Endpoint, content_type: str) -> None:
+    status, _, answer = endpoint.call(
+        "POST", "/v1/infer/dep-1", b'{"input": [[1, 2]]}', content_type=content_type
+    )
+    assert status == 415 and answer["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE", answer
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json; charset=utf-8", "APPLICATION/JSON"])
+def test_json_or_no_content_type_is_served(endpoint: Endpoint, content_type: str | None) -> None:
+    status, _, answer = endpoint.call(
+        "POST", "/v1/infer/dep-1", b'{"input": [[1, 2]]}', content_type=content_type
+    )
+    assert status == 200, answer
+
+
 def test_the_endpoints_openapi_document_is_public_valid_and_complete(endpoint: Endpoint) -> None:
     from openapi_spec_validator import validate
 
@@ -281,7 +318,9 @@ def test_the_endpoints_openapi_document_is_public_valid_and_complete(endpoint: E
         ("get", "/v1/openapi.json"),
     }
     infer = document["paths"]["/v1/infer/{deployment_id}"]["post"]
-    assert {"200", "400", "401", "409", "413", "422", "429"} <= set(infer["responses"])
+    assert {"200", "400", "401", "409", "413", "414", "415", "422", "429"} <= set(infer["responses"])
+    not_allowed = document["components"]["responses"]["MethodNotAllowed"]
+    assert not_allowed["headers"]["Allow"]["required"] and "405" in document["info"]["description"]
     assert document["components"]["responses"]["TooManyRequests"]["headers"]["Retry-After"]["required"]
     assert document["paths"]["/v1/openapi.json"]["get"]["security"] == []
     body = document["components"]["schemas"]["InferenceRequest"]

@@ -299,6 +299,20 @@ class RequestInvalid(HeimdallError):
     http_status = 422
 
 
+class IdempotencyKeyReused(HeimdallError):
+    """An ``Idempotency-Key`` sent again with another request: a key stands for its first request only."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+    http_status = 422
+
+
+class UnsupportedMediaType(HeimdallError):
+    """A request body whose Content-Type the operation does not take."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    http_status = 415
+
+
 class BadRequest(HeimdallError):
     """A request the API cannot make sense of (a body that is not what the content type says)."""
 

@@ -713,6 +713,15 @@ class Registry(Protocol):
         """Whether ``key`` is currently claimed (held and not expired); claims nothing."""
         ...
 
+    def claim_request(self, key: str, fingerprint: str) -> str:
+        """The fingerprint of the first request ``key`` stood for: ``fingerprint`` if this call is the
+        first (it is recorded), else the one recorded then.
+
+        Safe under concurrency: simultaneous first calls all get the winner's. Unlike claims, the record
+        does not expire: a key stands for its request as long as what the request made exists.
+        """
+        ...
+
     # half pairs (see :class:`PendingUpload`) ------------------------------------------------------
 
     def await_upload(self, record: PendingUpload) -> PendingUpload:
@@ -831,6 +840,7 @@ class InMemoryRegistry:
         self._imports: dict[str, ImportRecord] = {}
         self._defaults: dict[tuple[str, str, str], str] = {}
         self._claims: dict[str, int] = {}
+        self._requests: dict[str, str] = {}
         self._uploads: dict[str, PendingUpload] = {}
 
     # models -------------------------------------------------------------------------------------
@@ -1014,6 +1024,9 @@ class InMemoryRegistry:
             expires_at = self._claims.get(key)
         return expires_at is not None and expires_at > now
 
+    def claim_request(self, key: str, fingerprint: str) -> str:
+        with self._lock:
+            return self._requests.setdefault(key, fingerprint)
     # half pairs ---------------------------------------------------------------------------------
 
     def await_upload(self, record: PendingUpload) -> PendingUpload:

@@ -15,7 +15,8 @@ A request to infer, in order:
    ``Retry-After``);
 3. the body: ``{"inputs": {name: value}}`` or ``{"input": value}``, each value a nested list or a
    binary tensor ``{"dtype", "shape", "data_b64"}`` (see :func:`heimdall.inference.prepare_inputs`;
-   400 ``INVALID_JSON`` / ``INVALID_INPUT``; 413 over the request limit);
+   400 ``INVALID_JSON`` / ``INVALID_INPUT``; 413 over the request limit; 415 when its Content-Type is
+   neither JSON nor absent);
 4. the model's ONNX Runtime session, created once per container and model version
    (:class:`heimdall.inference.ModelCache`: fetched from S3 to ``/tmp``, sha256 checked, structural
    pass, then the session);
@@ -48,10 +49,10 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from heimdall.api.bodies import raw_body
+from heimdall.api.bodies import raw_body, require_media_type
 from heimdall.api.openapi import DocumentSpec, build_document, render
-from heimdall.api.responses import JSON, error_response, handler_of
-from heimdall.api.schemas import documented, json_request_body
+from heimdall.api.responses import JSON, error_response, handler_of, no_route_response
+from heimdall.api.schemas import METHOD_NOT_ALLOWED_NOTE, documented, json_request_body
 from heimdall.deployments import (
     RATE_LIMITS,
     Deployment,
@@ -197,7 +198,7 @@ INFERENCE_DOCUMENT = DocumentSpec(
         "Platform endpoints of Heimdall Export deployments. Every operation but this document needs "
         "the deployment's API key as a bearer token (hdk_...; shown once when the deployment was "
         "created or its key rotated). Keys are rate-limited per minute by the deployment's tier. "
-        'Errors are JSON {"error": {"code", "message"}}.'
+        'Errors are JSON {"error": {"code", "message"}}. ' + METHOD_NOT_ALLOWED_NOTE
     ),
     tags=(*TAGS, "meta"),
     public_path=OPENAPI_PATH,
@@ -270,7 +271,7 @@ def _served(deployment: Deployment) -> Deployment:
         200,
         "The outputs",
         InferenceOut,
-        errors=(400, 404, 409, 413, 422, 429),
+        errors=(400, 404, 409, 413, 415, 422, 429),
         headers={
             "X-RateLimit-Limit": {
                 "description": "Requests a minute this key may make.",
@@ -298,6 +299,7 @@ def infer(deployment_id: str) -> Response[str]:
             retry_after_s=decision.retry_after_s,
             limit=limit,
         )
+    require_media_type(app.current_event, (JSON,))
     payload = _payload(raw_body(app.current_event, max_bytes=deps.max_request_bytes))
     loaded = deps.cache.load(
         deployment.model_id,
@@ -444,7 +446,7 @@ def _typed(exc: HeimdallError) -> Response[str]:
 
 @handler_of(app, NotFoundError)
 def _no_route(exc: NotFoundError) -> Response[str]:
-    return error_response(404, "NOT_FOUND", "no such endpoint")
+    return no_route_response(app)
 
 
 @handler_of(app, Exception)

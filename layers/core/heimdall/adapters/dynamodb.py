@@ -834,6 +834,28 @@ class DynamoRegistry:
             return False
         return int(item[TTL_ATTRIBUTE]["N"]) > epoch_seconds(self._now())
 
+    def claim_request(self, key: str, fingerprint: str) -> str:
+        """The first request's fingerprint under ``key``: a conditional put, else a consistent read.
+
+        Beside the key's claims (same partition), with no TTL: it lives as long as the table's records.
+        """
+        item_key = {**_claim_key(key), "SK": {"S": "REQUEST"}}
+        try:
+            self._put(
+                {
+                    **item_key,
+                    "entity": {"S": "REQUEST"},
+                    "claim_key": {"S": key[:1024]},
+                    "fingerprint": {"S": fingerprint},
+                },
+                "attribute_not_exists(PK)",
+            )
+        except _ConditionFailed:
+            stored = self._get(item_key)
+            if stored is not None:
+                return str(stored["fingerprint"]["S"])
+            raise RegistryError(f"the request recorded under {key[:64]!r} vanished") from None
+        return fingerprint
     # half pairs ---------------------------------------------------------------------------------
 
     def _get_upload(self, upload_id: str) -> PendingUpload | None:

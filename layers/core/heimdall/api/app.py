@@ -25,7 +25,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 
 from heimdall.api.auth import authenticate
 from heimdall.api.openapi import OPENAPI_PATH, build_document, render
-from heimdall.api.responses import JSON, H, error_response, handler_of
+from heimdall.api.responses import JSON, H, error_response, handler_of, no_route_response
 from heimdall.api.routes import capabilities, deployments, export_jobs, imports, models, uploads
 from heimdall.api.schemas import documented
 from heimdall.errors import HeimdallError
@@ -112,23 +112,7 @@ def invalid_request(exc: RequestValidationError) -> Response[str]:
 @handles(NotFoundError)
 def no_route(exc: NotFoundError) -> Response[str]:
     """404 for a path no route has; 405 (with Allow) for a path that exists for other methods."""
-    event = app.current_event
-    allowed = allowed_methods(event.path)
-    if allowed:
-        return error_response(
-            405,
-            "METHOD_NOT_ALLOWED",
-            f"{event.http_method} is not allowed here; allowed: {', '.join(allowed)}",
-            headers={"Allow": ", ".join(allowed)},
-        )
-    return error_response(404, "NOT_FOUND", "no such endpoint")
-
-
-def allowed_methods(path: str) -> list[str]:
-    """The methods some route serves at ``path``."""
-    # Powertools keeps its routes private and has no 405 of its own; this reads them only to answer one.
-    routes = [*app._static_routes, *app._dynamic_routes]
-    return sorted({route.method for route in routes if route.rule.match(path)})
+    return no_route_response(app)
 
 
 @handles(Exception)

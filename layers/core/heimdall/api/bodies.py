@@ -3,8 +3,9 @@
 API Gateway hands the body over as a string, base64-encoded when it is binary. Powertools would decode
 it to text, which a gzip bundle or a multipart upload is not, and its body parsing lets some malformed
 bodies escape as bare exceptions (500s); so the routes that take a body read it here, and declare it in
-the document themselves. Every failure is a typed error (413 before decoding what is too large, 400 for
-what does not parse, 422 for what parses but is not acceptable), worded like Powertools' own validation.
+the document themselves. Every failure is a typed error (415 for a Content-Type the operation does not
+take, 413 before decoding what is too large, 400 for what does not parse, 422 for what parses but is
+not acceptable), worded like Powertools' own validation.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from heimdall.errors import BadRequest, InvalidJson, PayloadTooLarge, RequestInvalid
+from heimdall.errors import BadRequest, InvalidJson, PayloadTooLarge, RequestInvalid, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -65,6 +66,25 @@ def media_type(event: BaseProxyEvent) -> str:
     """The request's media type, lower case, without parameters (``""`` when there is none)."""
     value = event.headers.get("content-type") or ""
     return value.partition(";")[0].strip().lower()
+
+
+def require_media_type(event: BaseProxyEvent, accepted: tuple[str, ...]) -> str:
+    """The request's media type if the operation takes it (:func:`media_type`); else 415.
+
+    JSON is also any ``application/*+json``. No Content-Type at all is accepted and read for what it
+    is (JSON, or a bundle told by its bytes): some clients send none (``requests.post(url,
+    data=...)``), and what counts then is that the body parses. A type that says the body is
+    something else (``curl -d`` without ``-H``: a form; ``text/plain``) is refused, not guessed at.
+    """
+    found = media_type(event)
+    is_json = found.startswith("application/") and found.endswith("+json")
+    if not found or found in accepted or (is_json and "application/json" in accepted):
+        return found
+    raise UnsupportedMediaType(
+        f"Content-Type {found[:100]!r} is not accepted here; send {' or '.join(accepted)}",
+        field="Content-Type",
+        accepted=list(accepted),
+    )
 
 
 class _FormParts:
@@ -137,7 +157,7 @@ def multipart_file(data: bytes, content_type: str, *, field: str = FILE_FIELD) -
 def json_model(data: bytes, model: type[M]) -> M:
     """``data`` parsed as JSON and validated as ``model``: 400 INVALID_JSON, or 422 naming the fields.
 
-    Whatever the Content-Type says: ``curl -d`` sends JSON as a form, and what counts is that it parses.
+    The routes check the Content-Type first (:func:`require_media_type`).
     """
     try:
         document = json.loads(data.decode("utf-8"), parse_constant=_no_constants)

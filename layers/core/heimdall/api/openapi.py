@@ -22,7 +22,14 @@ from pydantic.json_schema import models_json_schema
 
 from heimdall import __version__
 from heimdall.api.responses import JSON
-from heimdall.api.schemas import ERROR_RESPONSES, REQUEST_MODELS, SCHEMAS, ErrorBody
+from heimdall.api.schemas import (
+    ERROR_RESPONSES,
+    METHOD_NOT_ALLOWED_NOTE,
+    REQUEST_MODELS,
+    SCHEMAS,
+    ErrorBody,
+    method_not_allowed_response,
+)
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
@@ -33,7 +40,8 @@ DESCRIPTION = (
     "Models, bundle export and import, export jobs and capabilities of Heimdall Export. Every "
     "operation but this document needs a bearer token (a JWT in AWS, a static token locally); reads "
     "need the scope heimdall/read or heimdall/write, writes heimdall/write. Records belong to the "
-    'caller: another caller\'s are not found (404). Errors are JSON {"error": {"code", "message"}}.'
+    'caller: another caller\'s are not found (404). Errors are JSON {"error": {"code", "message"}}. '
+    + METHOD_NOT_ALLOWED_NOTE
 )
 SECURITY_SCHEME = "bearerAuth"
 TAGS = ["models", "imports", "export jobs", "capabilities", "deployments", "meta"]
@@ -96,6 +104,7 @@ def build_document(resolver: APIGatewayHttpResolver, spec: DocumentSpec = API_DO
     for path, item in document["paths"].items():
         for operation in item.values():
             _complete_operation(path, operation, shared, public_path=spec.public_path)
+    shared[ERROR_RESPONSES[405][0]] = method_not_allowed_response()
     components["responses"] = dict(sorted(shared.items()))
     _drop_unused_schemas(document)
     return document

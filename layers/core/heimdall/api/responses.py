@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
+from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 
 H = TypeVar("H", bound=Callable[..., Response[str]])
 
@@ -52,3 +53,25 @@ def handler_of(resolver: ApiGatewayResolver, exc_class: type[Exception]) -> Call
         return handler
 
     return decorate
+
+
+def no_route_response(resolver: ApiGatewayResolver) -> Response[str]:
+    """404 for a path no route of ``resolver`` has; 405 ``METHOD_NOT_ALLOWED`` with ``Allow`` for a path
+    that other methods serve (``GET /v1/infer/{id}``, ``DELETE /api/v1/models``)."""
+    event: BaseProxyEvent = resolver.current_event
+    allowed = allowed_methods(resolver, event.path)
+    if allowed:
+        return error_response(
+            405,
+            "METHOD_NOT_ALLOWED",
+            f"{event.http_method} is not allowed here; allowed: {', '.join(allowed)}",
+            headers={"Allow": ", ".join(allowed)},
+        )
+    return error_response(404, "NOT_FOUND", "no such endpoint")
+
+
+def allowed_methods(resolver: ApiGatewayResolver, path: str) -> list[str]:
+    """The methods some route of ``resolver`` serves at ``path``."""
+    # Powertools keeps its routes private and has no 405 of its own; this reads them only to answer one.
+    routes = [*resolver._static_routes, *resolver._dynamic_routes]
+    return sorted({route.method for route in routes if route.rule.match(path)})

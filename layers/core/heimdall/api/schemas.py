@@ -16,6 +16,7 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from heimdall.api.responses import JSON
+from heimdall.api.seed_names import seed_deployment, seed_export_job
 from heimdall.conversion import JobSource
 from heimdall.deployments import (
     Deployment,
@@ -277,12 +278,32 @@ class ImportedOut(BaseModel):
     model: ModelOut | None
 
 
+#: What the original Heimdall answered to an import; its clients read ``model_id`` from it.
+SEED_IMPORT_MESSAGE = "Model imported successfully"
+
+
+class LegacyImportedOut(ImportedOut):
+    """An inline import through the existing clients' path: the current answer, plus the original
+    Heimdall's top-level ``model_id``, ``message`` and ``onnx_path`` that their scripts read."""
+
+    model_id: RecordId | None = Field(description="The new model's id (the same as model.model_id).")
+    message: str = Field(default=SEED_IMPORT_MESSAGE, description=f"Always {SEED_IMPORT_MESSAGE!r}.")
+    onnx_path: str | None = Field(
+        description="Where the imported ONNX model is stored in the artifacts bucket (imported/...)."
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Export jobs and downloads
 
 
 class CreateExportJobRequest(BaseModel):
-    """Convert a model again (``model_id``) or a checkpoint in the ingest bucket (``checkpoint_uri``)."""
+    """Convert a model again (``model_id``) or a checkpoint in the ingest bucket (``checkpoint_uri``).
+
+    The original Heimdall's names are accepted too (:mod:`heimdall.api.seed_names`): ``export_format``,
+    ``export_config`` and ``optimization_config`` become ``formats``; what they ask that a job cannot
+    do is a 422 naming the field.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -292,6 +313,27 @@ class CreateExportJobRequest(BaseModel):
     )
     manifest_uri: str | None = Field(default=None, min_length=6, max_length=2048)
     formats: list[ExportFormat] | None = Field(default=None, min_length=1, max_length=len(ExportFormat))
+    export_format: ExportFormat | None = Field(
+        default=None,
+        description="The original Heimdall's name: one format, the same as formats: [export_format] "
+        "(with formats too, the two must agree).",
+    )
+    export_config: dict[str, Any] | None = Field(
+        default=None,
+        description="The original Heimdall's name: only {format} or {formats} can be honoured (the opset "
+        "and shapes come from the manifest or the imported model); any other key is a 422 naming it.",
+    )
+    optimization_config: dict[str, Any] | None = Field(
+        default=None,
+        description="The original Heimdall's name: {quantization: int8|fp16|none, int8: bool, fp16: bool, "
+        "tensorrt: bool} adds onnx_int8 / onnx_fp16 / tensorrt to the format asked (else to onnx); any "
+        "other key is a 422 naming it.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_names(cls, data: Any) -> Any:
+        return seed_export_job(data)
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateExportJobRequest:
@@ -306,6 +348,12 @@ class CreateExportJobRequest(BaseModel):
 # Deployments
 
 
+def _type_or_seed_type(schema: dict[str, Any]) -> None:
+    """``type`` or its seed alias ``deployment_type``: one of them is required, not ``type`` itself."""
+    schema["required"] = [name for name in schema.get("required", []) if name != "type"]
+    schema["anyOf"] = [{"required": ["type"]}, {"required": ["deployment_type"]}]
+
+
 class CreateDeploymentRequest(BaseModel):
     """A deployment of a model (``model_id``) or of an export job (``export_job_id``): exactly one.
 
@@ -314,13 +362,25 @@ class CreateDeploymentRequest(BaseModel):
     ``{precision: auto|int8|fp16|fp32}``; container ``{triton_image: str}``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_type_or_seed_type)
 
     type: DeploymentType
     name: Name
     model_id: RecordId | None = None
     export_job_id: RecordId | None = None
     options: dict[str, Any] = Field(default_factory=dict, description="The type's options (see above).")
+    deployment_type: DeploymentType | None = Field(
+        default=None, description="The original Heimdall's name of type (with type too, they must agree)."
+    )
+    deployment_config: dict[str, Any] | None = Field(
+        default=None,
+        description="The original Heimdall's name of options (with options too, they must agree).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_names(cls, data: Any) -> Any:
+        return seed_deployment(data)
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateDeploymentRequest:
@@ -434,6 +494,10 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
     401: ("Unauthorized", "No identity: no token, a bad token, or claims without a subject (UNAUTHORIZED)"),
     403: ("Forbidden", "The caller lacks the scope this request needs (FORBIDDEN)"),
     404: ("NotFound", "No such record, another owner's record, or an id that is not well-formed (NOT_FOUND)"),
+    405: (
+        "MethodNotAllowed",
+        "The path exists, but not for this method; Allow lists the methods it serves (METHOD_NOT_ALLOWED)",
+    ),
     409: (
         "Conflict",
         "The record is not in a state that allows this (CONFLICT, INVALID_TRANSITION, NOT_READY, "
@@ -443,9 +507,19 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
         "PayloadTooLarge",
         "The request body or the bundle is over the limit (PAYLOAD_TOO_LARGE, TOO_LARGE)",
     ),
+    414: (
+        "UriTooLong",
+        "The request line (path and query) is over 64 KiB; refused before any handler runs (URI_TOO_LONG)",
+    ),
+    415: (
+        "UnsupportedMediaType",
+        "The body's Content-Type is not one the operation takes (UNSUPPORTED_MEDIA_TYPE); no Content-Type "
+        "at all is read as JSON (or, for an import, as a bundle told by its bytes)",
+    ),
     422: (
         "Unprocessable",
-        "Request validation failed (VALIDATION_ERROR), the bundle or package was refused (INVALID_BUNDLE, "
+        "Request validation failed (VALIDATION_ERROR), an Idempotency-Key was sent again with another "
+        "request (IDEMPOTENCY_KEY_REUSED), the bundle or package was refused (INVALID_BUNDLE, "
         "CHECKSUM_MISMATCH, PACKAGE_INCONSISTENT, ...), or the model answered NaN (NON_FINITE_OUTPUT)",
     ),
     429: (
@@ -461,6 +535,14 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
 }
 #: Every authenticated operation may answer these: no identity, no scope, a bad parameter, an outage.
 COMMON_ERRORS = (401, 403, 422, 503)
+#: Every operation, public or not, may answer these: a request line too long to read.
+PROTOCOL_ERRORS = (414,)
+#: No operation answers 405 (it is the answer to a method no operation has at that path): the documents
+#: declare it once, in components/responses, and say so in their description.
+METHOD_NOT_ALLOWED_NOTE = (
+    "A method a path does not serve is 405 METHOD_NOT_ALLOWED with an Allow header "
+    "(components/responses/MethodNotAllowed); a request line over 64 KiB is 414 URI_TOO_LONG."
+)
 
 _RETRY_AFTER_HEADER = {
     "description": "Seconds to wait before retrying.",
@@ -502,7 +584,7 @@ def documented(
     if headers:
         success["headers"] = dict(headers)
     out: dict[int, Any] = {status: success}
-    common = () if public else COMMON_ERRORS
+    common = PROTOCOL_ERRORS if public else (*COMMON_ERRORS, *PROTOCOL_ERRORS)
     for code in sorted({*errors, *common}):
         error: dict[str, Any] = {
             "description": ERROR_RESPONSES[code][1],
@@ -512,3 +594,18 @@ def documented(
             error["headers"] = {"Retry-After": _RETRY_AFTER_HEADER}
         out[code] = error
     return cast(dict[int, OpenAPIResponse], out)
+
+
+def method_not_allowed_response() -> dict[str, Any]:
+    """The document's shared 405: ErrorBody, with the ``Allow`` header listing the path's methods."""
+    return {
+        "description": ERROR_RESPONSES[405][1],
+        "headers": {
+            "Allow": {
+                "description": "The methods the path serves, comma-separated.",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+        "content": {JSON: {"schema": {"$ref": SCHEMAS + ErrorBody.__name__}}},
+    }

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -364,6 +365,22 @@ class _BadRequest(Exception):
     pass
 
 
+#: The characters of an HTTP method token (RFC 9110 §5.6.2).
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+#: The codes of the refusals http.server makes itself, before any handler runs: a request line over
+#: 64 KiB (414), a header line over 64 KiB or over 100 headers (431), an unknown HTTP version (505),
+#: anything else that does not parse (400).
+_PROTOCOL_ERRORS = {
+    HTTPStatus.BAD_REQUEST: "BAD_REQUEST",
+    HTTPStatus.REQUEST_URI_TOO_LONG: "URI_TOO_LONG",
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: "HEADERS_TOO_LARGE",
+    HTTPStatus.EXPECTATION_FAILED: "EXPECTATION_FAILED",
+    HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: "HTTP_VERSION_NOT_SUPPORTED",
+}
+#: A refusal's message quotes at most this much of what http.server says (it may quote the request line).
+_MAX_PROTOCOL_MESSAGE = 200
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64  # bursts of concurrent clients (the API benchmark runs 8) are not refused
@@ -393,12 +410,32 @@ class _RequestHandler(BaseHTTPRequestHandler):
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
     def __getattr__(self, name: str) -> Any:
-        # Any other method token (TRACE, QUERY, ...) reaches the handler as well, as it would through
-        # API Gateway: the API answers it (405 with Allow, or 404), not http.server's 501 HTML page.
-        method = name.removeprefix("do_")
-        if name.startswith("do_") and method.isalpha() and method.isupper():
-            return self._dispatch
+        # Any other method token (TRACE, QUERY, M-SEARCH, ...) reaches the handler as well, as it would
+        # through API Gateway: the API answers it (405 with Allow, or 404), not http.server's 501 HTML
+        # page. What is not a token at all is a malformed request: 400.
+        if name.startswith("do_"):
+            method = name.removeprefix("do_")
+            return self._dispatch if method and set(method) <= _TOKEN_CHARS else self._bad_method
         raise AttributeError(name)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusal of a request it cannot parse, in the API's JSON error shape.
+
+        The standard library answers these with an HTML page; every error a client of the API gets,
+        from the handlers or from here, is ``{"error": {"code", "message"}}``. The connection closes:
+        after a malformed request nothing that follows on it can be trusted.
+        """
+        status = HTTPStatus(code)
+        text = (message or status.phrase)[:_MAX_PROTOCOL_MESSAGE]
+        response = error_response(status, _PROTOCOL_ERRORS.get(status, "BAD_REQUEST"), text)
+        request_id = base64.b64encode(secrets.token_bytes(10)).decode("ascii")
+        # A request line that did not parse leaves the version at HTTP/0.9, whose replies have no status
+        # line or headers: a refusal always has them.
+        self.request_version = self.protocol_version
+        self._reply(response, request_id, close=True)
+
+    def _bad_method(self) -> None:
+        self.send_error(HTTPStatus.BAD_REQUEST, f"the request method {self.command[:32]!r} is not a token")
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)

@@ -3,11 +3,16 @@
 A job is started exactly as an S3 drop starts one (:func:`heimdall.logic.checkpoints.start_export_job`:
 record, submit, ``Checkpoint Received`` and ``Export Job Submitted``). Its id is a uuid4, or, with an
 ``Idempotency-Key``, a uuid5 of the owner and the key, so that a repeated request finds the job the
-first one made instead of starting another.
+first one made instead of starting another. The key stands for its first request only: the sha256 of
+that request, normalised (:func:`request_fingerprint`), is recorded with the key, and the key sent
+again with another request is refused (422 ``IDEMPOTENCY_KEY_REUSED``), never answered with the job
+of the first.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
 from functools import partial
@@ -19,6 +24,7 @@ from heimdall.conversion import DEFAULT_BUNDLE_FORMATS, RESULT_FILE_NAME, Conver
 from heimdall.errors import (
     ConflictError,
     HeimdallError,
+    IdempotencyKeyReused,
     InvalidTransition,
     NoCheckpoint,
     NotReady,
@@ -51,6 +57,7 @@ __all__ = [
     "job_id_for",
     "list_model_exports",
     "read_job_result",
+    "request_fingerprint",
     "set_default_export",
 ]
 
@@ -73,6 +80,29 @@ def job_id_for(owner: str, idempotency_key: str | None) -> str:
     return str(uuid.uuid5(_API_JOB_NAMESPACE, f"{owner}\n{idempotency_key}"))
 
 
+def request_fingerprint(
+    *,
+    model_id: str | None,
+    checkpoint_uri: str | None,
+    manifest_uri: str | None,
+    formats: list[ExportFormat] | None,
+) -> str:
+    """The sha256 of a job request in canonical form: what it asks for, not how it was spelt.
+
+    Computed from the parsed request (aliases resolved, so ``export_format: onnx`` is ``formats:
+    [onnx]``), never from the body's bytes: key order and spacing do not matter, nor the order or
+    repetition of ``formats`` (a set of formats to build).
+    """
+    canonical = {
+        "model_id": model_id,
+        "checkpoint_uri": checkpoint_uri,
+        "manifest_uri": manifest_uri,
+        "formats": None if formats is None else sorted({str(f) for f in formats}),
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def create_export_job(
     deps: ApiDeps,
     owner: str,
@@ -91,7 +121,8 @@ def create_export_job(
     ``s3://{ingest}/checkpoints/…`` (else RequestInvalid; a missing object is ObjectNotFound), with
     ``manifest_uri``, else the sidecar ``heimdall.json``, else the manifest a safetensors checkpoint
     embeds (else InvalidManifest). ``formats`` replaces the manifest's. With ``idempotency_key`` a
-    repeat returns the job the first request made.
+    repeat returns the job the first request made; the key with another request is
+    IdempotencyKeyReused.
     """
     if (model_id is None) == (checkpoint_uri is None):
         raise RequestInvalid("give either model_id or checkpoint_uri", field="model_id")
@@ -111,6 +142,18 @@ def create_export_job(
         formats=formats,
     )
     if idempotency_key is not None:
+        fingerprint = request_fingerprint(
+            model_id=model_id, checkpoint_uri=checkpoint_uri, manifest_uri=manifest_uri, formats=formats
+        )
+        # Recorded before anything is started, so that two different requests racing with one key
+        # cannot both start: the first recorded wins, the other is refused.
+        claim = idempotency_key_for("api-export-job-request", job_id)
+        first = deps.registry.claim_request(claim, fingerprint)
+        if first != fingerprint:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used with another request; use a new key for a new request",
+                field="Idempotency-Key",
+            )
         existing = _find_job(deps, owner, job_id)
         if existing is not None and existing.status is not JobStatus.PENDING:
             return existing  # a PENDING one's submission failed: it is submitted again below

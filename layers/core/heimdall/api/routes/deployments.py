@@ -10,9 +10,10 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from heimdall.api.auth import current_caller
-from heimdall.api.bodies import json_model, raw_body
+from heimdall.api.bodies import json_model, raw_body, require_media_type
 from heimdall.api.deps import api_deps
 from heimdall.api.params import Cursor, Limit, path_id
+from heimdall.api.responses import JSON
 from heimdall.api.schemas import (
     CreatedDeploymentOut,
     CreateDeploymentRequest,
@@ -24,7 +25,9 @@ from heimdall.api.schemas import (
     documented,
     json_request_body,
 )
+from heimdall.api.seed_names import option_field_as_sent
 from heimdall.deployments import Deployment
+from heimdall.errors import RequestInvalid
 from heimdall.logic import deployments as logic
 from heimdall.registry import DEFAULT_PAGE_SIZE, RecordId
 from heimdall.storage import Download
@@ -57,7 +60,7 @@ def _out(deployment: Deployment) -> DeploymentOut:
     ),
     tags=TAGS,
     status_code=201,
-    responses=documented(201, "The deployment", CreatedDeploymentOut, errors=(400, 404, 409, 413)),
+    responses=documented(201, "The deployment", CreatedDeploymentOut, errors=(400, 404, 409, 413, 415)),
     openapi_extensions={
         "requestBody": json_request_body(CreateDeploymentRequest, "What to deploy, and how.")
     },
@@ -65,20 +68,25 @@ def _out(deployment: Deployment) -> DeploymentOut:
 def create_deployment() -> CreatedDeploymentOut:
     """Create a deployment owned by the caller; it starts ACTIVE."""
     deps = api_deps()
+    require_media_type(router.current_event, (JSON,))
     request = json_model(
         raw_body(router.current_event, max_bytes=deps.api.max_inline_bytes), CreateDeploymentRequest
     )
-    created = logic.create_deployment(
-        deps,
-        current_caller(router).sub,
-        logic.CreateDeployment(
-            type=request.type,
-            name=request.name,
-            model_id=request.model_id,
-            export_job_id=request.export_job_id,
-            options=request.options,
-        ),
-    )
+    try:
+        created = logic.create_deployment(
+            deps,
+            current_caller(router).sub,
+            logic.CreateDeployment(
+                type=request.type,
+                name=request.name,
+                model_id=request.model_id,
+                export_job_id=request.export_job_id,
+                options=request.options,
+            ),
+        )
+    except RequestInvalid as exc:
+        exc.field = option_field_as_sent(exc.field, seed_name=request.deployment_config is not None)
+        raise
     return CreatedDeploymentOut(
         deployment=_out(created.deployment), api_key=created.api_key, download=created.download
     )

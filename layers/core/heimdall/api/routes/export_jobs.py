@@ -9,9 +9,10 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 
 from heimdall.api.auth import current_caller
-from heimdall.api.bodies import json_model, raw_body
+from heimdall.api.bodies import json_model, raw_body, require_media_type
 from heimdall.api.deps import api_deps
 from heimdall.api.params import Cursor, Limit, path_id
+from heimdall.api.responses import JSON
 from heimdall.api.schemas import (
     CreateExportJobRequest,
     ExportJobOut,
@@ -36,11 +37,11 @@ MAX_IDEMPOTENCY_KEY_CHARS = 256
         "Convert a model's checkpoint again (model_id) or a checkpoint in the ingest bucket "
         "(checkpoint_uri, under checkpoints/; its manifest is manifest_uri, else the sidecar "
         "heimdall.json, else the one the safetensors file embeds). With an Idempotency-Key a repeat "
-        "returns the same job."
+        "returns the same job; the key sent again with another request is 422 IDEMPOTENCY_KEY_REUSED."
     ),
     tags=TAGS,
     status_code=202,
-    responses=documented(202, "The job, submitted", ExportJobOut, errors=(400, 404, 409, 413)),
+    responses=documented(202, "The job, submitted", ExportJobOut, errors=(400, 404, 409, 413, 415)),
     openapi_extensions={"requestBody": json_request_body(CreateExportJobRequest, "What to convert.")},
 )
 def create_export_job(
@@ -50,12 +51,14 @@ def create_export_job(
             alias="Idempotency-Key",
             min_length=1,
             max_length=MAX_IDEMPOTENCY_KEY_CHARS,
-            description="Makes the request safe to repeat: the same key gives the same job.",
+            description="Makes the request safe to repeat: the same key and request give the same job; "
+            "the key with another request is 422 IDEMPOTENCY_KEY_REUSED.",
         ),
     ] = None,
 ) -> ExportJobOut:
     """Create and submit an export job owned by the caller."""
     deps = api_deps()
+    require_media_type(router.current_event, (JSON,))
     request = json_model(
         raw_body(router.current_event, max_bytes=deps.api.max_inline_bytes), CreateExportJobRequest
     )

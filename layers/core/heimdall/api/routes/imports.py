@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from heimdall.api.auth import current_caller
-from heimdall.api.bodies import MULTIPART, json_model, media_type, multipart_file, raw_body
+from heimdall.api.bodies import MULTIPART, json_model, multipart_file, raw_body, require_media_type
 from heimdall.api.deps import api_deps
 from heimdall.api.params import path_id
 from heimdall.api.responses import JSON
@@ -18,6 +18,7 @@ from heimdall.api.schemas import (
     ImportedOut,
     ImportOut,
     ImportStartedOut,
+    LegacyImportedOut,
     ModelOut,
     PresignedImportRequest,
     PresignedUploadOut,
@@ -35,6 +36,8 @@ IMPORT_PATH = "/api/v1/models/import"
 LEGACY_IMPORT_PATH = "/api/v1/training/models/import"
 COMPONENTS = tuple(c.value for c in Component)
 _BINARY = {"type": "string", "format": "binary"}
+#: What an inline import's body may be (none: told by its bytes); a presigned import's is JSON.
+_INLINE_TYPES = (JSON, "application/gzip", "application/octet-stream", MULTIPART)
 #: Powertools cannot declare a body that is JSON or binary or multipart: the route reads it itself.
 _IMPORT_BODY = {
     "required": True,
@@ -64,47 +67,73 @@ _IMPORT_BODY = {
     },
 }
 
-_IMPORT_DOC: dict[str, Any] = {
-    "tags": TAGS,
-    "openapi_extensions": {"requestBody": _IMPORT_BODY},
-    "description": (
-        "The body is the bundle itself (Content-Type application/json, or application/gzip / "
-        "application/octet-stream for a gzip bundle: detected by its bytes) or a multipart/form-data "
-        "upload with the field `file` (`curl -F file=@model.heimdall`), at most the inline limit. "
-        "With ?mode=presigned the body is {size_bytes, filename?} and the answer a presigned S3 POST; "
-        "the upload is then indexed asynchronously (follow GET /api/v1/imports/{import_id})."
+_IMPORT_DESCRIPTION = (
+    "The body is the bundle itself (Content-Type application/json, or application/gzip / "
+    "application/octet-stream for a gzip bundle: detected by its bytes) or a multipart/form-data "
+    "upload with the field `file` (`curl -F file=@model.heimdall`), at most the inline limit. "
+    "With ?mode=presigned the body is {size_bytes, filename?} and the answer a presigned S3 POST; "
+    "the upload is then indexed asynchronously (follow GET /api/v1/imports/{import_id})."
+)
+
+
+def _import_doc(imported: type[ImportedOut], description: str) -> dict[str, Any]:
+    return {
+        "tags": TAGS,
+        "openapi_extensions": {"requestBody": _IMPORT_BODY},
+        "description": description,
+        "responses": {
+            **documented(201, "Imported and indexed", imported, errors=(400, 413, 415)),
+            **documented(202, "Presigned upload started (mode=presigned)", ImportStartedOut),
+        },
+    }
+
+
+Components = Annotated[
+    str | None,
+    Query(
+        max_length=256,
+        description=f"Comma-separated optional components to keep ({', '.join(COMPONENTS)}); absent: all.",
     ),
-    "responses": {
-        **documented(201, "Imported and indexed", ImportedOut, errors=(400, 413)),
-        **documented(202, "Presigned upload started (mode=presigned)", ImportStartedOut),
-    },
-}
+]
+Mode = Annotated[
+    Literal["inline", "presigned"],
+    Query(
+        description="inline: the body is the bundle; presigned: "
+        "the body is {size_bytes, filename?} and the answer a presigned upload."
+    ),
+]
 
 
-@router.post(IMPORT_PATH, summary="Import a bundle", **_IMPORT_DOC)
-@router.post(LEGACY_IMPORT_PATH, summary="Import a bundle (existing clients' path)", **_IMPORT_DOC)
+@router.post(IMPORT_PATH, summary="Import a bundle", **_import_doc(ImportedOut, _IMPORT_DESCRIPTION))
 def import_bundle(
-    components: Annotated[
-        str | None,
-        Query(
-            max_length=256,
-            description=f"Comma-separated optional components to keep ({', '.join(COMPONENTS)}); "
-            "absent: all.",
-        ),
-    ] = None,
-    mode: Annotated[
-        Literal["inline", "presigned"],
-        Query(
-            description="inline: the body is the bundle; presigned: "
-            "the body is {size_bytes, filename?} and the answer a presigned upload."
-        ),
-    ] = "inline",
+    components: Components = None, mode: Mode = "inline"
 ) -> Response[ImportedOut | ImportStartedOut]:
     """Import a bundle sent in the request, or start a presigned upload of a large one."""
+    return _import_bundle(components, mode, legacy=False)
+
+
+@router.post(
+    LEGACY_IMPORT_PATH,
+    summary="Import a bundle (existing clients' path)",
+    **_import_doc(
+        LegacyImportedOut,
+        _IMPORT_DESCRIPTION + " An inline import's answer also holds, at its top, what the original "
+        "Heimdall answered and its clients read: model_id, message and onnx_path.",
+    ),
+)
+def import_bundle_legacy(
+    components: Components = None, mode: Mode = "inline"
+) -> Response[LegacyImportedOut | ImportStartedOut]:
+    """The same import, answered as the original Heimdall's clients expect (``.model_id`` on top)."""
+    return _import_bundle(components, mode, legacy=True)
+
+
+def _import_bundle(components: str | None, mode: str, *, legacy: bool) -> Response[Any]:
     owner = current_caller(router).sub
     deps = api_deps()
     selection = parse_components(components)
     event = router.current_event
+    found = require_media_type(event, (JSON,) if mode == "presigned" else _INLINE_TYPES)
     data = raw_body(
         event, max_bytes=deps.api.max_inline_bytes, hint="; upload larger bundles with ?mode=presigned"
     )
@@ -122,7 +151,7 @@ def import_bundle(
         )
         return Response(status_code=202, content_type=JSON, body=started)
 
-    if media_type(event) == MULTIPART:
+    if found == MULTIPART:
         data = multipart_file(data, event.headers.get("content-type") or "")
     if not data:
         raise RequestInvalid(
@@ -133,6 +162,13 @@ def import_bundle(
         import_=ImportOut.of(result.record),
         model=ModelOut.of(result.model) if result.model is not None else None,
     )
+    if legacy:
+        model = result.model
+        imported = LegacyImportedOut(
+            **dict(imported),
+            model_id=None if model is None else model.model_id,
+            onnx_path=None if model is None else model.onnx_key,
+        )
     return Response(status_code=201, content_type=JSON, body=imported)
 
 
