@@ -145,7 +145,18 @@ def test_version_and_help() -> None:
     assert version.stdout.startswith("heimdall ")
     listing = heimdall("bundle", "--help")
     assert listing.returncode == 0
-    commands = ("inspect", "verify", "extract-onnx", "pack", "migrate", "upgrade", "sign", "keygen", "diff", "demo")
+    commands = (
+        "inspect",
+        "verify",
+        "extract-onnx",
+        "pack",
+        "migrate",
+        "upgrade",
+        "sign",
+        "keygen",
+        "diff",
+        "demo",
+    )
     for command in commands:
         assert command in listing.stdout
 
@@ -553,7 +564,11 @@ def test_upgrade_converts_an_old_opset_model_which_then_gives_the_reference_outp
     import onnxruntime as ort
 
     model = onnx_backend_model("test_BatchNorm2d_eval")
-    source, signed, out = tmp_path / "bn.heimdall", tmp_path / "bn-signed.heimdall", tmp_path / "bn17.heimdall"
+    source, signed, out = (
+        tmp_path / "bn.heimdall",
+        tmp_path / "bn-signed.heimdall",
+        tmp_path / "bn17.heimdall",
+    )
     source.write_bytes(reference_bundle(model))
     assert heimdall("bundle", "sign", source, "--key", corpus.alice_key, "-o", signed).returncode == 0
     before = signed.read_bytes()
@@ -575,7 +590,9 @@ def test_upgrade_converts_an_old_opset_model_which_then_gives_the_reference_outp
     (got,) = session.run(list(model.outputs), model.inputs)
     np.testing.assert_allclose(got, next(iter(model.outputs.values())), rtol=1e-4, atol=1e-5)
 
-    again = heimdall("bundle", "upgrade", source, "--opset", "17", "-o", tmp_path / "again.heimdall", "--json")
+    again = heimdall(
+        "bundle", "upgrade", source, "--opset", "17", "-o", tmp_path / "again.heimdall", "--json"
+    )
     assert again.returncode == 0, again.stderr
     answer = json_out(again)
     assert answer["onnx_sha256"] == report["onnx_sha256"] and answer["signature_dropped"] is False
@@ -584,7 +601,9 @@ def test_upgrade_converts_an_old_opset_model_which_then_gives_the_reference_outp
 
 def test_upgrade_that_fails_writes_nothing(tmp_path: Path) -> None:
     unconvertible = tmp_path / "unconvertible.heimdall"
-    unconvertible.write_bytes(reference_bundle(ReferenceModel("x", unconvertible_onnx(), {}, {}), with_samples=False))
+    unconvertible.write_bytes(
+        reference_bundle(ReferenceModel("x", unconvertible_onnx(), {}, {}), with_samples=False)
+    )
     model = onnx_backend_model("test_AvgPool2d")
     wrong = tmp_path / "wrong-samples.heimdall"
     off = {name: value * 2 + 1 for name, value in model.outputs.items()}

@@ -88,7 +88,9 @@ def crafted(name: str, data: bytes) -> ReferenceModel:
 
 
 @pytest.mark.parametrize("name", OLD_OPSET_BACKEND_MODELS)
-def test_old_backend_test_models_are_upgraded_and_give_the_reference_outputs(tmp_path: Path, name: str) -> None:
+def test_old_backend_test_models_are_upgraded_and_give_the_reference_outputs(
+    tmp_path: Path, name: str
+) -> None:
     model = onnx_backend_model(name)
     with pytest.raises(Exception, match="NOT_IMPLEMENTED"):  # what a platform endpoint hit at request one
         ort_session(model.onnx)
@@ -124,7 +126,9 @@ def test_an_opset_6_model_that_still_loads_is_served_as_stamped(tmp_path: Path) 
 
 
 def test_a_model_the_converter_cannot_upgrade_is_not_servable_with_the_reason(tmp_path: Path) -> None:
-    check = serving_check(tmp_path, reference_bundle(crafted("unconvertible", unconvertible_onnx()), with_samples=False))
+    check = serving_check(
+        tmp_path, reference_bundle(crafted("unconvertible", unconvertible_onnx()), with_samples=False)
+    )
     assert not check.servable and check.upgraded is None
     assert check.upgrade is not None and check.upgrade.result == "convert_failed"
     assert check.reason == check.upgrade.message
@@ -142,7 +146,9 @@ def test_a_model_still_unloadable_after_the_upgrade_is_not_servable(tmp_path: Pa
 def test_an_upgrade_that_disagrees_with_the_sample_predictions_is_not_servable(tmp_path: Path) -> None:
     model = onnx_backend_model("test_BatchNorm2d_eval")
     off = {name: value + np.float32(0.01) for name, value in model.outputs.items()}
-    check = serving_check(tmp_path, reference_bundle(ReferenceModel(model.name, model.onnx, model.inputs, off)))
+    check = serving_check(
+        tmp_path, reference_bundle(ReferenceModel(model.name, model.onnx, model.inputs, off))
+    )
     assert not check.servable and check.upgrade is not None
     assert check.upgrade.result == "samples_failed" and check.upgrade.samples_checked == 1
     assert check.upgrade.max_abs_error is not None and 0.009 < check.upgrade.max_abs_error < 0.011

@@ -74,10 +74,13 @@ def check_serving(request: dict[str, Any]) -> dict[str, Any]:
             return report
         missing_kernel = isinstance(refusal, ort.capi.onnxruntime_pybind11_state.NotImplemented)
         if not (missing_kernel and 0 < from_opset < target):
-            return report | {"servable": False, "reason": _trim(f"ONNX Runtime cannot load the model: {refusal}")}
+            return report | {
+                "servable": False,
+                "reason": _trim(f"ONNX Runtime cannot load the model: {refusal}"),
+            }
     del data
 
-    upgrade = _upgrade(onnx, ort, model, from_opset, target, request)
+    upgrade = _upgrade(onnx, ort, model, from_opset=from_opset, target=target, request=request)
     report["upgrade"] = upgrade
     if upgrade["result"] != "upgraded":
         report |= {"servable": False, "reason": upgrade["message"]}
@@ -121,7 +124,7 @@ def _session(ort: Any, data: bytes) -> Any:
 
 
 def _upgrade(
-    onnx: Any, ort: Any, model: Any, from_opset: int, target: int, request: dict[str, Any]
+    onnx: Any, ort: Any, model: Any, *, from_opset: int, target: int, request: dict[str, Any]
 ) -> dict[str, Any]:
     upgrade: dict[str, Any] = {
         "from_opset": from_opset,
@@ -147,7 +150,8 @@ def _upgrade(
         raise
     except Exception as exc:  # ConvertError, RuntimeError from the C++ adapters
         return failed(
-            "convert_failed", f"{_CONVERTER} cannot convert the model from opset {from_opset} to {target}: {exc}"
+            "convert_failed",
+            f"{_CONVERTER} cannot convert the model from opset {from_opset} to {target}: {exc}",
         )
     del model
     data: bytes = converted.SerializeToString()
@@ -165,7 +169,9 @@ def _upgrade(
     try:
         _check({"path": str(out), "limits": request["limits"]})
     except HeimdallError as exc:
-        return failed("convert_failed", f"the model converted to opset {target} fails the structural pass: {exc}")
+        return failed(
+            "convert_failed", f"the model converted to opset {target} fails the structural pass: {exc}"
+        )
     _State.stage = f"loading the model converted to opset {target} in ONNX Runtime"
     try:
         session = _session(ort, data)
@@ -181,7 +187,9 @@ def _upgrade(
         _State.stage = "running the bundle's sample predictions"
         with open(str(samples_path), "rb") as handle:
             samples = json.loads(handle.read(_MAX_SAMPLES_BYTES))
-        problem, worst = _check_samples(session, dtypes, samples, float(request["atol"]), float(request["rtol"]))
+        problem, worst = _check_samples(
+            session, dtypes, samples, float(request["atol"]), float(request["rtol"])
+        )
         upgrade |= {"samples_checked": len(samples), "max_abs_error": worst}
         if problem is not None:
             return failed("samples_failed", f"the model converted to opset {target} {problem}")

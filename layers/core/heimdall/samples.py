@@ -403,17 +403,18 @@ def _old_opset_model(nodes: list[Any], elem_type: int) -> bytes:
     return serialized
 
 
-def reference_bundle(model: ReferenceModel, *, with_samples: bool = True, **overrides: Any) -> bytes:
-    """A valid bundle of ``model.onnx`` whose metadata describes its graph (opset, shapes); with
+def reference_bundle(reference: ReferenceModel, *, with_samples: bool = True, **overrides: Any) -> bytes:
+    """A valid bundle of ``reference.onnx`` whose metadata describes its graph (opset, shapes); with
     ``with_samples`` its one sample prediction carries the model's inputs (``input_metadata``) and
-    reference outputs (``prediction``) by the graph's names, which lets an opset upgrade be checked."""
-    return sample_bundle(model.onnx, **_graph_metadata(model, with_samples=with_samples, **overrides))
+    reference outputs (``prediction``) by the graph's names, which lets an opset upgrade be checked.
+    ``overrides`` go to :func:`sample_bundle_metadata` (e.g. ``model={"model_name": ...}``)."""
+    return sample_bundle(reference.onnx, **_graph_metadata(reference, with_samples=with_samples, **overrides))
 
 
-def _graph_metadata(model: ReferenceModel, *, with_samples: bool, **overrides: Any) -> dict[str, Any]:
+def _graph_metadata(reference: ReferenceModel, *, with_samples: bool, **overrides: Any) -> dict[str, Any]:
     import onnx  # noqa: PLC0415
 
-    proto = onnx.load_model_from_string(model.onnx)
+    proto = onnx.load_model_from_string(reference.onnx)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
     def shape(value: Any) -> list[int | str]:
@@ -424,7 +425,7 @@ def _graph_metadata(model: ReferenceModel, *, with_samples: bool, **overrides: A
     first_input = next(v for v in proto.graph.input if v.name not in initializers)
     described: dict[str, Any] = {
         "model": {
-            "model_name": model.name.replace("_", "-").strip("-"),
+            "model_name": reference.name.replace("_", "-").strip("-"),
             "architecture": "onnx_backend_test",
             "onnx_opset": opset,
             "input_shape": shape(first_input),
@@ -432,9 +433,9 @@ def _graph_metadata(model: ReferenceModel, *, with_samples: bool, **overrides: A
         },
         "sample_predictions": [
             {
-                "sample_id": str(uuid.uuid5(_SAMPLE_NAMESPACE, model.name)),
-                "input_metadata": {name: value.tolist() for name, value in model.inputs.items()},
-                "prediction": {name: value.tolist() for name, value in model.outputs.items()},
+                "sample_id": str(uuid.uuid5(_SAMPLE_NAMESPACE, reference.name)),
+                "input_metadata": {name: value.tolist() for name, value in reference.inputs.items()},
+                "prediction": {name: value.tolist() for name, value in reference.outputs.items()},
             }
         ]
         if with_samples
@@ -620,12 +621,12 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "BATCH_DIM",
-    "OLD_OPSET_BACKEND_MODELS",
     "DEFAULT_OPSET",
     "LOCALIZATION_INPUT_SHAPE",
     "LOCALIZATION_OUTPUTS",
     "LOCALIZATION_OUTPUT_SHAPE",
     "LOCALIZATION_PARAMETERS",
+    "OLD_OPSET_BACKEND_MODELS",
     "PRODUCER_NAME",
     "ReferenceModel",
     "legacy_bundle_metadata",

@@ -48,7 +48,14 @@ from heimdall.manifest import Tolerances
 from heimdall.registry import OpsetUpgrade
 from heimdall.settings import BundleLimits
 
-__all__ = ["UPGRADE_OPSET", "UPGRADE_RTOL", "ServingCheck", "check_serving", "checkable_samples", "upgraded_key"]
+__all__ = [
+    "UPGRADE_OPSET",
+    "UPGRADE_RTOL",
+    "ServingCheck",
+    "check_serving",
+    "checkable_samples",
+    "upgraded_key",
+]
 
 #: The default-domain opset old models are upgraded to (see the module docstring).
 UPGRADE_OPSET = 17

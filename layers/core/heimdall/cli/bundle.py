@@ -56,7 +56,8 @@ from heimdall.settings import MIB, BundleLimits, get_settings
 bundle_app = typer.Typer(
     name="bundle",
     help=(
-        "Offline tools for .heimdall bundles: inspect, verify, extract, pack, migrate, upgrade, sign, diff.\n\n"
+        "Offline tools for .heimdall bundles: inspect, verify, extract, pack, migrate, upgrade, sign, "
+        "diff.\n\n"
         "Exit codes: 0 success, 1 a failed check or operation (error code and message on stderr), "
         "2 usage error."
     ),
@@ -693,7 +694,9 @@ def upgrade_file(source: Path, output: Path, *, opset: int, limits: BundleLimits
         model = Path(tmp) / "model.onnx"
         report = verify_bundle(source, limits=limits, onnx_out=model)
         if not report.valid or report.read is None or report.structure is None:
-            raise _error_for(report.code or "INVALID_BUNDLE", report.message or "invalid bundle", report.field)
+            raise _error_for(
+                report.code or "INVALID_BUNDLE", report.message or "invalid bundle", report.field
+            )
         before, structure = report.read, report.structure
         if opset <= structure.opset:
             raise typer.BadParameter(
@@ -720,7 +723,8 @@ def upgrade_file(source: Path, output: Path, *, opset: int, limits: BundleLimits
 def upgrade(
     file: BundleFile,
     opset: Annotated[
-        int, typer.Option("--opset", min=1, max=1000, metavar="N", help="The default-domain opset to convert to.")
+        int,
+        typer.Option("--opset", min=1, max=1000, metavar="N", help="The default-domain opset to convert to."),
     ],
     output: Annotated[
         Path, typer.Option("-o", "--output", dir_okay=False, help="The upgraded bundle to write.")

@@ -155,9 +155,13 @@ def _index(
         upgrade = serving.upgrade
         if upgrade is not None and serving.upgraded is not None:
             prefix = IMPORTED_ONNX_PREFIX if imported else EXPORTED_ONNX_PREFIX
-            upgrade = upgrade.model_copy(update={"onnx_key": upgraded_key(prefix, model_id, upgrade.to_opset)})
+            upgrade = upgrade.model_copy(
+                update={"onnx_key": upgraded_key(prefix, model_id, upgrade.to_opset)}
+            )
             deps.store.upload(
-                serving.upgraded, f"s3://{artifacts}/{upgrade.onnx_key}", content_type="application/octet-stream"
+                serving.upgraded,
+                f"s3://{artifacts}/{upgrade.onnx_key}",
+                content_type="application/octet-stream",
             )
         # The stored copy carries this registry's id; an import also keeps the sender's id.
         renamed = {"model_id": model_id} | ({"original_model_id": bundle.model.model_id} if imported else {})

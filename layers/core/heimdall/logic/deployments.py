@@ -306,9 +306,10 @@ def _served_model(source: _Source) -> ModelRecord:
 def _require_servable(model: ModelRecord) -> None:
     """Refuse an endpoint of a model ONNX Runtime cannot serve (found when it was indexed)."""
     if not model.servable:
+        why = model.not_servable_reason or "ONNX Runtime cannot load it"
         raise ModelNotServable(
-            f"model {model.model_id} cannot be served: {model.not_servable_reason or 'ONNX Runtime cannot load it'}"
-            "; its bundle and ONNX file can still be downloaded or exported",
+            f"model {model.model_id} cannot be served: {why}; its bundle and ONNX file can still be "
+            "downloaded or exported",
             field="model_id",
             reason=model.not_servable_reason,
         )
