@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from tests.unit.test_api_support import FakeLambdaContext
 
 from heimdall.bundle import read_bundle
 from heimdall.bundle.models import ComponentSelection
@@ -31,6 +32,8 @@ from heimdall.logic.deployments import (
     deactivate_deployment,
 )
 from heimdall.logic.imports import import_inline
+from heimdall.local.gateway import HttpRequest, build_event
+from heimdall.local.stack import invoker, load_function
 from heimdall.logic.models import ExportOptions, delete_model, export_model
 from heimdall.registry import InMemoryRegistry
 from heimdall.samples import (
@@ -43,6 +46,7 @@ from heimdall.samples import (
     unconvertible_onnx,
     unloadable_after_upgrade_onnx,
 )
+from heimdall.serving import ServingDeps, use_serving_deps
 from heimdall.settings import ApiLimits, BundleLimits, Settings
 from heimdall.storage import InMemoryObjectStore
 
@@ -280,3 +284,49 @@ def test_the_model_record_keeps_the_upgrade_through_json(deps: ApiDeps) -> None:
     record = import_inline(deps, "alice", reference_bundle(onnx_backend_model("test_AvgPool2d"))).model
     again = type(record).model_validate(json.loads(record.model_dump_json()))
     assert again == record and again.opset_upgrade is not None
+
+
+def test_the_endpoint_serves_the_upgraded_copy_and_checks_its_sha256(
+    deps: ApiDeps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")  # as the local stack runs handlers
+    reference = onnx_backend_model("test_AvgPool2d")
+    record = import_inline(deps, "alice", reference_bundle(reference)).model
+    created = create_deployment(deps, "alice", endpoint(record.model_id))
+    assert created.api_key is not None
+    serving = ServingDeps(
+        deployments=deps.deployments, store=deps.store, names=NAMES, limits=BundleLimits(), workdir=tmp_path
+    )
+    handler = invoker(load_function("infer"))
+    body = json.dumps({"inputs": {k: v.tolist() for k, v in reference.inputs.items()}}).encode()
+
+    def infer() -> tuple[int, Any]:
+        request = HttpRequest(
+            method="POST",
+            target=f"/v1/infer/{created.deployment.deployment_id}",
+            headers=[("content-type", "application/json"), ("authorization", f"Bearer {created.api_key}")],
+            body=body,
+            source_ip="127.0.0.1",
+        )
+        result = handler(build_event(request, identity=None, request_id="r1"), FakeLambdaContext())
+        return result["statusCode"], json.loads(result["body"])
+
+    use_serving_deps(lambda: serving)
+    try:
+        status, answer = infer()
+        assert status == 200, answer
+        for name, want in reference.outputs.items():
+            np.testing.assert_allclose(answer["outputs"][name], want, rtol=RTOL, atol=ATOL)
+        upgrade = record.opset_upgrade
+        assert upgrade is not None and upgrade.onnx_sha256 is not None
+        assert serving.cache.get(record.model_id, upgrade.onnx_sha256) is not None
+        # Another container, and the stored copy no longer what the record says: refused, never run.
+        assert isinstance(deps.store, InMemoryObjectStore)
+        deps.store.objects[("artifacts", str(upgrade.onnx_key))] = reference.onnx
+        serving.cache.clear()
+        for stale in tmp_path.glob("*.onnx"):
+            stale.unlink()
+        status, answer = infer()
+        assert status == 422 and answer["error"]["code"] == "CHECKSUM_MISMATCH", answer
+    finally:
+        use_serving_deps(None)
