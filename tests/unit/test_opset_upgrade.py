@@ -24,6 +24,8 @@ from heimdall.bundle.verify import verify_bundle
 from heimdall.deployments import DeploymentStatus, DeploymentType
 from heimdall.errors import ModelNotServable
 from heimdall.events import InMemoryEventSink
+from heimdall.local.gateway import HttpRequest, build_event
+from heimdall.local.stack import invoker, load_function
 from heimdall.logic.api import ApiDeps
 from heimdall.logic.deployments import (
     CreateDeployment,
@@ -32,8 +34,6 @@ from heimdall.logic.deployments import (
     deactivate_deployment,
 )
 from heimdall.logic.imports import import_inline
-from heimdall.local.gateway import HttpRequest, build_event
-from heimdall.local.stack import invoker, load_function
 from heimdall.logic.models import ExportOptions, delete_model, export_model
 from heimdall.registry import InMemoryRegistry
 from heimdall.samples import (
