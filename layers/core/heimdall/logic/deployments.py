@@ -18,10 +18,12 @@ it, or for an imported model its default export job, else its newest succeeded o
     package's checksums and its Triton config against the model's declared I/O first), stored under
     ``deployments/{deployment_id}/`` in the artifacts bucket and handed out as a presigned GET.
 ``platform_endpoint``
-    the model served by the inference function. The model's ONNX key, checksum and version, and the
-    bundle's normalisation when the deployment applies it, are copied into the deployment so that an
-    inference request needs no registry read of the model. Its API key is returned once; only its
-    hash is stored.
+    the model served by the inference function. The model's ONNX key, checksum and version (for an
+    old-opset model, its upgraded copy's key and checksum), and the bundle's normalisation when the
+    deployment applies it, are copied into the deployment so that an inference request needs no
+    registry read of the model. Its API key is returned once; only its hash is stored. A model ONNX
+    Runtime cannot serve (``servable`` false on its record) is refused, at creation and at
+    activation, with 409 ``MODEL_NOT_SERVABLE``; its downloads and export stay available.
 
 Every change of status is recorded in the deployment's history with who made it, and announced:
 a deployment that becomes active (created, or activated) emits ``Deployment Activated``, one that
