@@ -330,3 +330,11 @@ def test_the_endpoint_serves_the_upgraded_copy_and_checks_its_sha256(
         assert status == 422 and answer["error"]["code"] == "CHECKSUM_MISMATCH", answer
     finally:
         use_serving_deps(None)
+
+
+def test_a_serving_check_that_runs_out_of_memory_leaves_the_model_not_servable(tmp_path: Path) -> None:
+    path, report = verified(tmp_path, reference_bundle(onnx_backend_model("test_AvgPool2d")))
+    tight = BundleLimits(structural_memory_bytes=96 * 1024 * 1024)  # too little for onnxruntime itself
+    check = check_serving(path, report.structure, limits=tight, workdir=tmp_path)
+    assert not check.servable and check.upgrade is None
+    assert "GRAPH_TOO_COMPLEX" in (check.reason or "") and "memory" in (check.reason or "")

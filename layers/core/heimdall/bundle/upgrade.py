@@ -43,7 +43,7 @@ from typing import Any
 
 from heimdall.bundle.models import SamplePrediction
 from heimdall.bundle.structural import StructuralReport, run_checking_worker
-from heimdall.errors import ConfigurationError, GraphTooComplex
+from heimdall.errors import BundleError, ConfigurationError
 from heimdall.manifest import Tolerances
 from heimdall.registry import OpsetUpgrade
 from heimdall.settings import BundleLimits
@@ -93,8 +93,8 @@ def check_serving(
 
     ``force`` upgrades to ``target_opset`` even when the model loads (the offline ``bundle upgrade``).
     The upgraded model is written under ``workdir``. A model that is not servable is a result, not an
-    error; a check that runs out of memory or time says so as the reason. ``ConfigurationError``
-    (onnx or onnxruntime missing) and errors about the file itself (size, sha256) are raised.
+    error; a check that runs out of memory or time, or refuses the model, says so as the reason.
+    ``ConfigurationError`` (onnx or onnxruntime missing, the worker cannot start) is raised.
     """
     out = workdir / f"model.opset{target_opset}.onnx"
     checkable = checkable_samples(samples, structure)
@@ -122,8 +122,11 @@ def check_serving(
     }
     try:
         report = run_checking_worker(SERVING_WORKER_MODULE, request, limits, what="serving check")
-    except GraphTooComplex as exc:  # out of memory or time: the model stays importable, not servable
-        return ServingCheck(servable=False, reason=exc.message, from_opset=structure.opset)
+    except BundleError as exc:
+        # Out of memory or time, or a refusal the structural pass did not foresee: the model passed
+        # that pass, so it stays importable, and is not servable for this reason.
+        reason = f"the serving check refused the model ({exc.code}): {exc.message}"
+        return ServingCheck(servable=False, reason=reason[:1024], from_opset=structure.opset)
     return _parse_report(report, out)
 
 
