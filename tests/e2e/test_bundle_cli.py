@@ -28,11 +28,15 @@ from heimdall.bundle.dialects import Dialect
 from heimdall.bundle.signing import generate_key_pair, load_private_key
 from heimdall.samples import (
     SEED_FALLBACKS,
+    ReferenceModel,
     legacy_bundle_metadata,
     localization_net_onnx,
+    onnx_backend_model,
     padded_onnx,
+    reference_bundle,
     sample_bundle,
     sample_bundle_metadata,
+    unconvertible_onnx,
 )
 
 ERROR_LINE = "error {code}: "
@@ -144,7 +148,19 @@ def test_version_and_help() -> None:
     assert version.stdout.startswith("heimdall ")
     listing = heimdall("bundle", "--help")
     assert listing.returncode == 0
-    for command in ("inspect", "verify", "extract-onnx", "pack", "migrate", "sign", "keygen", "diff", "demo"):
+    commands = (
+        "inspect",
+        "verify",
+        "extract-onnx",
+        "pack",
+        "migrate",
+        "upgrade",
+        "sign",
+        "keygen",
+        "diff",
+        "demo",
+    )
+    for command in commands:
         assert command in listing.stdout
 
 
@@ -611,6 +627,69 @@ def test_keygen_sign_then_verify(corpus: Corpus, tmp_path: Path) -> None:
     assert report["graph"]["opset"] == 17
     assert [o["name"] for o in report["graph"]["outputs"]] == ["positions", "uncertainties"]
     assert_error(heimdall("bundle", "verify", signed, "--trusted-key", corpus.alice_pub), "BAD_SIGNATURE")
+
+
+# --- upgrade ---------------------------------------------------------------------------------------
+
+
+def test_upgrade_converts_an_old_opset_model_which_then_gives_the_reference_outputs(
+    corpus: Corpus, tmp_path: Path
+) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    model = onnx_backend_model("test_BatchNorm2d_eval")
+    source, signed, out = (
+        tmp_path / "bn.heimdall",
+        tmp_path / "bn-signed.heimdall",
+        tmp_path / "bn17.heimdall",
+    )
+    source.write_bytes(reference_bundle(model))
+    assert heimdall("bundle", "sign", source, "--key", corpus.alice_key, "-o", signed).returncode == 0
+    before = signed.read_bytes()
+
+    result = heimdall("bundle", "upgrade", signed, "--opset", "17", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "6 -> 17" in result.stdout and "1 checked" in result.stdout
+    assert "dropped: the ONNX bytes changed" in result.stdout
+    assert signed.read_bytes() == before  # the source is left as it was
+
+    verified = heimdall("bundle", "verify", out, "--json")
+    assert verified.returncode == 0, verified.stderr
+    report = json_out(verified)
+    assert report["graph"]["opset"] == 17 and report["signature"] == "unsigned"
+    assert report["onnx_sha256"] != hashlib.sha256(model.onnx).hexdigest()
+    extracted = tmp_path / "bn17.onnx"
+    assert heimdall("bundle", "extract-onnx", out, "-o", extracted).returncode == 0
+    session = ort.InferenceSession(str(extracted), providers=["CPUExecutionProvider"])
+    (got,) = session.run(list(model.outputs), model.inputs)
+    np.testing.assert_allclose(got, next(iter(model.outputs.values())), rtol=1e-4, atol=1e-5)
+
+    again = heimdall(
+        "bundle", "upgrade", source, "--opset", "17", "-o", tmp_path / "again.heimdall", "--json"
+    )
+    assert again.returncode == 0, again.stderr
+    answer = json_out(again)
+    assert answer["onnx_sha256"] == report["onnx_sha256"] and answer["signature_dropped"] is False
+    assert answer["upgrade"]["result"] == "upgraded" and answer["upgrade"]["samples_checked"] == 1
+
+
+def test_upgrade_that_fails_writes_nothing(tmp_path: Path) -> None:
+    unconvertible = tmp_path / "unconvertible.heimdall"
+    unconvertible.write_bytes(
+        reference_bundle(ReferenceModel("x", unconvertible_onnx(), {}, {}), with_samples=False)
+    )
+    model = onnx_backend_model("test_AvgPool2d")
+    wrong = tmp_path / "wrong-samples.heimdall"
+    off = {name: value * 2 + 1 for name, value in model.outputs.items()}
+    wrong.write_bytes(reference_bundle(ReferenceModel(model.name, model.onnx, model.inputs, off)))
+    out = tmp_path / "out.heimdall"
+    for source, says in ((unconvertible, "cannot convert"), (wrong, "disagrees with sample")):
+        result = heimdall("bundle", "upgrade", source, "--opset", "17", "-o", out)
+        assert_error(result, "UPGRADE_FAILED")
+        assert says in result.stderr and not out.exists()
+    not_above = heimdall("bundle", "upgrade", wrong, "--opset", "6", "-o", out)
+    assert not_above.returncode == 2 and "opset 6" in not_above.stderr and not out.exists()
 
 
 # --- diff ------------------------------------------------------------------------------------------

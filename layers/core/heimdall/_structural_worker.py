@@ -46,7 +46,7 @@ import json
 import os
 import resource
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -79,6 +79,15 @@ class _State:
 
 def main() -> int:
     """Run one structural check as described in the module docstring; return the exit status."""
+    return serve(_check)
+
+
+def serve(check: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+    """Read one request, apply its limits, run ``check`` on it, write its one result line.
+
+    The protocol and the limits of every checking child process (this module's structural check, and
+    :mod:`heimdall._serving_worker`'s): ``check`` returns the report, or raises a typed error.
+    """
     result_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints (ours or a native library's) go to stderr, not into the result
     out = os.fdopen(result_fd, "w", encoding="utf-8")
@@ -87,7 +96,7 @@ def main() -> int:
     try:
         request = json.loads(sys.stdin.buffer.read(_MAX_REQUEST_BYTES))
         _apply_limits(int(request["memory_bytes"]), int(request["cpu_seconds"]))
-        outcome = {"ok": True, "report": _check(request)}
+        outcome = {"ok": True, "report": check(request)}
     except MemoryError:
         # Build nothing here: the traceback still holds the frames (and the model) alive.
         out_of_memory = True

@@ -111,6 +111,12 @@ class BadSignature(BundleError):
     http_status = 422
 
 
+class UpgradeFailed(BundleError):
+    """A model's ONNX could not be upgraded to a newer opset: conversion, load or sample check failed."""
+
+    code = "UPGRADE_FAILED"
+
+
 class ConfigurationError(HeimdallError):
     """An environment variable or option has a value we cannot use."""
 
@@ -238,6 +244,12 @@ class NoExportPackage(ConflictError):
     """A model without an export package (an imported model) asked for what only a package holds."""
 
     code = "NO_EXPORT_PACKAGE"
+
+
+class ModelNotServable(ConflictError):
+    """A model ONNX Runtime cannot serve (it does not load, or its opset upgrade failed): no endpoint."""
+
+    code = "MODEL_NOT_SERVABLE"
 
 
 class DeploymentInactive(ConflictError):

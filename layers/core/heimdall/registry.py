@@ -81,6 +81,7 @@ __all__ = [
     "JobStatus",
     "MetricsSummary",
     "ModelRecord",
+    "OpsetUpgrade",
     "Page",
     "PendingUpload",
     "Registry",
@@ -182,6 +183,32 @@ class MetricsSummary(BaseModel):
     onnx_speedup_factor: float | None = None
 
 
+class OpsetUpgrade(BaseModel):
+    """An indexed model's ONNX converted to a newer default-domain opset so that ONNX Runtime loads it.
+
+    Made at indexing when ONNX Runtime refuses the model as stamped because it no longer implements an
+    operator at that opset (:mod:`heimdall.bundle.upgrade`). ``result`` is ``upgraded`` when the copy
+    converted, passed the structural pass, loaded in ONNX Runtime and agreed with the bundle's sample
+    predictions (``samples_checked`` of them, worst error ``max_abs_error``); otherwise it names the
+    step that failed and ``message`` says why. The upgraded copy (``onnx_key``, ``onnx_sha256``,
+    ``onnx_size_bytes``) is what platform endpoints serve; the original stays what export returns.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    from_opset: int = Field(ge=0, le=1000)
+    to_opset: int = Field(ge=1, le=1000)
+    #: The tool that converted, with its version (``onnx.version_converter (onnx 1.23.2)``).
+    converter: str = Field(max_length=256)
+    result: Literal["upgraded", "convert_failed", "load_failed", "samples_failed"]
+    onnx_key: str | None = Field(default=None, max_length=1024)
+    onnx_sha256: Sha256Hex | None = None
+    onnx_size_bytes: int | None = Field(default=None, ge=0)
+    samples_checked: int = Field(default=0, ge=0)
+    max_abs_error: float | None = None
+    message: str | None = Field(default=None, max_length=1024)
+
+
 class ModelRecord(_Record):
     """An indexed model version: exported by one of our jobs, or imported from someone's bundle.
 
@@ -211,6 +238,20 @@ class ModelRecord(_Record):
     metrics: MetricsSummary = Field(default_factory=MetricsSummary)
     #: The export job that produced the model (exports only).
     export_job_id: str | None = Field(default=None, max_length=128)
+    #: Whether ONNX Runtime can serve the model (as stamped, or its ``opset_upgrade``); when false,
+    #: ``not_servable_reason`` says why and no platform endpoint of it is created. Records indexed
+    #: before this check existed read as servable.
+    servable: bool = True
+    not_servable_reason: str | None = Field(default=None, max_length=1024)
+    #: The conversion to a newer opset, when indexing had to try one (successful or not).
+    opset_upgrade: OpsetUpgrade | None = None
+
+    def served_onnx(self) -> tuple[str | None, str | None]:
+        """The key and sha256 of the ONNX model an endpoint serves: the upgraded copy, if any."""
+        upgrade = self.opset_upgrade
+        if upgrade is not None and upgrade.result == "upgraded" and upgrade.onnx_key:
+            return upgrade.onnx_key, upgrade.onnx_sha256
+        return self.onnx_key, self.onnx_sha256
 
     def model_post_init(self, __context: Any) -> None:
         """An unset display name is the model name (with the import suffix for imports)."""

@@ -12,12 +12,15 @@ from __future__ import annotations
 import copy
 import random
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from heimdall import __version__
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
+    import numpy as np
     from onnx import ModelProto, TensorProto
 
 #: Shapes of the sample localization net (DESIGN §4), batch fixed to 1 as bundles declare it.
@@ -363,6 +366,138 @@ def sample_bundle(
     return out.getvalue()
 
 
+# --- old-opset models: real ones from ONNX's backend tests, and crafted ones -------------------------
+
+#: Models of the ``onnx`` package's own backend test data (``pytorch-converted``) stamped with opset 6
+#: whose operators ONNX Runtime no longer implements at that version (``BatchNormalization(6)``,
+#: ``AveragePool(1)``): a session cannot be created from them, and ``onnx.version_converter`` makes
+#: them load and give the reference outputs.
+OLD_OPSET_BACKEND_MODELS = (
+    "test_BatchNorm2d_eval",
+    "test_BatchNorm3d_momentum_eval",
+    "test_BatchNorm1d_3d_input_eval",
+    "test_AvgPool2d",
+    "test_AvgPool1d_stride",
+    "test_AvgPool3d_stride1_pad0_gpu_input",
+)
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """A model with inputs and the outputs it must give for them, by the graph's own names."""
+
+    name: str
+    onnx: bytes
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+def onnx_backend_model(name: str, *, suite: str = "pytorch-converted") -> ReferenceModel:
+    """``name`` from the installed ``onnx`` package's backend test data: its ``model.onnx`` bytes
+    (unchanged) and ``test_data_set_0``'s inputs and reference outputs."""
+    import onnx  # noqa: PLC0415 - keep the core layer free of numpy/onnx at import time
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    folder = Path(onnx.__file__).parent / "backend" / "test" / "data" / suite / name
+    data = (folder / "model.onnx").read_bytes()
+    graph = onnx.load_model_from_string(data).graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    input_names = [v.name for v in graph.input if v.name not in initializers]
+    output_names = [v.name for v in graph.output]
+
+    def tensors(prefix: str, names: list[str]) -> dict[str, np.ndarray]:
+        files = sorted((folder / "test_data_set_0").glob(f"{prefix}_*.pb"))
+        if len(files) != len(names):
+            raise ValueError(f"{name}: {len(files)} {prefix} files for {len(names)} graph {prefix}s")
+        return {n: numpy_helper.to_array(onnx.load_tensor(str(f))) for n, f in zip(names, files, strict=True)}
+
+    return ReferenceModel(name, data, tensors("input", input_names), tensors("output", output_names))
+
+
+def unconvertible_onnx() -> bytes:
+    """An opset-6 model ONNX Runtime cannot load (``BatchNormalization(6)``) and the version converter
+    cannot upgrade: it also uses ``Affine``, an experimental operator with no schema to convert from.
+    It passes ``onnx.checker.check_model(full_check=True)`` (the structural pass)."""
+    from onnx import TensorProto, helper  # noqa: PLC0415
+
+    batch_norm = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["t"], is_test=1)
+    return _old_opset_model([batch_norm, helper.make_node("Affine", ["t"], ["y"])], TensorProto.FLOAT)
+
+
+def unloadable_after_upgrade_onnx() -> bytes:
+    """An opset-6 model the converter upgrades but ONNX Runtime still cannot load: ``LRN`` on
+    ``double`` has no ONNX Runtime kernel at any opset."""
+    from onnx import TensorProto, helper  # noqa: PLC0415
+
+    return _old_opset_model([helper.make_node("LRN", ["x"], ["y"], size=3)], TensorProto.DOUBLE)
+
+
+def _old_opset_model(nodes: list[Any], elem_type: int) -> bytes:
+    """``nodes`` (``x`` → ``y``, ``[1, 3, 4, 4]``, with per-channel initializers ``s b m v``) at opset 6."""
+    import numpy as np  # noqa: PLC0415
+    from onnx import helper, numpy_helper  # noqa: PLC0415
+
+    dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    used = {name for node in nodes for name in node.input}
+    initializers = [
+        numpy_helper.from_array(np.full(3, value, dtype=dtype), name)
+        for name, value in (("s", 1.0), ("b", 0.0), ("m", 0.0), ("v", 1.0))
+        if name in used
+    ]
+    shape = [1, 3, 4, 4]
+    graph = helper.make_graph(
+        nodes,
+        "old_opset",
+        [helper.make_tensor_value_info("x", elem_type, shape)],
+        [helper.make_tensor_value_info("y", elem_type, shape)],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=4)
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+def reference_bundle(reference: ReferenceModel, *, with_samples: bool = True, **overrides: Any) -> bytes:
+    """A valid bundle of ``reference.onnx`` whose metadata describes its graph (opset, shapes); with
+    ``with_samples`` its one sample prediction carries the model's inputs (``input_metadata``) and
+    reference outputs (``prediction``) by the graph's names, which lets an opset upgrade be checked.
+    ``overrides`` go to :func:`sample_bundle_metadata` (e.g. ``model={"model_name": ...}``)."""
+    return sample_bundle(reference.onnx, **_graph_metadata(reference, with_samples=with_samples, **overrides))
+
+
+def _graph_metadata(reference: ReferenceModel, *, with_samples: bool, **overrides: Any) -> dict[str, Any]:
+    import onnx  # noqa: PLC0415
+
+    proto = onnx.load_model_from_string(reference.onnx)
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+    def shape(value: Any) -> list[int | str]:
+        dims = value.type.tensor_type.shape.dim
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or -1) for d in dims]
+
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    first_input = next(v for v in proto.graph.input if v.name not in initializers)
+    described: dict[str, Any] = {
+        "model": {
+            "model_name": reference.name.replace("_", "-").strip("-"),
+            "architecture": "onnx_backend_test",
+            "onnx_opset": opset,
+            "input_shape": shape(first_input),
+            "output_shape": [shape(v) for v in proto.graph.output],
+        },
+        "sample_predictions": [
+            {
+                "sample_id": str(uuid.uuid5(_SAMPLE_NAMESPACE, reference.name)),
+                "input_metadata": {name: value.tolist() for name, value in reference.inputs.items()},
+                "prediction": {name: value.tolist() for name, value in reference.outputs.items()},
+            }
+        ]
+        if with_samples
+        else None,
+    }
+    return _merge(described, overrides)
+
+
 def legacy_bundle_metadata(
     onnx_bytes: bytes | None = None,
     *,
@@ -554,10 +689,17 @@ __all__ = [
     "LOCALIZATION_OUTPUTS",
     "LOCALIZATION_OUTPUT_SHAPE",
     "LOCALIZATION_PARAMETERS",
+    "OLD_OPSET_BACKEND_MODELS",
     "PRODUCER_NAME",
     "SEED_FALLBACKS",
+    "ReferenceModel",
     "legacy_bundle_metadata",
     "localization_net_onnx",
+    "onnx_backend_model",
     "padded_onnx",
+    "reference_bundle",
+    "sample_bundle",
     "sample_bundle_metadata",
+    "unconvertible_onnx",
+    "unloadable_after_upgrade_onnx",
 ]

@@ -36,6 +36,7 @@ from heimdall.registry import (
     MetricsSummary,
     ModelRecord,
     Name,
+    OpsetUpgrade,
     PendingUpload,
     RecordId,
     Sha256Hex,
@@ -94,6 +95,16 @@ class ModelOut(_Out):
     components: list[str]
     metrics: MetricsSummary
     export_job_id: str | None
+    servable: bool = Field(
+        description="Whether ONNX Runtime serves the model (as stamped, or its opset_upgrade): a "
+        "platform_endpoint of a model that is not is refused with 409 MODEL_NOT_SERVABLE."
+    )
+    not_servable_reason: str | None
+    opset_upgrade: OpsetUpgrade | None = Field(
+        description="The conversion to a newer opset indexing made because ONNX Runtime no longer "
+        "implements the model's operators at its opset; endpoints serve the upgraded copy, exports "
+        "return the original ONNX (onnx_sha256)."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -501,7 +512,7 @@ ERROR_RESPONSES: Mapping[int, tuple[str, str]] = {
     409: (
         "Conflict",
         "The record is not in a state that allows this (CONFLICT, INVALID_TRANSITION, NOT_READY, "
-        "NO_CHECKPOINT, NO_EXPORT_PACKAGE, DEPLOYMENT_INACTIVE)",
+        "NO_CHECKPOINT, NO_EXPORT_PACKAGE, DEPLOYMENT_INACTIVE, MODEL_NOT_SERVABLE)",
     ),
     413: (
         "PayloadTooLarge",

@@ -255,11 +255,28 @@ def check_declared(report: StructuralReport, model: ModelInfo) -> None:
 
 
 def _run_worker(request: dict[str, Any], limits: BundleLimits) -> StructuralReport:
+    report = run_checking_worker(WORKER_MODULE, request, limits)
+    try:
+        return StructuralReport.from_dict(report)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"the structural check worker returned a malformed report: {exc}") from None
+
+
+def run_checking_worker(
+    module: str, request: dict[str, Any], limits: BundleLimits, *, what: str = "structural check"
+) -> dict[str, Any]:
+    """Run ``python -m module`` on ``request`` under the structural check's limits; its report.
+
+    ``module`` speaks the protocol of :func:`heimdall._structural_worker.serve` (one JSON request on
+    stdin, one result line on stdout). A refusal is raised as the typed error it names; a child that
+    ran out of time or memory, or crashed, as ``GraphTooComplex`` (``what`` names the check in the
+    message); one that cannot start or import heimdall as ``ConfigurationError``.
+    """
     memory_mib = limits.structural_memory_bytes / MIB
     try:
         completed = subprocess.run(
             # -P: do not put the current directory on sys.path (a stray onnx.py there must not load).
-            [sys.executable, "-P", "-m", WORKER_MODULE],
+            [sys.executable, "-P", "-m", module],
             input=json.dumps(request).encode(),
             capture_output=True,
             timeout=limits.structural_timeout_s,
@@ -268,34 +285,33 @@ def _run_worker(request: dict[str, Any], limits: BundleLimits) -> StructuralRepo
         )
     except subprocess.TimeoutExpired:
         raise GraphTooComplex(
-            f"checking the model took longer than the structural check's time limit of "
+            f"checking the model took longer than the {what}'s time limit of "
             f"{limits.structural_timeout_s:g} s (structural_timeout_s)",
             limit="structural_timeout_s",
         ) from None
     except OSError as exc:
-        raise ConfigurationError(f"cannot start the structural check worker: {exc}") from None
+        raise ConfigurationError(f"cannot start the {what} worker: {exc}") from None
 
     result = _parse_result(completed.stdout)
     if result is not None:
         if result.get("ok") is True:
-            try:
-                return StructuralReport.from_dict(result["report"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ConfigurationError(
-                    f"the structural check worker returned a malformed report: {exc}"
-                ) from None
+            report = result.get("report")
+            if not isinstance(report, dict):
+                raise ConfigurationError(f"the {what} worker returned a malformed report: {report!r:.200}")
+            return report
         raise _error_from(result)
 
     stderr_tail = completed.stderr[-2000:].decode("utf-8", "replace").strip()
     logger.warning(
-        "structural check worker exited with status %s and no result; stderr tail: %s",
+        "%s worker exited with status %s and no result; stderr tail: %s",
+        what,
         completed.returncode,
         stderr_tail,
     )
     status = completed.returncode
     if status == -signal.SIGXCPU:
         raise GraphTooComplex(
-            f"checking the model used more CPU time than the structural check's time limit of "
+            f"checking the model used more CPU time than the {what}'s time limit of "
             f"{limits.structural_timeout_s:g} s (structural_timeout_s)",
             limit="structural_timeout_s",
         )
@@ -305,9 +321,9 @@ def _run_worker(request: dict[str, Any], limits: BundleLimits) -> StructuralRepo
     else:
         cause = "most likely it ran out of memory"
     if "No module named" in stderr_tail and "heimdall" in stderr_tail:
-        raise ConfigurationError(f"the structural check worker cannot import heimdall ({how})")
+        raise ConfigurationError(f"the {what} worker cannot import heimdall ({how})")
     raise GraphTooComplex(
-        f"the structural check {how} without a result; {cause} under its limit of {memory_mib:.0f} MiB "
+        f"the {what} {how} without a result; {cause} under its limit of {memory_mib:.0f} MiB "
         f"(structural_memory_bytes)",
         limit="structural_memory_bytes",
         exit_status=status,
@@ -418,4 +434,4 @@ def _show(shape: Any) -> str:
     return "[" + ", ".join(_show_dim(d) for d in shape) + "]"
 
 
-__all__ = ["StructuralReport", "TensorSpec", "check_declared", "check_structure"]
+__all__ = ["StructuralReport", "TensorSpec", "check_declared", "check_structure", "run_checking_worker"]

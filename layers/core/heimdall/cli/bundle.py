@@ -46,16 +46,18 @@ from heimdall.bundle.signing import (
     load_trusted_key,
 )
 from heimdall.bundle.structural import StructuralReport, TensorSpec, check_structure
+from heimdall.bundle.upgrade import ServingCheck, check_serving
 from heimdall.bundle.verify import VerificationReport, verify_bundle
 from heimdall.bundle.writer import WriteResult, write_bundle
 from heimdall.cli.options import Description, NoConfig, NoMetrics, NoNormalization, NoSamples, NumSamples
-from heimdall.errors import HeimdallError, InvalidBundle, TooLarge
+from heimdall.errors import HeimdallError, InvalidBundle, TooLarge, UpgradeFailed
 from heimdall.settings import MIB, BundleLimits, get_settings
 
 bundle_app = typer.Typer(
     name="bundle",
     help=(
-        "Offline tools for .heimdall bundles: inspect, verify, extract, pack, migrate, sign, diff.\n\n"
+        "Offline tools for .heimdall bundles: inspect, verify, extract, pack, migrate, upgrade, sign, "
+        "diff.\n\n"
         "Exit codes: 0 success, 1 a failed check or operation (error code and message on stderr), "
         "2 usage error."
     ),
@@ -672,6 +674,111 @@ def migrate(
             table,
             "source signature",
             "[yellow]dropped: the canonical form changed what it covered; re-sign[/]",
+            markup=True,
+        )
+    _out.print(table)
+
+
+# --- upgrade ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    """What ``upgrade`` read, checked and wrote."""
+
+    before: ReadResult
+    check: ServingCheck
+    written: WriteResult
+
+
+def upgrade_file(source: Path, output: Path, *, opset: int, limits: BundleLimits) -> UpgradeResult:
+    """Write ``source`` with its ONNX model converted to ``opset`` (the serving check of
+    :mod:`heimdall.bundle.upgrade`, forced): the bundle must verify, the converted model must pass the
+    structural pass, load in ONNX Runtime and agree with the bundle's sample predictions that carry
+    the model's inputs. The declared opset and integrity follow the new model; a signature no longer
+    matches and is dropped. Nothing is written when any step fails (``UpgradeFailed``)."""
+    with tempfile.TemporaryDirectory(prefix="heimdall-upgrade-") as tmp:
+        model = Path(tmp) / "model.onnx"
+        report = verify_bundle(source, limits=limits, onnx_out=model)
+        if not report.valid or report.read is None or report.structure is None:
+            raise _error_for(
+                report.code or "INVALID_BUNDLE", report.message or "invalid bundle", report.field
+            )
+        before, structure = report.read, report.structure
+        if opset <= structure.opset:
+            raise typer.BadParameter(
+                f"the model is at opset {structure.opset}; give an opset above it", param_hint="--opset"
+            )
+        check = check_serving(
+            model,
+            structure,
+            limits=limits,
+            workdir=Path(tmp),
+            samples=before.bundle.sample_predictions,
+            target_opset=opset,
+            force=True,
+        )
+        if check.upgraded is None:
+            raise UpgradeFailed(check.reason or f"the model could not be upgraded to opset {opset}")
+        declared = before.bundle.model.model_copy(update={"onnx_opset": opset})
+        bundle = before.bundle.model_copy(update={"model": declared})
+        written = write_bundle(bundle, check.upgraded, output, compress=before.compressed)
+    return UpgradeResult(before, check, written)
+
+
+@bundle_app.command()
+def upgrade(
+    file: BundleFile,
+    opset: Annotated[
+        int,
+        typer.Option("--opset", min=1, max=1000, metavar="N", help="The default-domain opset to convert to."),
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", dir_okay=False, help="The upgraded bundle to write.")
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Convert a bundle's ONNX model to a newer opset (onnx.version_converter) and write a new bundle.
+
+    The converted model must pass the structural pass, load in ONNX Runtime and agree with the
+    bundle's sample predictions that carry the model's inputs (input_metadata and prediction by the
+    graph's tensor names; |error| <= 1e-5 + 1e-4 x |expected|). Exit 0 written; 1 the bundle is
+    invalid or the upgrade failed (UPGRADE_FAILED, nothing written); 2 usage error (an opset not
+    above the model's). A signature is dropped: the model bytes changed; re-sign the output.
+    """
+    _check_output(output)
+    result = upgrade_file(file, output, opset=opset, limits=_limits())
+    upgrade_done = result.check.upgrade
+    assert upgrade_done is not None  # upgrade_file raised otherwise
+    dropped = result.before.bundle.signature is not None
+    if as_json:
+        _print_json(
+            {
+                "output": str(output),
+                "onnx_sha256_before": result.before.onnx_sha256,
+                "onnx_sha256": result.written.onnx_sha256,
+                "upgrade": upgrade_done.model_dump(mode="json", exclude={"onnx_key"}),
+                "signature_dropped": dropped,
+            }
+        )
+        return
+    table = _render_written("[bold green]upgraded[/]", output, result.written)
+    _row(table, "opset", f"{upgrade_done.from_opset} -> {upgrade_done.to_opset} ({upgrade_done.converter})")
+    _row(table, "source onnx sha256", result.before.onnx_sha256)
+    checked = upgrade_done.samples_checked
+    _row(
+        table,
+        "samples",
+        f"{checked} checked, max abs error {upgrade_done.max_abs_error:.3g}"
+        if checked and upgrade_done.max_abs_error is not None
+        else "none carry the model's inputs: loaded in ONNX Runtime only",
+    )
+    if dropped:
+        _row(
+            table,
+            "source signature",
+            "[yellow]dropped: the ONNX bytes changed, so it no longer holds; re-sign with "
+            "`heimdall bundle sign`[/]",
             markup=True,
         )
     _out.print(table)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from heimdall.bundle.models import ComponentSelection
+from heimdall.bundle.upgrade import check_serving, upgraded_key
 from heimdall.bundle.verify import verify_bundle
 from heimdall.bundle.writer import write_bundle
 from heimdall.errors import ObjectNotFound, RecordNotFound, TooLarge
@@ -141,6 +142,27 @@ def _index(
         )
         bundle_key = f"{INDEXED_BUNDLE_PREFIX}{model_id}/{name}-v{version}.heimdall"
         deps.store.upload(onnx_path, f"s3://{artifacts}/{onnx_key}", content_type="application/octet-stream")
+        # Whether ONNX Runtime serves the model, upgrading an old opset when it must (issue 11): the
+        # upgraded copy goes beside the original, which stays what export returns.
+        assert report.structure is not None  # a valid report has one
+        serving = check_serving(
+            onnx_path,
+            report.structure,
+            limits=deps.limits,
+            workdir=Path(tmp),
+            samples=read.bundle.sample_predictions,
+        )
+        upgrade = serving.upgrade
+        if upgrade is not None and serving.upgraded is not None:
+            prefix = IMPORTED_ONNX_PREFIX if imported else EXPORTED_ONNX_PREFIX
+            upgrade = upgrade.model_copy(
+                update={"onnx_key": upgraded_key(prefix, model_id, upgrade.to_opset)}
+            )
+            deps.store.upload(
+                serving.upgraded,
+                f"s3://{artifacts}/{upgrade.onnx_key}",
+                content_type="application/octet-stream",
+            )
         # The stored copy carries this registry's id; an import also keeps the sender's id.
         renamed = {"model_id": model_id} | ({"original_model_id": bundle.model.model_id} if imported else {})
         stored = bundle.model_copy(update={"model": bundle.model.model_copy(update=renamed)})
@@ -166,6 +188,9 @@ def _index(
         components=bundle.components(),
         metrics=MetricsSummary.model_validate(metrics.model_dump() if metrics else {}),
         export_job_id=job_id,
+        servable=serving.servable,
+        not_servable_reason=serving.reason,
+        opset_upgrade=upgrade,
     )
     deps.registry.put_model(record)
     if job_id is not None:

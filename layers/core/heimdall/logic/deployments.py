@@ -18,10 +18,12 @@ it, or for an imported model its default export job, else its newest succeeded o
     package's checksums and its Triton config against the model's declared I/O first), stored under
     ``deployments/{deployment_id}/`` in the artifacts bucket and handed out as a presigned GET.
 ``platform_endpoint``
-    the model served by the inference function. The model's ONNX key, checksum and version, and the
-    bundle's normalisation when the deployment applies it, are copied into the deployment so that an
-    inference request needs no registry read of the model. Its API key is returned once; only its
-    hash is stored.
+    the model served by the inference function. The model's ONNX key, checksum and version (for an
+    old-opset model, its upgraded copy's key and checksum), and the bundle's normalisation when the
+    deployment applies it, are copied into the deployment so that an inference request needs no
+    registry read of the model. Its API key is returned once; only its hash is stored. A model ONNX
+    Runtime cannot serve (``servable`` false on its record) is refused, at creation and at
+    activation, with 409 ``MODEL_NOT_SERVABLE``; its downloads and export stay available.
 
 Every change of status is recorded in the deployment's history with who made it, and announced:
 a deployment that becomes active (created, or activated) emits ``Deployment Activated``, one that
@@ -59,6 +61,7 @@ from heimdall.deployments import (
 from heimdall.errors import (
     DeploymentInactive,
     HeimdallError,
+    ModelNotServable,
     NoExportPackage,
     NotReady,
     RequestInvalid,
@@ -200,11 +203,12 @@ def create_deployment(deps: ApiDeps, owner: str, request: CreateDeployment) -> C
     key_record: ApiKeyRecord | None = None
     if isinstance(options, EndpointOptions):
         model = _served_model(source)
+        _require_servable(model)
         key_id, api_key = generate_api_key()
         key_record = ApiKeyRecord(
             key_id=key_id, deployment_id=deployment_id, owner=owner, key_hash=hash_api_key(api_key)
         )
-        onnx_key, onnx_sha256 = model.onnx_key, model.onnx_sha256
+        onnx_key, onnx_sha256 = model.served_onnx()  # an old opset's upgraded copy, if it has one
         if options.precision != "fp32":
             onnx_key, onnx_sha256 = _built_model(deps, source, options.precision)
         base.update(
@@ -299,6 +303,18 @@ def _served_model(source: _Source) -> ModelRecord:
     if not model.onnx_key or not model.onnx_sha256:
         raise NotReady(f"model {model.model_id} has no stored ONNX model to serve", field="model_id")
     return model
+
+
+def _require_servable(model: ModelRecord) -> None:
+    """Refuse an endpoint of a model ONNX Runtime cannot serve (found when it was indexed)."""
+    if not model.servable:
+        why = model.not_servable_reason or "ONNX Runtime cannot load it"
+        raise ModelNotServable(
+            f"model {model.model_id} cannot be served: {why}; its bundle and ONNX file can still be "
+            "downloaded or exported",
+            field="model_id",
+            reason=model.not_servable_reason,
+        )
 
 
 #: The keys of the export builds an endpoint may serve (the inference function may read these).
@@ -532,7 +548,11 @@ def _revision(moment: datetime) -> str:
 
 
 def activate_deployment(deps: ApiDeps, owner: str, deployment_id: str) -> Deployment:
-    """INACTIVE → ACTIVE (ConflictError if it is active already)."""
+    """INACTIVE → ACTIVE (ConflictError if it is active already; ModelNotServable for an endpoint of a
+    model ONNX Runtime cannot serve)."""
+    current = get_deployment(deps, owner, deployment_id)
+    if current.type is DeploymentType.PLATFORM_ENDPOINT:
+        _require_servable(deps.registry.get_model(owner, current.model_id))
     return _transition(deps, owner, deployment_id, DeploymentStatus.ACTIVE)
 
 

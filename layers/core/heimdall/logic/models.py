@@ -101,7 +101,8 @@ def delete_model(deps: ApiDeps, owner: str, model_id: str) -> None:
             field="model_id",
         )
     artifacts = deps.names.artifacts_bucket
-    keys = [key for key in (record.onnx_key, record.bundle_key) if key]
+    upgraded = record.opset_upgrade.onnx_key if record.opset_upgrade is not None else None
+    keys = [key for key in (record.onnx_key, upgraded, record.bundle_key) if key]
     keys += deps.store.list_keys(f"s3://{artifacts}/{_downloads_prefix(record.model_id)}")
     for key in keys:
         deps.store.delete(f"s3://{artifacts}/{key}")
