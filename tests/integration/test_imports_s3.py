@@ -18,7 +18,7 @@ import httpx
 import pytest
 from botocore.credentials import RefreshableCredentials
 
-from heimdall.adapters.s3 import MAX_PRESIGN_S, SIGV4, S3ObjectStore, effective_ttl, safe_filename
+from heimdall.adapters.s3 import MAX_PRESIGN_S, SIGV4, S3ObjectStore, effective_ttl
 from heimdall.errors import ObjectNotFound
 
 
@@ -104,5 +104,3 @@ def test_effective_ttl_clamps_to_seven_days_and_the_credentials() -> None:
     assert effective_ttl(10 * MAX_PRESIGN_S, None, now) == MAX_PRESIGN_S
     assert effective_ttl(900, now + timedelta(minutes=5), now) == 240
     assert effective_ttl(900, now - timedelta(minutes=5), now) == 1
-    assert safe_filename("../../etc/passwd") == "_.._etc_passwd"
-    assert safe_filename("") == "download"

@@ -63,7 +63,9 @@ def test_an_uploaded_bundle_is_imported(deps: BundleDeps) -> None:
     original_id = sample_bundle_metadata()["model"]["model_id"]
     assert model.model_id != original_id and model.original_model_id == original_id
     assert model.display_name == "localization-net-v1 (Imported)" and model.source == "import"
-    assert model.onnx_key == f"imported/{model.model_id}/localization-net-v1-1.0.0.onnx"
+    # Keys are made of ids: the sender's name is never part of one.
+    assert model.onnx_key == f"imported/{model.model_id}/model.onnx"
+    assert model.bundle_key == f"bundles/{model.model_id}/bundle.heimdall"
     assert model.onnx_sha256 == hashlib.sha256(ONNX).hexdigest()
     store = deps.store
     assert isinstance(store, InMemoryObjectStore)

@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from heimdall.adapters.aws import make_client
 from heimdall.errors import ObjectNotFound, StorageError, TooLarge
-from heimdall.storage import ObjectInfo
+from heimdall.storage import ObjectInfo, content_disposition
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -32,7 +32,6 @@ SIGV4 = Config(signature_version="s3v4")
 MAX_PRESIGN_S = 7 * 24 * 3600
 #: Margin kept before the signing credentials expire (a URL signed by expired credentials is refused).
 _CREDENTIALS_MARGIN_S = 60
-_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ ()+-]")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -146,7 +145,7 @@ class S3ObjectStore:
         bucket, key = parse_s3_uri(uri)
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if filename:
-            params["ResponseContentDisposition"] = f'attachment; filename="{safe_filename(filename)}"'
+            params["ResponseContentDisposition"] = content_disposition(filename)
         ttl, expires_at = self._lifetime(expires_s)
         with _translated(uri):
             url = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
@@ -211,9 +210,3 @@ def effective_ttl(requested_s: int, credentials_expiry: datetime | None, now: da
         remaining = int((credentials_expiry - now).total_seconds()) - _CREDENTIALS_MARGIN_S
         ttl = max(1, min(ttl, remaining))
     return ttl
-
-
-def safe_filename(filename: str) -> str:
-    """``filename`` with only characters that need no quoting in a Content-Disposition header."""
-    cleaned = _UNSAFE_FILENAME.sub("_", filename).strip(" .") or "download"
-    return cleaned[:200]

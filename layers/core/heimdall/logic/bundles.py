@@ -40,6 +40,9 @@ IMPORTED_ONNX_PREFIX = "imported/"
 BUNDLE_ONNX_PREFIXES = (EXPORTED_ONNX_PREFIX, IMPORTED_ONNX_PREFIX)
 #: Where indexed bundles live in the artifacts bucket (an imported model's export job reads its own).
 INDEXED_BUNDLE_PREFIX = "bundles/"
+#: The file names under a model's folder (``{prefix}{model_id}/``): fixed, never the sender's names.
+ONNX_FILE = "model.onnx"
+BUNDLE_FILE = "bundle.heimdall"
 
 
 @dataclass(frozen=True)
@@ -134,12 +137,10 @@ def _index(
         # Derived from the object's identity: a retried delivery produces the same ids and keys.
         model_id = str(uuid.uuid5(_ID_NAMESPACE, claim))
         name, version = bundle.model.model_name, bundle.model.version
-        onnx_key = (
-            f"{IMPORTED_ONNX_PREFIX}{model_id}/{name}-{version}.onnx"
-            if imported
-            else f"{EXPORTED_ONNX_PREFIX}{model_id}/model.onnx"
-        )
-        bundle_key = f"{INDEXED_BUNDLE_PREFIX}{model_id}/{name}-v{version}.heimdall"
+        # Keys are made of ids only: the sender's name and version are display text (metadata, and
+        # Content-Disposition when downloaded), never part of a key.
+        onnx_key = f"{IMPORTED_ONNX_PREFIX if imported else EXPORTED_ONNX_PREFIX}{model_id}/{ONNX_FILE}"
+        bundle_key = f"{INDEXED_BUNDLE_PREFIX}{model_id}/{BUNDLE_FILE}"
         deps.store.upload(onnx_path, f"s3://{artifacts}/{onnx_key}", content_type="application/octet-stream")
         # The stored copy carries this registry's id; an import also keeps the sender's id.
         renamed = {"model_id": model_id} | ({"original_model_id": bundle.model.model_id} if imported else {})
