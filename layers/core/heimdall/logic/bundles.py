@@ -7,7 +7,10 @@ model copied to its place in the artifacts bucket, a canonical copy of the bundl
 
 Idempotent per (bucket, key, version id or etag): the same notification delivered twice, concurrently
 or an hour later is indexed once, and the ids derived from that identity are the same on a retry. A
-storage or event failure releases the claim and propagates, so SQS delivers the message again.
+storage or event failure releases the claim and propagates, so SQS delivers the message again; a
+refusal of the bundle (a typed bundle or validation error), at whatever stage, is a rejection: a retry
+could never succeed. Keys are made of ids only (``imported/{model_id}/model.onnx``,
+``bundles/{model_id}/bundle.heimdall``): the sender's names are display text.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from pydantic import ValidationError
+
 from heimdall.bundle.models import ComponentSelection
 from heimdall.bundle.verify import verify_bundle
 from heimdall.bundle.writer import write_bundle
-from heimdall.errors import ObjectNotFound, RecordNotFound, TooLarge
+from heimdall.errors import BundleError, InvalidBundle, ObjectNotFound, RecordNotFound, TooLarge
 from heimdall.events import BundleIndexed, BundleRejected, EventSink, idempotency_key_for, make_event
 from heimdall.logic.once import run_once
 from heimdall.notifications import ObjectCreated
@@ -90,12 +95,29 @@ def index_bundle(
     claim = idempotency_key_for("index-bundle", obj.bucket, obj.key, obj.revision)
 
     def work() -> IndexOutcome:
-        outcome = _index(obj, deps, owner=owner, job_id=job_id, claim=claim, selection=selection)
+        try:
+            outcome = _index(obj, deps, owner=owner, job_id=job_id, claim=claim, selection=selection)
+        except (BundleError, ValidationError) as exc:
+            # However late it comes, a refusal of the bundle itself cannot succeed on a retry: it is
+            # quarantined and the notification succeeds. Storage, registry and bus failures propagate.
+            code, message, field = _refusal(exc)
+            outcome = reject_bundle(
+                obj, deps, owner=owner, job_id=job_id, code=code, message=message, field=field
+            )
         if settle is not None and outcome.status in ("indexed", "rejected"):
             settle(outcome)
         return outcome
 
     return run_once(deps.registry, claim, work, duplicate=IndexOutcome(status="duplicate"))
+
+
+def _refusal(exc: BundleError | ValidationError) -> tuple[str, str, str | None]:
+    """(code, message, field) of a refusal raised while indexing."""
+    if isinstance(exc, BundleError):
+        return exc.code, exc.message, exc.field
+    first = exc.errors(include_url=False)[:1]
+    field = ".".join(str(part) for part in first[0]["loc"]) if first else None
+    return InvalidBundle.code, f"the bundle cannot be recorded: {first[0]['msg'] if first else exc}", field
 
 
 def _index(
