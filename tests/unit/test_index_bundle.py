@@ -52,8 +52,10 @@ def deps(tmp_path: Path) -> BundleDeps:
     )
 
 
-def drop(deps: BundleDeps, key: str, data: bytes, bucket: str = "ingest", etag: str = "e1") -> ObjectCreated:
+def drop(deps: BundleDeps, key: str, data: bytes, bucket: str = "ingest") -> ObjectCreated:
+    """Write ``data`` and return its notification (with the object's real ETag, as S3 sends it)."""
     deps.store.put_bytes(f"s3://{bucket}/{key}", data)
+    etag = deps.store.head(f"s3://{bucket}/{key}").etag
     return ObjectCreated(bucket=bucket, key=key, size=len(data), etag=etag, version_id=None, sequencer=None)
 
 
@@ -92,8 +94,8 @@ def test_the_same_notification_twice_indexes_once(deps: BundleDeps) -> None:
     assert (first.status, second.status) == ("indexed", "duplicate")
     assert len(deps.registry.list_models("alice").items) == 1
     assert isinstance(deps.events, InMemoryEventSink) and len(deps.events.events) == 1
-    # A new upload of the same key (new etag) is a new import.
-    again = drop(deps, "bundles/a.heimdall", bundle_bytes(), etag="e2")
+    # A new upload of the same key (other bytes: a new etag) is a new import.
+    again = drop(deps, "bundles/a.heimdall", bundle_bytes() + b"\n")
     assert index_bundle(again, deps, owner="alice").status == "indexed"
 
 

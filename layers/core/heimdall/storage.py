@@ -83,7 +83,21 @@ class ObjectStore(Protocol):
 
     def read_range(self, uri: str, start: int, length: int) -> bytes: ...
 
-    def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int: ...
+    def download(
+        self,
+        uri: str,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        version_id: str | None = None,
+        etag: str | None = None,
+    ) -> int:
+        """Download ``uri`` to ``path`` (TooLarge over ``max_bytes``, checked before reading it).
+
+        ``version_id``, else ``etag``, names the revision to read: when another write replaced it,
+        ObjectNotFound, never the other bytes.
+        """
+        ...
 
     def get_bytes(self, uri: str, *, max_bytes: int) -> bytes: ...
 
@@ -147,8 +161,18 @@ class InMemoryObjectStore:
     def read_range(self, uri: str, start: int, length: int) -> bytes:
         return self._get(uri)[start : start + length]
 
-    def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int:
+    def download(
+        self,
+        uri: str,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        version_id: str | None = None,
+        etag: str | None = None,
+    ) -> int:
         data = self._get(uri)
+        if etag is not None and version_id is None and self.head(uri).etag != etag:
+            raise ObjectNotFound(f"{uri} was replaced: revision {etag} is gone")
         if max_bytes is not None and len(data) > max_bytes:
             raise TooLarge(f"{uri} is {len(data)} bytes, over the limit of {max_bytes}")
         path.parent.mkdir(parents=True, exist_ok=True)

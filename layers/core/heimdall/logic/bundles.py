@@ -84,19 +84,23 @@ def index_bundle(
     job_id: str | None = None,
     selection: ComponentSelection | None = None,
     settle: Callable[[IndexOutcome], object] | None = None,
+    max_bytes: int | None = None,
 ) -> IndexOutcome:
     """Validate and index the bundle ``obj``; ``job_id`` marks a conversion job's own bundle.
 
     ``selection`` keeps only some optional components in the stored bundle and the record (an import
     that asked for a subset); the ONNX model is never changed. ``settle`` is called with the outcome
     (indexed or rejected) as part of the work, so that it is retried with it and a duplicate delivery
-    finds it done.
+    finds it done. ``max_bytes`` lowers the size limit (what a presigned upload form promised); only
+    the revision the notification names is read.
     """
-    claim = idempotency_key_for("index-bundle", obj.bucket, obj.key, obj.revision)
+    claim = index_claim(obj)
 
     def work() -> IndexOutcome:
         try:
-            outcome = _index(obj, deps, owner=owner, job_id=job_id, claim=claim, selection=selection)
+            outcome = _index(
+                obj, deps, owner=owner, job_id=job_id, claim=claim, selection=selection, max_bytes=max_bytes
+            )
         except (BundleError, ValidationError) as exc:
             # However late it comes, a refusal of the bundle itself cannot succeed on a retry: it is
             # quarantined and the notification succeeds. Storage, registry and bus failures propagate.
@@ -109,6 +113,11 @@ def index_bundle(
         return outcome
 
     return run_once(deps.registry, claim, work, duplicate=IndexOutcome(status="duplicate"))
+
+
+def index_claim(obj: ObjectCreated) -> str:
+    """The at-most-once key of one object revision's indexing (indexed or rejected, once)."""
+    return idempotency_key_for("index-bundle", obj.bucket, obj.key, obj.revision)
 
 
 def _refusal(exc: BundleError | ValidationError) -> tuple[str, str, str | None]:
@@ -128,6 +137,7 @@ def _index(
     job_id: str | None,
     claim: str,
     selection: ComponentSelection | None,
+    max_bytes: int | None = None,
 ) -> IndexOutcome:
     imported = job_id is None
     source_uri = f"s3://{obj.bucket}/{obj.key}"
@@ -136,7 +146,10 @@ def _index(
         local = Path(tmp) / "bundle"
         onnx_path = Path(tmp) / "model.onnx"
         try:
-            deps.store.download(source_uri, local, max_bytes=deps.limits.max_bundle_bytes)
+            limit = min(deps.limits.max_bundle_bytes, max_bytes or deps.limits.max_bundle_bytes)
+            deps.store.download(
+                source_uri, local, max_bytes=limit, version_id=obj.version_id, etag=obj.etag or None
+            )
         except ObjectNotFound:
             # Deleted (or overwritten and replaced by a newer notification) before we got to it:
             # nothing to index, and retrying would not bring it back.
