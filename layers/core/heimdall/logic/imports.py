@@ -7,6 +7,12 @@ runs synchronously on the object it has just stored. An object under
 component selection, and the record is settled INDEXED or REJECTED); any other bundle, or an import id
 no record claims, is a direct drop owned by ``drop_owner``.
 
+One import, one upload: the first object revision under an import's key claims the record (a
+conditional write); a later upload with the same presigned form is refused (``UPLOAD_REUSED``:
+quarantined, ``Bundle Rejected``, never indexed). Only the revision the notification names is read, and
+no more bytes than the form promised (``upload_max_bytes``): neither the emulator, which ignores the
+form's ``content-length-range``, nor S3 is relied on for that.
+
 The inline path claims the object's identity (bucket, key, revision) before the S3 notification of the
 same write reaches the ingest function, which then finds a duplicate. Should the notification win the
 race, the inline call waits a little for the record it settles.
