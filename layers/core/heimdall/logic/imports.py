@@ -168,8 +168,8 @@ def index_import(obj: ObjectCreated, deps: BundleDeps) -> IndexOutcome:
 def _refuse_reuse(obj: ObjectCreated, deps: BundleDeps, record: ImportRecord) -> IndexOutcome:
     """Quarantine and announce another upload under an import an earlier upload claimed (once)."""
     message = (
-        f"import {record.import_id} already has its upload (revision {record.upload_revision}); an "
-        "upload form takes one bundle: start another import for another one"
+        f"import {record.import_id} already has its upload; an upload form takes one bundle: start "
+        "another import for another one"
     )
 
     def refuse() -> IndexOutcome:
