@@ -10,6 +10,7 @@ import base64
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -18,8 +19,8 @@ import httpx
 import pytest
 from botocore.credentials import RefreshableCredentials
 
-from heimdall.adapters.s3 import MAX_PRESIGN_S, SIGV4, S3ObjectStore, effective_ttl, safe_filename
-from heimdall.errors import ObjectNotFound
+from heimdall.adapters.s3 import MAX_PRESIGN_S, SIGV4, S3ObjectStore, effective_ttl
+from heimdall.errors import ObjectNotFound, TooLarge
 
 
 @pytest.fixture
@@ -53,16 +54,39 @@ def test_a_presigned_post_uploads_the_file_with_its_form_fields(store: S3ObjectS
 def test_a_presigned_get_downloads_the_object_as_an_attachment(store: S3ObjectStore, bucket: str) -> None:
     uri = f"s3://{bucket}/downloads/m-1/b-1/net-v1.0.0.heimdall"
     store.put_bytes(uri, b"bundle bytes", content_type="application/json")
-    url, expires_at = store.presign_get(uri, expires_s=600, filename='net-v1.0.0.heimdall"\r\n')
+    url, expires_at = store.presign_get(uri, expires_s=600, filename='Сеть "v1"\r\n.heimdall')
     query = parse_qs(urlparse(url).query)
     assert query["X-Amz-Expires"] == ["600"] and query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
-    assert query["response-content-disposition"] == ['attachment; filename="net-v1.0.0.heimdall___"']
+    # An ASCII fallback, and the name itself in RFC 5987 form (controls replaced, nothing unescaped).
+    header = (
+        'attachment; filename="____ _v1___.heimdall"; '
+        "filename*=UTF-8''%D0%A1%D0%B5%D1%82%D1%8C%20%22v1%22__.heimdall"
+    )
+    assert query["response-content-disposition"] == [header]
     assert timedelta(seconds=550) < expires_at - datetime.now(UTC) <= timedelta(seconds=600)
     response = httpx.get(url, timeout=30)
     assert response.status_code == 200 and response.content == b"bundle bytes"
-    assert response.headers["content-disposition"] == 'attachment; filename="net-v1.0.0.heimdall___"'
+    assert response.headers["content-disposition"] == header
     plain, _ = store.presign_get(uri, expires_s=60)
     assert "response-content-disposition" not in parse_qs(urlparse(plain).query)
+
+
+def test_a_download_reads_only_the_revision_it_names(
+    store: S3ObjectStore, bucket: str, tmp_path: Path
+) -> None:
+    uri = f"s3://{bucket}/bundles/imports/i-1/bundle.heimdall"
+    store.put_bytes(uri, b"first upload")
+    first = store.head(uri).etag
+    assert store.download(uri, tmp_path / "a", etag=first) == 12
+    assert (tmp_path / "a").read_bytes() == b"first upload"
+    store.put_bytes(uri, b"second upload, other bytes")  # the same key written again
+    with pytest.raises(ObjectNotFound):  # If-Match: never the other bytes in its place
+        store.download(uri, tmp_path / "b", etag=first)
+    assert not (tmp_path / "b").exists()
+    assert store.download(uri, tmp_path / "c", etag=store.head(uri).etag) == 26
+    with pytest.raises(TooLarge):  # the size is checked before anything is read
+        store.download(uri, tmp_path / "d", max_bytes=10, etag=store.head(uri).etag)
+    assert not (tmp_path / "d").exists()
 
 
 def test_delete_removes_the_object_and_a_missing_one_is_no_error(store: S3ObjectStore, bucket: str) -> None:
@@ -104,5 +128,3 @@ def test_effective_ttl_clamps_to_seven_days_and_the_credentials() -> None:
     assert effective_ttl(10 * MAX_PRESIGN_S, None, now) == MAX_PRESIGN_S
     assert effective_ttl(900, now + timedelta(minutes=5), now) == 240
     assert effective_ttl(900, now - timedelta(minutes=5), now) == 1
-    assert safe_filename("../../etc/passwd") == "_.._etc_passwd"
-    assert safe_filename("") == "download"

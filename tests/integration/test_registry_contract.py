@@ -496,6 +496,45 @@ def test_import_records_are_owner_scoped_and_terminal_states_stick(registry: Reg
         registry.get_import(owner, "no-such-import")
 
 
+def test_the_first_upload_revision_claims_an_import_and_keeps_it(registry: Registry, owner: str) -> None:
+    record = ImportRecord(
+        owner=owner,
+        import_id=_id("i"),
+        bucket="ingest",
+        key="bundles/imports/x/bundle.heimdall",
+        upload_max_bytes=4096,
+    )
+    registry.put_import(record)
+    claimed = registry.claim_import_upload(record.import_id, "etag-a")
+    assert claimed is not None and claimed.upload_revision == "etag-a" and claimed.upload_max_bytes == 4096
+    assert registry.claim_import_upload(record.import_id, "etag-a") == claimed  # a redelivery
+    assert registry.claim_import_upload(record.import_id, "etag-b") is None  # a reused form
+    # Settling the import (a put of the claimed record) keeps the claim.
+    registry.put_import(claimed.model_copy(update={"status": ImportStatus.INDEXED, "model_id": "m-1"}))
+    assert registry.get_import(owner, record.import_id).upload_revision == "etag-a"
+    assert registry.claim_import_upload(record.import_id, "etag-b") is None
+    with pytest.raises(RecordNotFound):
+        registry.claim_import_upload("no-such-import", "etag-a")
+
+
+def test_of_concurrent_upload_revisions_exactly_one_claims_the_import(registry: Registry, owner: str) -> None:
+    record = ImportRecord(owner=owner, import_id=_id("i"), bucket="ingest", key="k")
+    registry.put_import(record)
+    results: dict[str, ImportRecord | None] = {}
+
+    def claim(revision: str) -> None:
+        results[revision] = registry.claim_import_upload(record.import_id, revision)
+
+    threads = [threading.Thread(target=claim, args=(f"etag-{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [revision for revision, claimed in results.items() if claimed is not None]
+    assert len(winners) == 1
+    assert registry.get_import(owner, record.import_id).upload_revision == winners[0]
+
+
 def test_an_import_is_found_by_id_alone_with_its_component_selection(registry: Registry, owner: str) -> None:
     # The ingest function learns only the import id (from the object key) and needs owner and selection.
     record = ImportRecord(

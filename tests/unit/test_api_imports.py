@@ -283,3 +283,81 @@ def test_an_import_body_in_invalid_base64_is_400(api: Api) -> None:
         IMPORT, body=base64.b64encode(b"{}").decode() + "!", content_type="application/gzip", is_base64=True
     )
     assert reply.status == 400 and reply.error["code"] == "BAD_REQUEST"
+
+
+# --------------------------------------------------------------------------------------------------
+# One import, one upload
+
+
+def start_presigned(api: Api, size_bytes: int) -> str:
+    reply = api.post(IMPORT, json_body={"size_bytes": size_bytes}, query={"mode": "presigned"})
+    assert reply.status == 202, reply.body
+    return str(reply.json()["import"]["import_id"])
+
+
+def form_upload(deps: ApiDeps, import_id: str, data: bytes) -> ObjectCreated:
+    """What the form POST does: (over)write the import's key; its notification names that revision."""
+    uri = f"s3://ingest/{import_key(import_id)}"
+    deps.store.put_bytes(uri, data)
+    info = deps.store.head(uri)
+    return ObjectCreated(
+        bucket="ingest",
+        key=import_key(import_id),
+        size=info.size,
+        etag=info.etag,
+        version_id=None,
+        sequencer=None,
+    )
+
+
+def quarantined_reasons(deps: ApiDeps) -> list[dict[str, Any]]:
+    store = store_of(deps)
+    return [json.loads(data) for (_, key), data in store.objects.items() if key.endswith("/reason.json")]
+
+
+def test_a_presigned_form_used_twice_gives_one_model_and_refuses_the_second_upload(
+    api: Api, deps: ApiDeps
+) -> None:
+    first_data, second_data = bundle_bytes(), bundle_bytes() + b"\n"  # the same size class, other bytes
+    import_id = start_presigned(api, len(second_data))
+    first = form_upload(deps, import_id, first_data)
+    assert index_import(first, deps.bundle_deps()).status == "indexed"
+    second = form_upload(deps, import_id, second_data)  # the form is still valid: S3 takes it
+    refused = index_import(second, deps.bundle_deps())
+    assert (refused.status, refused.code) == ("rejected", "UPLOAD_REUSED")
+    # The same notification again (SQS redelivers) is a duplicate, not a second rejection.
+    assert index_import(second, deps.bundle_deps()).status == "duplicate"
+
+    assert len(deps.registry.list_models("alice").items) == 1
+    followed = api.get(f"/api/v1/imports/{import_id}").json()
+    assert followed["status"] == "INDEXED"
+    assert followed["model_id"] == deps.registry.list_models("alice").items[0].model_id
+    assert store_of(deps).objects[("artifacts", refused.quarantine_key or "")] == second_data
+    (reason,) = quarantined_reasons(deps)
+    assert reason["code"] == "UPLOAD_REUSED" and reason["revision"] == second.revision
+    assert events_of(deps).detail_types == [DetailType.BUNDLE_INDEXED, DetailType.BUNDLE_REJECTED]
+
+
+def test_an_upload_overwritten_before_it_was_read_indexes_neither(api: Api, deps: ApiDeps) -> None:
+    data = bundle_bytes()
+    import_id = start_presigned(api, len(data) + 1)
+    first = form_upload(deps, import_id, data)
+    second = form_upload(deps, import_id, data + b"\n")  # lands before the first notification is read
+    assert index_import(first, deps.bundle_deps()).status == "gone"  # its bytes are not there any more
+    assert index_import(second, deps.bundle_deps()).code == "UPLOAD_REUSED"
+    followed = api.get(f"/api/v1/imports/{import_id}").json()
+    assert (followed["status"], followed["error_code"]) == ("REJECTED", "UPLOAD_REUSED")
+    assert deps.registry.list_models("alice").items == []
+
+
+def test_an_upload_over_the_size_the_form_promised_is_rejected_before_it_is_read(
+    api: Api, deps: ApiDeps
+) -> None:
+    data = bundle_bytes()
+    import_id = start_presigned(api, 1000)  # the emulator ignores content-length-range: so may S3 one day
+    assert deps.registry.get_import("alice", import_id).upload_max_bytes == 1000
+    outcome = index_import(form_upload(deps, import_id, data), deps.bundle_deps())
+    assert (outcome.status, outcome.code) == ("rejected", "TOO_LARGE")
+    followed = api.get(f"/api/v1/imports/{import_id}").json()
+    assert (followed["status"], followed["error_code"]) == ("REJECTED", "TOO_LARGE")
+    assert deps.registry.list_models("alice").items == []

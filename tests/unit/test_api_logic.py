@@ -209,18 +209,19 @@ def test_an_export_too_large_for_a_response_is_a_presigned_redirect(deps: ApiDep
         f"memory://artifacts/downloads/{model.model_id}/{exported.bundle_id}/"
     )
     assert "filename=localization-net-v1-v1.0.0.heimdall" in exported.redirect_url
-    key = f"downloads/{model.model_id}/{exported.bundle_id}/{exported.filename}"
+    key = f"downloads/{model.model_id}/{exported.bundle_id}/bundle.heimdall"  # ids only
     stored = store_of(deps).objects[("artifacts", key)]
     assert len(stored) == exported.size_bytes > 1024
     assert read_bundle(stored).onnx_sha256 == ONNX_SHA256
 
 
-def test_export_refuses_a_long_description_and_sanitises_the_file_name(deps: ApiDeps) -> None:
+def test_export_refuses_a_long_description_and_makes_the_name_one_file_name(deps: ApiDeps) -> None:
     with pytest.raises(RequestInvalid) as caught:
         export_model(deps, "alice", "any", ExportOptions(ComponentSelection(), "x" * 1001), requested_by="a")
     assert caught.value.field == "description"
-    assert bundle_filename('net/../"evil"\r\n', "1.0 beta") == "net_.._evil_-v1.0_beta.heimdall"
-    assert bundle_filename("...", "") == "v.heimdall"
+    # One file name of display text (no path separators, no controls); the header is made safe apart.
+    assert bundle_filename('net/../"evil"\r\n', "1.0 beta") == 'net_.._"evil"__-v1.0 beta.heimdall'
+    assert bundle_filename("...", "") == "...-v.heimdall"
 
 
 def test_export_then_import_then_export_keeps_the_model_bytes(deps: ApiDeps) -> None:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from heimdall.bundle import parse_metadata, read_bundle, write_bundle
+from heimdall.errors import InvalidBundle, StorageError
 from heimdall.events import DetailType, EventPublishError, InMemoryEventSink
+from heimdall.logic import bundles as bundles_logic
 from heimdall.logic.bundles import BundleDeps, index_bundle
 from heimdall.notifications import ObjectCreated
 from heimdall.registry import ExportJob, InMemoryRegistry
@@ -50,8 +52,10 @@ def deps(tmp_path: Path) -> BundleDeps:
     )
 
 
-def drop(deps: BundleDeps, key: str, data: bytes, bucket: str = "ingest", etag: str = "e1") -> ObjectCreated:
+def drop(deps: BundleDeps, key: str, data: bytes, bucket: str = "ingest") -> ObjectCreated:
+    """Write ``data`` and return its notification (with the object's real ETag, as S3 sends it)."""
     deps.store.put_bytes(f"s3://{bucket}/{key}", data)
+    etag = deps.store.head(f"s3://{bucket}/{key}").etag
     return ObjectCreated(bucket=bucket, key=key, size=len(data), etag=etag, version_id=None, sequencer=None)
 
 
@@ -63,7 +67,9 @@ def test_an_uploaded_bundle_is_imported(deps: BundleDeps) -> None:
     original_id = sample_bundle_metadata()["model"]["model_id"]
     assert model.model_id != original_id and model.original_model_id == original_id
     assert model.display_name == "localization-net-v1 (Imported)" and model.source == "import"
-    assert model.onnx_key == f"imported/{model.model_id}/localization-net-v1-1.0.0.onnx"
+    # Keys are made of ids: the sender's name is never part of one.
+    assert model.onnx_key == f"imported/{model.model_id}/model.onnx"
+    assert model.bundle_key == f"bundles/{model.model_id}/bundle.heimdall"
     assert model.onnx_sha256 == hashlib.sha256(ONNX).hexdigest()
     store = deps.store
     assert isinstance(store, InMemoryObjectStore)
@@ -88,8 +94,8 @@ def test_the_same_notification_twice_indexes_once(deps: BundleDeps) -> None:
     assert (first.status, second.status) == ("indexed", "duplicate")
     assert len(deps.registry.list_models("alice").items) == 1
     assert isinstance(deps.events, InMemoryEventSink) and len(deps.events.events) == 1
-    # A new upload of the same key (new etag) is a new import.
-    again = drop(deps, "bundles/a.heimdall", bundle_bytes(), etag="e2")
+    # A new upload of the same key (other bytes: a new etag) is a new import.
+    again = drop(deps, "bundles/a.heimdall", bundle_bytes() + b"\n")
     assert index_bundle(again, deps, owner="alice").status == "indexed"
 
 
@@ -167,3 +173,51 @@ def test_an_oversized_bundle_is_rejected_without_reading_it(deps: BundleDeps) ->
     obj = drop(small, "bundles/big.heimdall", bundle_bytes())
     outcome = index_bundle(obj, small, owner="alice")
     assert (outcome.status, outcome.code) == ("rejected", "TOO_LARGE")
+
+
+@pytest.mark.parametrize("field", ["model_name", "version"])
+def test_a_name_with_a_line_feed_is_quarantined_naming_the_field(deps: BundleDeps, field: str) -> None:
+    document = json.loads(bundle_bytes())
+    document["model"][field] = "net\nv1"  # a writer that checks nothing (ours refuses such a name)
+    data = json.dumps(document).encode()
+    outcome = index_bundle(drop(deps, "bundles/lf.heimdall", data), deps, owner="alice")
+    assert (outcome.status, outcome.code, outcome.field) == ("rejected", "INVALID_BUNDLE", f"model.{field}")
+    assert f"model.{field}" in (outcome.message or "")
+    assert isinstance(deps.store, InMemoryObjectStore)
+    assert deps.store.objects[("artifacts", outcome.quarantine_key or "")] == data
+    assert deps.registry.list_models("alice").items == []
+    assert isinstance(deps.events, InMemoryEventSink)
+    assert deps.events.detail_types == [DetailType.BUNDLE_REJECTED]
+
+
+def test_a_typed_error_after_verification_is_a_rejection_not_a_retry(
+    deps: BundleDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry cannot help a bundle error however late it comes: quarantined, and the record succeeds."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise InvalidBundle("the canonical copy cannot be written", field="model")
+
+    monkeypatch.setattr(bundles_logic, "write_bundle", refuse)
+    obj = drop(deps, "bundles/late.heimdall", bundle_bytes())
+    outcome = index_bundle(obj, deps, owner="alice")
+    assert (outcome.status, outcome.code, outcome.field) == ("rejected", "INVALID_BUNDLE", "model")
+    assert outcome.quarantine_key and deps.registry.list_models("alice").items == []
+    assert isinstance(deps.events, InMemoryEventSink)
+    assert deps.events.detail_types == [DetailType.BUNDLE_REJECTED]
+    # Done once: the same notification again is a duplicate, not a second rejection.
+    assert index_bundle(obj, deps, owner="alice").status == "duplicate"
+
+
+def test_a_storage_failure_is_retried_not_rejected(deps: BundleDeps) -> None:
+    class Failing(InMemoryObjectStore):
+        def upload(self, path: Path, uri: str, *, content_type: str | None = None) -> None:
+            raise StorageError(f"S3 refused {uri}: SlowDown")
+
+    failing = Failing()
+    flaky = BundleDeps(**{**deps.__dict__, "store": failing})
+    obj = drop(flaky, "bundles/flaky.heimdall", bundle_bytes())
+    with pytest.raises(StorageError):
+        index_bundle(obj, flaky, owner="alice")
+    assert isinstance(deps.events, InMemoryEventSink) and deps.events.events == []
+    assert not [key for _, key in failing.objects if key.startswith("quarantine/")]

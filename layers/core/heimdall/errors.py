@@ -74,6 +74,13 @@ class TooLarge(BundleError):
     http_status = 413
 
 
+class UploadReused(BundleError):
+    """Another upload under an import that an earlier upload already claimed (a reused upload form)."""
+
+    code = "UPLOAD_REUSED"
+    http_status = 409
+
+
 class ChecksumMismatch(BundleError):
     """Declared sha256 or size disagree with the decoded model."""
 

@@ -376,6 +376,11 @@ class ImportRecord(_Record):
     components: list[str] | None = Field(default=None, max_length=16)
     #: When the presigned upload URL of a presigned import stops working (None for inline imports).
     upload_expires_at: datetime | None = None
+    #: The largest upload the presigned form promised to take (checked again when it is ingested).
+    upload_max_bytes: int | None = Field(default=None, ge=1)
+    #: The revision (version id, else ETag) of the object that claimed the import: one import, one
+    #: upload; any other revision under its key is refused (``UPLOAD_REUSED``).
+    upload_revision: str | None = Field(default=None, max_length=1024)
 
     @field_validator("upload_expires_at")
     @classmethod
@@ -738,6 +743,14 @@ class Registry(Protocol):
         """
         ...
 
+    def claim_import_upload(self, import_id: str, revision: str) -> ImportRecord | None:
+        """Let the object revision ``revision`` claim the import (atomically, the first one wins).
+
+        Returns the record as claimed: by this revision now, or by this revision before (a
+        redelivery). None when another revision holds it. RecordNotFound for an unknown import.
+        """
+        ...
+
     def claim_once(self, key: str, ttl_s: int) -> bool:
         """True the first time ``key`` is claimed (for ``ttl_s`` seconds), False while it is held.
 
@@ -1042,6 +1055,15 @@ class InMemoryRegistry:
     def get_import_any_owner(self, import_id: str) -> ImportRecord:
         with self._lock:
             return _owned(self._imports, import_id, None, what="import", field="import_id")
+
+    def claim_import_upload(self, import_id: str, revision: str) -> ImportRecord | None:
+        with self._lock:
+            record = _owned(self._imports, import_id, None, what="import", field="import_id")
+            if record.upload_revision not in (None, revision):
+                return None
+            claimed = record.model_copy(update={"upload_revision": revision})
+            self._imports[import_id] = claimed.model_copy(deep=True)
+            return claimed
 
     # idempotency --------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +29,38 @@ class Download:
     key: str
     size_bytes: int | None
     sha256: str | None
+
+
+#: What may stand in the quoted ASCII ``filename=`` fallback without escaping, in any client.
+_NOT_ASCII_SAFE = re.compile(r"[^A-Za-z0-9._ ()+-]")
+#: Characters RFC 5987 lets stand unencoded in ``filename*`` (attr-char, less ALPHA and DIGIT).
+_ATTR_CHARS = "!#$&+-.^_`|~"
+_MAX_FILENAME_CHARS = 200
+#: Unicode categories replaced in a download name: controls, format, surrogates, private use,
+#: unassigned, and line or paragraph separators.
+_NOT_IN_NAMES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def download_name(name: str) -> str:
+    """``name`` as one file name: path separators and characters that cannot be shown become ``_``."""
+    cleaned = "".join(
+        "_" if char in "/\\" or unicodedata.category(char) in _NOT_IN_NAMES else char for char in name
+    )
+    return cleaned.strip()[:_MAX_FILENAME_CHARS] or "download"
+
+
+def content_disposition(filename: str) -> str:
+    """An RFC 6266 ``attachment`` header value for ``filename`` (any text, a sender's name included).
+
+    ``filename="…"`` is an ASCII fallback with nothing to escape; when that changed the name,
+    ``filename*=UTF-8''…`` (RFC 5987 percent-encoding) carries the real one for clients that read it.
+    """
+    name = download_name(filename)
+    fallback = _NOT_ASCII_SAFE.sub("_", name).strip(" .") or "download"
+    header = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        header += f"; filename*=UTF-8''{quote(name, safe=_ATTR_CHARS, encoding='utf-8')}"
+    return header
 
 
 @dataclass(frozen=True)
@@ -49,7 +83,21 @@ class ObjectStore(Protocol):
 
     def read_range(self, uri: str, start: int, length: int) -> bytes: ...
 
-    def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int: ...
+    def download(
+        self,
+        uri: str,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        version_id: str | None = None,
+        etag: str | None = None,
+    ) -> int:
+        """Download ``uri`` to ``path`` (TooLarge over ``max_bytes``, checked before reading it).
+
+        ``version_id``, else ``etag``, names the revision to read: when another write replaced it,
+        ObjectNotFound, never the other bytes.
+        """
+        ...
 
     def get_bytes(self, uri: str, *, max_bytes: int) -> bytes: ...
 
@@ -113,8 +161,18 @@ class InMemoryObjectStore:
     def read_range(self, uri: str, start: int, length: int) -> bytes:
         return self._get(uri)[start : start + length]
 
-    def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int:
+    def download(
+        self,
+        uri: str,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        version_id: str | None = None,
+        etag: str | None = None,
+    ) -> int:
         data = self._get(uri)
+        if etag is not None and version_id is None and self.head(uri).etag != etag:
+            raise ObjectNotFound(f"{uri} was replaced: revision {etag} is gone")
         if max_bytes is not None and len(data) > max_bytes:
             raise TooLarge(f"{uri} is {len(data)} bytes, over the limit of {max_bytes}")
         path.parent.mkdir(parents=True, exist_ok=True)

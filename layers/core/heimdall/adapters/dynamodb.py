@@ -797,6 +797,30 @@ class DynamoRegistry:
             raise RecordNotFound(f"import {import_id} not found", field="import_id")
         return _decode(item, ImportRecord)
 
+    def claim_import_upload(self, import_id: str, revision: str) -> ImportRecord | None:
+        """The first revision claims the import (one conditional ``UpdateItem``); see the port."""
+        try:
+            response = _call(
+                self.client.update_item,
+                TableName=self.table_name,
+                Key=_import_key(import_id),
+                UpdateExpression="SET #revision = :revision",
+                # Records store an unset field as NULL: unclaimed is absent or NULL.
+                ConditionExpression=(
+                    "attribute_exists(PK) AND (attribute_not_exists(#revision) "
+                    "OR attribute_type(#revision, :null) OR #revision = :revision)"
+                ),
+                ExpressionAttributeNames={"#revision": "upload_revision"},
+                ExpressionAttributeValues={":revision": {"S": revision}, ":null": {"S": "NULL"}},
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except _ConditionFailed as failed:
+            if failed.item is None:
+                raise RecordNotFound(f"import {import_id} not found", field="import_id") from None
+            return None
+        return _decode(response["Attributes"], ImportRecord)
+
     # idempotency --------------------------------------------------------------------------------
 
     def claim_once(self, key: str, ttl_s: int) -> bool:

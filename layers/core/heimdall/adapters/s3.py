@@ -19,20 +19,21 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from heimdall.adapters.aws import make_client
 from heimdall.errors import ObjectNotFound, StorageError, TooLarge
-from heimdall.storage import ObjectInfo
+from heimdall.storage import ObjectInfo, content_disposition
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 _S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.*)$")
-_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+#: A revision asked for that is not there: replaced by a later write (412), or an unknown version.
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "NoSuchVersion", "412", "PreconditionFailed"}
+_DOWNLOAD_CHUNK = 1024 * 1024
 #: Signature v4 is the only one S3 accepts in newer regions, and the only one with an expiry we control.
 SIGV4 = Config(signature_version="s3v4")
 #: S3 refuses a SigV4 presigned URL that lives longer than 7 days.
 MAX_PRESIGN_S = 7 * 24 * 3600
 #: Margin kept before the signing credentials expire (a URL signed by expired credentials is refused).
 _CREDENTIALS_MARGIN_S = 60
-_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._ ()+-]")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -83,16 +84,37 @@ class S3ObjectStore:
             data: bytes = response["Body"].read(length)
         return data
 
-    def download(self, uri: str, path: Path, *, max_bytes: int | None = None) -> int:
-        """Download ``uri`` to ``path``; refuses objects over ``max_bytes``. Returns the size."""
+    def download(
+        self,
+        uri: str,
+        path: Path,
+        *,
+        max_bytes: int | None = None,
+        version_id: str | None = None,
+        etag: str | None = None,
+    ) -> int:
+        """Download ``uri`` to ``path``; refuses objects over ``max_bytes``. Returns the size.
+
+        ``version_id`` reads that version; else ``etag`` makes every request ``If-Match`` it, so a
+        later write of the same key is refused (ObjectNotFound) instead of being read in its place.
+        """
         bucket, key = parse_s3_uri(uri)
+        revision: dict[str, Any] = (
+            {"VersionId": version_id} if version_id else {"IfMatch": f'"{etag}"'} if etag else {}
+        )
         with _translated(uri):
-            head = self.client.head_object(Bucket=bucket, Key=key)
+            head = self.client.head_object(Bucket=bucket, Key=key, **revision)
             size = int(head["ContentLength"])
             if max_bytes is not None and size > max_bytes:
                 raise TooLarge(f"{uri} is {size} bytes, over the limit of {max_bytes}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.client.download_file(bucket, key, str(path))
+            if "IfMatch" in revision:  # the managed download cannot send If-Match: one streamed GET
+                response = self.client.get_object(Bucket=bucket, Key=key, IfMatch=revision["IfMatch"])
+                with path.open("wb") as out:
+                    for chunk in response["Body"].iter_chunks(_DOWNLOAD_CHUNK):
+                        out.write(chunk)
+            else:
+                self.client.download_file(bucket, key, str(path), ExtraArgs=revision or None)
         return size
 
     def get_bytes(self, uri: str, *, max_bytes: int) -> bytes:
@@ -146,7 +168,7 @@ class S3ObjectStore:
         bucket, key = parse_s3_uri(uri)
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if filename:
-            params["ResponseContentDisposition"] = f'attachment; filename="{safe_filename(filename)}"'
+            params["ResponseContentDisposition"] = content_disposition(filename)
         ttl, expires_at = self._lifetime(expires_s)
         with _translated(uri):
             url = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
@@ -211,9 +233,3 @@ def effective_ttl(requested_s: int, credentials_expiry: datetime | None, now: da
         remaining = int((credentials_expiry - now).total_seconds()) - _CREDENTIALS_MARGIN_S
         ttl = max(1, min(ttl, remaining))
     return ttl
-
-
-def safe_filename(filename: str) -> str:
-    """``filename`` with only characters that need no quoting in a Content-Disposition header."""
-    cleaned = _UNSAFE_FILENAME.sub("_", filename).strip(" .") or "download"
-    return cleaned[:200]

@@ -8,10 +8,12 @@ deliberately *not* a field here: it is streamed by the reader and writer, never 
 from __future__ import annotations
 
 import enum
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,6 +33,37 @@ ONNX_FIELD = "onnx_model_base64"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Text = Annotated[str, StringConstraints(max_length=65_536)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+#: Caps on a sender's model name and version (display text; README "The .heimdall bundle").
+MAX_MODEL_NAME_CHARS = 200
+MAX_VERSION_CHARS = 64
+#: Unicode categories no display name may hold: controls (Cc), format characters such as bidi
+#: overrides and zero-width ones (Cf), line and paragraph separators (Zl, Zp), surrogates (Cs).
+_NOT_DISPLAYABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def _display_text(cap: int) -> AfterValidator:
+    """A validator for sender text shown to people: non-blank, at most ``cap`` characters, and no
+    character that is not display text. Such text is never a key, a path or a raw header."""
+
+    def check(value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty or blank")
+        if len(value) > cap:
+            raise ValueError(f"is {len(value)} characters long; at most {cap} are allowed")
+        for position, char in enumerate(value):
+            if unicodedata.category(char) in _NOT_DISPLAYABLE:
+                raise ValueError(
+                    f"holds U+{ord(char):04X} at position {position}: control, format and separator "
+                    "characters cannot be part of a display name"
+                )
+        return value
+
+    return AfterValidator(check)
+
+
+ModelName = Annotated[str, _display_text(MAX_MODEL_NAME_CHARS)]
+ModelVersion = Annotated[str, _display_text(MAX_VERSION_CHARS)]
 
 
 class _Open(BaseModel):
@@ -60,8 +93,8 @@ class BundleMetadata(_Open):
 
 class ModelInfo(_Open):
     model_id: Name
-    model_name: Name
-    version: Name
+    model_name: ModelName
+    version: ModelVersion
     architecture: Name
     framework: Name = "pytorch"
     onnx_opset: int = Field(ge=1, le=1000)

@@ -57,6 +57,9 @@ DEFAULT_API_PORT = 3000
 DEFAULT_SWEEP_INTERVAL_S = 5.0
 REGION = "us-east-1"
 FUNCTIONS_DIR = Path(__file__).resolve().parents[4] / "functions"
+#: Receives before SQS moves a message to its dead-letter queue: template.yaml's IngestQueue redrive
+#: policy (tests/unit/test_template.py keeps the two equal); the local queues use it for both pumps.
+MAX_RECEIVE_COUNT = 5
 #: Paths the inference function serves (template.yaml: InferFunction's events), with no JWT authorizer.
 INFER_PREFIXES = ("/v1/",)
 FAKE_CREDENTIALS = {
@@ -219,6 +222,9 @@ class LocalStack:
         self.queue_urls: dict[str, str] = {}
         self.handled: dict[str, int] = {"ingest": 0, "job_state": 0, "sweep": 0}
         self.sweep_interval_s = sweep_interval_s
+        #: Handler invocations that raised (each one's messages went back to its queue; a failed sweep
+        #: waits for its next run).
+        self.handler_failures: dict[str, int] = {"ingest": 0, "job_state": 0, "sweep": 0}
         self.api_port = api_port
         self._api_tokens = api_tokens
         self.gateway: LocalGateway | None = None
@@ -374,7 +380,9 @@ class LocalStack:
                 QueueName=queue,
                 Attributes={
                     "VisibilityTimeout": "5",
-                    "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"}),
+                    "RedrivePolicy": json.dumps(
+                        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+                    ),
                 },
             )["QueueUrl"]
             arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
@@ -383,6 +391,7 @@ class LocalStack:
             events.put_rule(Name=f"heimdall-{self.stage}-{name}", EventPattern=json.dumps(pattern))
             events.put_targets(Rule=f"heimdall-{self.stage}-{name}", Targets=[{"Id": name, "Arn": arn}])
             self.queue_urls[name] = url
+            self.queue_urls[f"{name}-dlq"] = dlq_url
 
     def _post_default_bus(self, entry: dict[str, Any]) -> None:
         self.client("events").put_events(Entries=[entry])
@@ -390,11 +399,44 @@ class LocalStack:
     # --- the dispatcher --------------------------------------------------------------------------------
 
     def _receive(self, sqs: Any, name: str) -> list[dict[str, Any]]:
-        response = sqs.receive_message(
-            QueueUrl=self.queue_urls[name], MaxNumberOfMessages=10, WaitTimeSeconds=1, AttributeNames=["All"]
-        )
+        try:
+            response = sqs.receive_message(
+                QueueUrl=self.queue_urls[name],
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=1,
+                AttributeNames=["All"],
+            )
+        except Exception:  # the emulator going away (stop) or hiccuping: the loop must go on
+            if not self._stop.is_set():
+                logger.warning("receiving from the %s queue failed; retrying", name, exc_info=True)
+                time.sleep(0.5)
+            return []
         messages: list[dict[str, Any]] = response.get("Messages", [])
         return messages
+
+    def _settle(self, sqs: Any, name: str, messages: list[dict[str, Any]], failed: set[str]) -> None:
+        """Delete what was processed; hand what failed back to the queue at once.
+
+        A failed message is made visible again (as Lambda's SQS event source does after a failed
+        batch, without waiting out the visibility timeout); the queue's redrive policy
+        (:data:`MAX_RECEIVE_COUNT` receives) then moves one that keeps failing to the DLQ.
+        """
+        for message in messages:
+            with contextlib.suppress(Exception):  # a lost delete or release is a redelivery, not a crash
+                if message["MessageId"] in failed:
+                    sqs.change_message_visibility(
+                        QueueUrl=self.queue_urls[name],
+                        ReceiptHandle=message["ReceiptHandle"],
+                        VisibilityTimeout=0,
+                    )
+                else:
+                    sqs.delete_message(QueueUrl=self.queue_urls[name], ReceiptHandle=message["ReceiptHandle"])
+
+    def _failed(self, kind: str, messages: list[dict[str, Any]]) -> set[str]:
+        """Log and count a handler invocation that raised; all its messages failed."""
+        self.handler_failures[kind] += 1
+        logger.exception("the %s handler raised; its %d message(s) go back to the queue", kind, len(messages))
+        return {message["MessageId"] for message in messages}
 
     def _pump_ingest(self, module: ModuleType) -> None:
         handler = invoker(module)
@@ -404,32 +446,31 @@ class LocalStack:
             if not messages:
                 continue
             event = {"Records": [_sqs_record(m) for m in messages]}
-            with self._handler_lock:
-                response = handler(event, _Context("ingest"))
-            failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
-            for message in messages:
-                if message["MessageId"] not in failed:  # failures become visible again: SQS retries
-                    sqs.delete_message(
-                        QueueUrl=self.queue_urls["ingest"], ReceiptHandle=message["ReceiptHandle"]
-                    )
-            self.handled["ingest"] += len(messages)
+            try:
+                with self._handler_lock:
+                    response = handler(event, _Context("ingest"))
+                failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+            except Exception:
+                # Powertools raises when every record of a batch failed; in Lambda the whole batch is
+                # then retried. Here too: nothing is deleted, and the dispatcher goes on.
+                failed = self._failed("ingest", messages)
+            self._settle(sqs, "ingest", messages, failed)
+            self.handled["ingest"] += len(messages) - len(failed)
 
     def _pump_job_state(self, module: ModuleType) -> None:
         handler = invoker(module)
         sqs = self.client("sqs")
         while not self._stop.is_set():
             for message in self._receive(sqs, "job-state"):
+                failed: set[str] = set()
                 try:
                     with self._handler_lock:
                         handler(json.loads(message["Body"]), _Context("job_state"))
                 except Exception:
-                    # As Lambda's retry: the message becomes visible again and is delivered later.
-                    logger.warning("job-state handler failed; will retry", exc_info=True)
-                    continue
-                sqs.delete_message(
-                    QueueUrl=self.queue_urls["job-state"], ReceiptHandle=message["ReceiptHandle"]
-                )
-                self.handled["job_state"] += 1
+                    failed = self._failed("job_state", [message])  # as Lambda's retry, then the DLQ
+                self._settle(sqs, "job-state", [message], failed)
+                if not failed:
+                    self.handled["job_state"] += 1
 
     def _run_sweep(self, module: ModuleType) -> None:
         """The sweep function on its schedule, as EventBridge invokes it; a failed run is logged and the
@@ -441,6 +482,7 @@ class LocalStack:
                     handler(_scheduled_event(), _Context("sweep"))
             except Exception:
                 logger.warning("sweep failed; the next run tries again", exc_info=True)
+                self.handler_failures["sweep"] += 1
                 continue
             self.handled["sweep"] += 1
 

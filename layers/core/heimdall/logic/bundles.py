@@ -7,7 +7,10 @@ model copied to its place in the artifacts bucket, a canonical copy of the bundl
 
 Idempotent per (bucket, key, version id or etag): the same notification delivered twice, concurrently
 or an hour later is indexed once, and the ids derived from that identity are the same on a retry. A
-storage or event failure releases the claim and propagates, so SQS delivers the message again.
+storage or event failure releases the claim and propagates, so SQS delivers the message again; a
+refusal of the bundle (a typed bundle or validation error), at whatever stage, is a rejection: a retry
+could never succeed. Keys are made of ids only (``imported/{model_id}/model.onnx``,
+``bundles/{model_id}/bundle.heimdall``): the sender's names are display text.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from pydantic import ValidationError
+
 from heimdall.bundle.models import ComponentSelection
 from heimdall.bundle.upgrade import check_serving, upgraded_key
 from heimdall.bundle.verify import verify_bundle
 from heimdall.bundle.writer import write_bundle
-from heimdall.errors import ObjectNotFound, RecordNotFound, TooLarge
+from heimdall.errors import BundleError, InvalidBundle, ObjectNotFound, RecordNotFound, TooLarge
 from heimdall.events import BundleIndexed, BundleRejected, EventSink, idempotency_key_for, make_event
 from heimdall.logic.once import run_once
 from heimdall.notifications import ObjectCreated
@@ -41,6 +46,9 @@ IMPORTED_ONNX_PREFIX = "imported/"
 BUNDLE_ONNX_PREFIXES = (EXPORTED_ONNX_PREFIX, IMPORTED_ONNX_PREFIX)
 #: Where indexed bundles live in the artifacts bucket (an imported model's export job reads its own).
 INDEXED_BUNDLE_PREFIX = "bundles/"
+#: The file names under a model's folder (``{prefix}{model_id}/``): fixed, never the sender's names.
+ONNX_FILE = "model.onnx"
+BUNDLE_FILE = "bundle.heimdall"
 
 
 @dataclass(frozen=True)
@@ -77,23 +85,49 @@ def index_bundle(
     job_id: str | None = None,
     selection: ComponentSelection | None = None,
     settle: Callable[[IndexOutcome], object] | None = None,
+    max_bytes: int | None = None,
 ) -> IndexOutcome:
     """Validate and index the bundle ``obj``; ``job_id`` marks a conversion job's own bundle.
 
     ``selection`` keeps only some optional components in the stored bundle and the record (an import
     that asked for a subset); the ONNX model is never changed. ``settle`` is called with the outcome
     (indexed or rejected) as part of the work, so that it is retried with it and a duplicate delivery
-    finds it done.
+    finds it done. ``max_bytes`` lowers the size limit (what a presigned upload form promised); only
+    the revision the notification names is read.
     """
-    claim = idempotency_key_for("index-bundle", obj.bucket, obj.key, obj.revision)
+    claim = index_claim(obj)
 
     def work() -> IndexOutcome:
-        outcome = _index(obj, deps, owner=owner, job_id=job_id, claim=claim, selection=selection)
+        try:
+            outcome = _index(
+                obj, deps, owner=owner, job_id=job_id, claim=claim, selection=selection, max_bytes=max_bytes
+            )
+        except (BundleError, ValidationError) as exc:
+            # However late it comes, a refusal of the bundle itself cannot succeed on a retry: it is
+            # quarantined and the notification succeeds. Storage, registry and bus failures propagate.
+            code, message, field = _refusal(exc)
+            outcome = reject_bundle(
+                obj, deps, owner=owner, job_id=job_id, code=code, message=message, field=field
+            )
         if settle is not None and outcome.status in ("indexed", "rejected"):
             settle(outcome)
         return outcome
 
     return run_once(deps.registry, claim, work, duplicate=IndexOutcome(status="duplicate"))
+
+
+def index_claim(obj: ObjectCreated) -> str:
+    """The at-most-once key of one object revision's indexing (indexed or rejected, once)."""
+    return idempotency_key_for("index-bundle", obj.bucket, obj.key, obj.revision)
+
+
+def _refusal(exc: BundleError | ValidationError) -> tuple[str, str, str | None]:
+    """(code, message, field) of a refusal raised while indexing."""
+    if isinstance(exc, BundleError):
+        return exc.code, exc.message, exc.field
+    first = exc.errors(include_url=False)[:1]
+    field = ".".join(str(part) for part in first[0]["loc"]) if first else None
+    return InvalidBundle.code, f"the bundle cannot be recorded: {first[0]['msg'] if first else exc}", field
 
 
 def _index(
@@ -104,6 +138,7 @@ def _index(
     job_id: str | None,
     claim: str,
     selection: ComponentSelection | None,
+    max_bytes: int | None = None,
 ) -> IndexOutcome:
     imported = job_id is None
     source_uri = f"s3://{obj.bucket}/{obj.key}"
@@ -112,7 +147,10 @@ def _index(
         local = Path(tmp) / "bundle"
         onnx_path = Path(tmp) / "model.onnx"
         try:
-            deps.store.download(source_uri, local, max_bytes=deps.limits.max_bundle_bytes)
+            limit = min(deps.limits.max_bundle_bytes, max_bytes or deps.limits.max_bundle_bytes)
+            deps.store.download(
+                source_uri, local, max_bytes=limit, version_id=obj.version_id, etag=obj.etag or None
+            )
         except ObjectNotFound:
             # Deleted (or overwritten and replaced by a newer notification) before we got to it:
             # nothing to index, and retrying would not bring it back.
@@ -135,12 +173,10 @@ def _index(
         # Derived from the object's identity: a retried delivery produces the same ids and keys.
         model_id = str(uuid.uuid5(_ID_NAMESPACE, claim))
         name, version = bundle.model.model_name, bundle.model.version
-        onnx_key = (
-            f"{IMPORTED_ONNX_PREFIX}{model_id}/{name}-{version}.onnx"
-            if imported
-            else f"{EXPORTED_ONNX_PREFIX}{model_id}/model.onnx"
-        )
-        bundle_key = f"{INDEXED_BUNDLE_PREFIX}{model_id}/{name}-v{version}.heimdall"
+        # Keys are made of ids only: the sender's name and version are display text (metadata, and
+        # Content-Disposition when downloaded), never part of a key.
+        onnx_key = f"{IMPORTED_ONNX_PREFIX if imported else EXPORTED_ONNX_PREFIX}{model_id}/{ONNX_FILE}"
+        bundle_key = f"{INDEXED_BUNDLE_PREFIX}{model_id}/{BUNDLE_FILE}"
         deps.store.upload(onnx_path, f"s3://{artifacts}/{onnx_key}", content_type="application/octet-stream")
         # Whether ONNX Runtime serves the model, upgrading an old opset when it must (issue 11): the
         # upgraded copy goes beside the original, which stays what export returns.

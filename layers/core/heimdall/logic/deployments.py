@@ -70,7 +70,7 @@ from heimdall.events import DeploymentActivated, DeploymentDeactivated, idempote
 from heimdall.logic.api import ApiDeps, require_id
 from heimdall.logic.export_jobs import read_job_result
 from heimdall.registry import DEFAULT_PAGE_SIZE, ExportJob, JobStatus, ModelRecord, Page
-from heimdall.storage import Download
+from heimdall.storage import Download, download_name
 from heimdall.types import ExportFormat
 
 __all__ = [
@@ -93,6 +93,8 @@ logger = logging.getLogger(__name__)
 
 #: Where built deployment packages live in the artifacts bucket.
 DEPLOYMENTS_PREFIX = "deployments/"
+#: The file name of a built package under ``deployments/{deployment_id}/``.
+_PACKAGE_FILE = "package.zip"
 _ZIP = "application/zip"
 
 
@@ -417,7 +419,10 @@ def _download_artifact(
         stored = model.onnx_key if options.file == "onnx" else model.bundle_key
         if not stored:
             raise NotReady(f"model {model_id} has no stored {options.file} file", field="options.file")
-        uri, file_name = f"s3://{deps.names.artifacts_bucket}/{stored}", stored.rpartition("/")[2]
+        uri = f"s3://{deps.names.artifacts_bucket}/{stored}"
+        # Stored under ids; downloaded under the model's name (a record's stored key is never rebuilt).
+        suffix = ".onnx" if options.file == "onnx" else ".heimdall"
+        file_name = download_name(f"{model.model_name}-v{model.version}{suffix}")
         sha256 = model.onnx_sha256 if options.file == "onnx" else None
     size = deps.store.head(uri).size  # also: 404 when the file is gone
     artifact = DeploymentArtifact(key=_key_of(uri), file_name=file_name, size_bytes=size, sha256=sha256)
@@ -445,7 +450,8 @@ def _built_artifact(
             built = deploy_packages.build_container_package(
                 package, out_dir, name=name, triton_image=options.triton_image
             )
-        key = f"{DEPLOYMENTS_PREFIX}{deployment_id}/{built.file_name}"
+        # Ids only in the key; the package's name is the download's Content-Disposition.
+        key = f"{DEPLOYMENTS_PREFIX}{deployment_id}/{_PACKAGE_FILE}"
         deps.store.upload(built.path, f"s3://{deps.names.artifacts_bucket}/{key}", content_type=_ZIP)
     return DeploymentArtifact(
         key=key, file_name=built.file_name, size_bytes=built.size_bytes, sha256=built.sha256

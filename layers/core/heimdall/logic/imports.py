@@ -7,6 +7,12 @@ runs synchronously on the object it has just stored. An object under
 component selection, and the record is settled INDEXED or REJECTED); any other bundle, or an import id
 no record claims, is a direct drop owned by ``drop_owner``.
 
+One import, one upload: the first object revision under an import's key claims the record (a
+conditional write); a later upload with the same presigned form is refused (``UPLOAD_REUSED``:
+quarantined, ``Bundle Rejected``, never indexed). Only the revision the notification names is read, and
+no more bytes than the form promised (``upload_max_bytes``): neither the emulator, which ignores the
+form's ``content-length-range``, nor S3 is relied on for that.
+
 The inline path claims the object's identity (bucket, key, revision) before the S3 notification of the
 same write reaches the ingest function, which then finds a duplicate. Should the notification win the
 race, the inline call waits a little for the record it settles.
@@ -31,9 +37,11 @@ from heimdall.errors import (
     RequestInvalid,
     StorageError,
     TooLarge,
+    UploadReused,
 )
 from heimdall.logic.api import ApiDeps, require_id
-from heimdall.logic.bundles import BundleDeps, IndexOutcome, index_bundle
+from heimdall.logic.bundles import BundleDeps, IndexOutcome, index_bundle, index_claim, reject_bundle
+from heimdall.logic.once import run_once
 from heimdall.notifications import ObjectCreated
 from heimdall.registry import IMPORT_TERMINAL, ImportRecord, ImportStatus, ModelRecord
 
@@ -140,14 +148,54 @@ def index_import(obj: ObjectCreated, deps: BundleDeps) -> IndexOutcome:
             record = None  # someone used the layout by hand: a direct drop like any other
     if record is None:
         return index_bundle(obj, deps, owner=deps.drop_owner)
-    pending = record
-    return index_bundle(
+    # One import, one upload: the first revision to arrive claims it; any other is refused unread.
+    claimed = deps.registry.claim_import_upload(record.import_id, obj.revision)
+    if claimed is None:
+        return _refuse_reuse(obj, deps, record)
+    outcome = index_bundle(
         obj,
         deps,
-        owner=record.owner,
-        selection=selection_of(record.components),
-        settle=lambda outcome: _settle(pending, outcome, deps),
+        owner=claimed.owner,
+        selection=selection_of(claimed.components),
+        settle=lambda outcome: _settle(claimed, outcome, deps),
+        max_bytes=claimed.upload_max_bytes,
     )
+    if outcome.status == "gone":
+        _settle_if_replaced(obj, claimed, deps)
+    return outcome
+
+
+def _refuse_reuse(obj: ObjectCreated, deps: BundleDeps, record: ImportRecord) -> IndexOutcome:
+    """Quarantine and announce another upload under an import an earlier upload claimed (once)."""
+    message = (
+        f"import {record.import_id} already has its upload; an upload form takes one bundle: start "
+        "another import for another one"
+    )
+
+    def refuse() -> IndexOutcome:
+        return reject_bundle(
+            obj, deps, owner=record.owner, job_id=None, code=UploadReused.code, message=message
+        )
+
+    return run_once(deps.registry, index_claim(obj), refuse, duplicate=IndexOutcome(status="duplicate"))
+
+
+def _settle_if_replaced(obj: ObjectCreated, record: ImportRecord, deps: BundleDeps) -> None:
+    """The claiming revision was overwritten before it was read: the import can have no model.
+
+    Nothing else is indexed in its place (the later upload is refused as a reuse); a key with no
+    object at all is left to :func:`_give_up_if_abandoned`.
+    """
+    try:
+        deps.store.head(f"s3://{obj.bucket}/{obj.key}")
+    except ObjectNotFound:
+        return
+    replaced = IndexOutcome(
+        status="rejected",
+        code=UploadReused.code,
+        message=f"the upload of import {record.import_id} was overwritten by another one before it was read",
+    )
+    _settle(record, replaced, deps)
 
 
 def _settle(record: ImportRecord, outcome: IndexOutcome, deps: BundleDeps) -> ImportRecord:
@@ -267,7 +315,10 @@ def start_presigned_import(
         f"s3://{record.bucket}/{record.key}", max_bytes=size_bytes, expires_s=deps.api.presign_ttl_s
     )
     # Recorded before the URL is handed out, so the upload's notification always finds the record.
-    record = deps.registry.put_import(record.model_copy(update={"upload_expires_at": expires_at}))
+    # The cap is checked again on ingest: neither the emulator nor (to be safe) S3 is relied on for it.
+    record = deps.registry.put_import(
+        record.model_copy(update={"upload_expires_at": expires_at, "upload_max_bytes": size_bytes})
+    )
     return record, PresignedUpload(url=url, fields=fields, max_bytes=size_bytes, expires_at=expires_at)
 
 

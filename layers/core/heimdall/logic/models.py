@@ -10,7 +10,6 @@ through untouched, so the export's ``onnx_sha256`` is the model's.
 
 from __future__ import annotations
 
-import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from heimdall.bundle.writer import write_bundle
 from heimdall.errors import ChecksumMismatch, ConflictError, NotReady, RequestInvalid
 from heimdall.logic.api import ApiDeps, require_id
 from heimdall.registry import DEFAULT_PAGE_SIZE, ModelRecord, Page
+from heimdall.storage import download_name
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 MAX_DESCRIPTION_CHARS = 1000
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+#: The file name of an export assembled for a download (``downloads/{model_id}/{bundle_id}/``).
+_DOWNLOAD_FILE = "bundle.heimdall"
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,9 @@ class ExportedBundle:
 
 
 def bundle_filename(model_name: str, version: str) -> str:
-    """``{model_name}-v{version}.heimdall`` with anything unsafe in a header or a path replaced."""
-    stem = _UNSAFE.sub("_", f"{model_name}-v{version}").strip("._-") or "model"
-    return f"{stem[:200]}.heimdall"
+    """``{model_name}-v{version}.heimdall``: the name a download of the bundle suggests (display text,
+    one file name; :func:`heimdall.storage.content_disposition` makes it a header). Never a key."""
+    return download_name(f"{model_name}-v{version}.heimdall")
 
 
 def list_models(
@@ -132,7 +133,8 @@ def export_model(
     filename = bundle_filename(record.model_name, record.version)
     bundle_id = str(uuid.uuid4())
     with tempfile.TemporaryDirectory(prefix="heimdall-export-", dir=deps.workdir) as tmp:
-        stored, onnx, out = Path(tmp) / "stored.heimdall", Path(tmp) / "model.onnx", Path(tmp) / filename
+        stored, onnx = Path(tmp) / "stored.heimdall", Path(tmp) / "model.onnx"
+        out = Path(tmp) / _DOWNLOAD_FILE
         source = f"s3://{artifacts}/{record.bundle_key}"
         deps.store.download(source, stored, max_bytes=deps.limits.max_bundle_bytes)
         with onnx.open("wb") as sink:
@@ -157,7 +159,8 @@ def export_model(
             url, expires_at = None, None
         else:
             body = None
-            uri = f"s3://{artifacts}/{_downloads_prefix(record.model_id)}{bundle_id}/{filename}"
+            # Ids only in the key; the name reaches the client in the link's Content-Disposition.
+            uri = f"s3://{artifacts}/{_downloads_prefix(record.model_id)}{bundle_id}/{_DOWNLOAD_FILE}"
             deps.store.upload(out, uri, content_type="application/json")
             url, expires_at = deps.store.presign_get(uri, expires_s=deps.api.presign_ttl_s, filename=filename)
     return ExportedBundle(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -18,6 +17,7 @@ from heimdall.bundle.models import ComponentSelection
 from heimdall.logic import models as logic
 from heimdall.logic.models import ExportedBundle, ExportOptions
 from heimdall.registry import DEFAULT_PAGE_SIZE
+from heimdall.storage import content_disposition
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated
 
@@ -27,7 +27,6 @@ EXPORT_PATH = "/api/v1/models/<model_id>/export"
 LEGACY_EXPORT_PATH = "/api/v1/training/models/<model_id>/export"
 MAX_DESCRIPTION_CHARS = 1000
 
-_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._+-]+")
 _EXPORT_HEADERS = {
     "Content-Disposition": {
         "description": 'attachment; filename="{model_name}-v{version}.heimdall"',
@@ -158,12 +157,6 @@ def export_model(
     return bundle_response(exported)
 
 
-def attachment(filename: str) -> str:
-    """A ``Content-Disposition`` value for ``filename``, reduced to characters safe in any header."""
-    safe = _UNSAFE_FILENAME.sub("_", filename).lstrip("._")[:200] or "model.heimdall"
-    return f'attachment; filename="{safe}"'
-
-
 def bundle_response(exported: ExportedBundle) -> Response[Any]:
     """The response of an export: the bundle itself, or a 307 to where it was put."""
     if exported.body is None:
@@ -179,7 +172,7 @@ def bundle_response(exported: ExportedBundle) -> Response[Any]:
             headers={"Location": exported.redirect_url},
         )
     headers = {
-        "Content-Disposition": attachment(exported.filename),
+        "Content-Disposition": content_disposition(exported.filename),
         "X-Heimdall-Onnx-Sha256": exported.onnx_sha256,
         "X-Heimdall-Bundle-Id": exported.bundle_id,
         "X-Heimdall-Components": ",".join(exported.components),
