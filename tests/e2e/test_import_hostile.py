@@ -92,7 +92,7 @@ def test_a_presigned_upload_with_a_control_character_is_rejected_and_the_dispatc
     started = start_presigned(http, len(good))
     post_form(started["upload"], good)
     assert poll_import_record(http, started["import"]["import_id"])["status"] == "INDEXED"
-    assert api.stack.handler_failures == {"ingest": 0, "job_state": 0}
+    assert api.stack.handler_failures == {"ingest": 0, "job_state": 0, "sweep": 0}
 
 
 def test_a_name_like_a_path_is_display_text_and_every_download_link_works(

@@ -18,6 +18,7 @@ from heimdall.samples import SEED_FALLBACKS, sample_bundle_metadata
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 small_text = st.text(alphabet=string.ascii_letters + string.digits + " -_éü中", min_size=1, max_size=30)
+display_text = small_text.filter(str.strip)
 json_leaf = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | finite | small_text
 json_value = st.recursive(
     json_leaf,
@@ -32,8 +33,9 @@ shape = st.lists(dim, min_size=1, max_size=5)
 @st.composite
 def metadata(draw: st.DrawFn) -> dict[str, Any]:
     meta = sample_bundle_metadata(seed=draw(st.integers(0, 1000)), num_samples=draw(st.integers(1, 10)))
-    meta["model"]["model_name"] = draw(small_text)
-    meta["model"]["version"] = draw(small_text)
+    # Display text: a blank name or version is refused (tests/unit/test_sender_names.py).
+    meta["model"]["model_name"] = draw(display_text)
+    meta["model"]["version"] = draw(display_text)
     meta["model"]["onnx_opset"] = draw(st.integers(7, 23))
     meta["model"]["input_shape"] = draw(shape)
     meta["model"]["output_shape"] = draw(st.lists(shape, min_size=1, max_size=4))
