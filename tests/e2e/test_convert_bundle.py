@@ -172,6 +172,7 @@ def test_an_old_opset_bundle_converts_from_its_upgraded_model(tmp_path: Path) ->
     out = tmp_path / "out"
     done = heimdall("convert", source, "-o", out, "--formats", "onnx,onnx_fp16,onnx_int8", "--no-benchmark")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FP32 model: the bundle's upgraded from opset 6 to 17" in done.stdout
     result = ConversionResult.model_validate_json((out / "result.json").read_text())
     assert result.status == "SUCCEEDED"
     statuses = {o.format.value: (o.status.value, o.reason) for o in result.formats}
