@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +26,17 @@ class OnnxExport:
     ir_version: int
     producer_name: str
     producer_version: str
+
+    @classmethod
+    def of(cls, path: Path, proto: Any) -> OnnxExport:
+        """The facts of ``proto`` (an ``onnx.ModelProto``), saved at ``path``."""
+        return cls(
+            path=path,
+            opset=next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0),
+            ir_version=proto.ir_version,
+            producer_name=proto.producer_name,
+            producer_version=proto.producer_version,
+        )
 
     def compatibility(self) -> dict[str, object]:
         """The facts as the export package's metadata records them."""
@@ -84,16 +96,12 @@ def export_onnx(model: torch.nn.Module, manifest: Manifest, spec: IOSpec, out_di
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ConversionError(f"the exported ONNX model fails onnx.checker: {str(exc)[:500]}") from None
     onnx.save(proto, str(path))
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset != manifest.opset:
-        raise ConversionError(f"the exporter wrote opset {opset}, the manifest asks for {manifest.opset}")
-    return OnnxExport(
-        path=path,
-        opset=opset,
-        ir_version=proto.ir_version,
-        producer_name=proto.producer_name,
-        producer_version=proto.producer_version,
-    )
+    exported = OnnxExport.of(path, proto)
+    if exported.opset != manifest.opset:
+        raise ConversionError(
+            f"the exporter wrote opset {exported.opset}, the manifest asks for {manifest.opset}"
+        )
+    return exported
 
 
 def _check_io(proto: object, spec: IOSpec) -> None:

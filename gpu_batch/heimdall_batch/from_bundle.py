@@ -7,21 +7,27 @@ ONNX Runtime instead of PyTorch), the ONNX Runtime benchmark, and the export pac
 wrappers and Triton repository. That is how a model imported from another Heimdall instance gets
 engines built for this instance's hardware (TensorRT engines do not port between GPUs).
 
-The bundle passes both validation passes first (:func:`open_bundle`); the manifest the later stages
-read is derived from the bundle's metadata and the graph the structural pass saw
-(:func:`bundle_manifest`), and the I/O spec is the graph's own (:func:`bundle_io_spec`).
+The bundle passes both validation passes first (:func:`open_bundle`), then the serving check that
+indexing runs (:func:`heimdall.bundle.upgrade.check_serving`): a model ONNX Runtime loads as stamped
+is the FP32 model byte for byte; one it refuses for an old opset is converted as indexing converts it,
+and that checked copy is the FP32 model every other format is built from; one it cannot serve at all
+is refused (:class:`~heimdall.errors.ModelNotServable`, terminal) before anything is built. The
+manifest the later stages read is derived from the bundle's metadata and the graph the structural
+pass saw (:func:`bundle_manifest`), and the I/O spec is the graph's own (:func:`bundle_io_spec`).
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from heimdall.bundle import ReadResult, read_bundle
 from heimdall.bundle.structural import StructuralReport, TensorSpec, check_structure
-from heimdall.conversion import DEFAULT_BUNDLE_FORMATS
-from heimdall.errors import ChecksumMismatch, UnsupportedArchitecture
+from heimdall.bundle.upgrade import check_serving
+from heimdall.conversion import DEFAULT_BUNDLE_FORMATS, OpsetUpgrade
+from heimdall.errors import ChecksumMismatch, ModelNotServable, UnsupportedArchitecture
 from heimdall.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall.settings import BundleLimits, get_settings
 from heimdall_batch.export_onnx import ONNX_FILE_NAME, OnnxExport
@@ -33,24 +39,33 @@ NO_PYTORCH_MODEL = "no PyTorch model: the model came as a .heimdall bundle"
 
 @dataclass(frozen=True)
 class OpenedBundle:
-    """A verified bundle: its metadata, the graph facts of its model, and the model written out."""
+    """A verified bundle: its metadata, the graph facts of its model, and its FP32 model written out.
+
+    ``upgrade`` is the opset upgrade the serving check made when ONNX Runtime cannot load the bundle's
+    model as stamped: ``onnx`` is then that upgraded copy (``read.onnx_sha256`` stays the bundle's).
+    """
 
     read: ReadResult
     structure: StructuralReport
     onnx: OnnxExport
+    upgrade: OpsetUpgrade | None = None
 
 
 def open_bundle(
     path: Path, out_dir: Path, *, limits: BundleLimits | None = None, expected_sha256: str | None = None
 ) -> OpenedBundle:
-    """Run both validation passes on the bundle at ``path`` and write its model to ``out_dir/model.onnx``.
+    """Run both validation passes and the serving check on the bundle at ``path`` and write its FP32
+    model to ``out_dir/model.onnx``.
 
     With ``expected_sha256`` (what the registry holds for the model) the embedded model must also hash
     to it (:class:`~heimdall.errors.ChecksumMismatch` otherwise, before the structural pass).
 
-    The model is written byte for byte as the bundle embeds it (same sha256), and only once both
-    passes accepted it: a refused bundle leaves nothing behind. Raises the bundle's typed error
-    (:class:`~heimdall.errors.BundleError`) when either pass refuses it.
+    The model is written byte for byte as the bundle embeds it (same sha256) when ONNX Runtime loads
+    it as stamped; when it needs an opset upgrade, the upgraded copy is written instead (see the
+    module docstring). It is written only once every check accepted it: a refused bundle leaves
+    nothing behind. Raises the bundle's typed error (:class:`~heimdall.errors.BundleError`) when
+    either pass refuses it, :class:`~heimdall.errors.ModelNotServable` with the serving check's reason
+    (the model record's ``not_servable_reason``) when ONNX Runtime cannot serve it even upgraded.
     """
     limits = limits or get_settings().bundle_limits()
     onnx_path = out_dir / ONNX_FILE_NAME
@@ -65,7 +80,23 @@ def open_bundle(
                 field="model.onnx_model_base64",
             )
         structure = check_structure(partial, read.bundle, limits=limits, expected_sha256=read.onnx_sha256)
-        partial.replace(onnx_path)
+        # The check indexing runs (the same child process, limits, target opset and samples), so that
+        # the job builds from the model platform endpoints serve, or refuses what they refuse.
+        with tempfile.TemporaryDirectory(prefix=".serving-", dir=out_dir) as workdir:
+            serving = check_serving(
+                partial,
+                structure,
+                limits=limits,
+                workdir=Path(workdir),
+                samples=read.bundle.sample_predictions,
+            )
+            if not serving.servable:
+                reason = serving.reason or "ONNX Runtime cannot load it"
+                raise ModelNotServable(
+                    f"ONNX Runtime cannot serve the bundle's model, so nothing is built from it: {reason}",
+                    reason=serving.reason,
+                )
+            (serving.upgraded or partial).replace(onnx_path)
     finally:
         partial.unlink(missing_ok=True)
     producer_name, _, producer_version = structure.producer.partition(" ")
@@ -76,7 +107,16 @@ def open_bundle(
         producer_name=producer_name,
         producer_version=producer_version,
     )
-    return OpenedBundle(read=read, structure=structure, onnx=exported)
+    if serving.upgraded is not None:
+        exported = _upgraded_export(onnx_path)
+    return OpenedBundle(read=read, structure=structure, onnx=exported, upgrade=serving.upgrade)
+
+
+def _upgraded_export(path: Path) -> OnnxExport:
+    """The facts of the upgraded copy (its opset, IR version and producer as the converter left them)."""
+    import onnx  # noqa: PLC0415 - heavy; the copy already passed the structural pass in the checker
+
+    return OnnxExport.of(path, onnx.load(str(path), load_external_data=False))
 
 
 def bundle_manifest(opened: OpenedBundle, formats: list[ExportFormat] | None = None) -> Manifest:
@@ -106,7 +146,7 @@ def bundle_manifest(opened: OpenedBundle, formats: list[ExportFormat] | None = N
         "input_names": [tensor.name],
         "output_names": [t.name for t in structure.outputs],
         "dynamic_batch": not isinstance(tensor.shape[0], int),
-        "opset": structure.opset,
+        "opset": opened.onnx.opset,  # the FP32 model's: an upgraded copy's, when there is one
         "formats": [f.value for f in (formats or DEFAULT_BUNDLE_FORMATS)],
         "description": bundle.bundle_metadata.description or "",
         "created_by": bundle.bundle_metadata.created_by or "",
@@ -149,3 +189,29 @@ def bundle_io_spec(opened: OpenedBundle, manifest: Manifest) -> IOSpec:
         shape=(graph_input.shape[0], *manifest.input_shape[1:]),
     )
     return IOSpec(inputs=(concrete,), outputs=opened.structure.outputs, dynamic_batch=manifest.dynamic_batch)
+
+
+def derivable_model(opened: OpenedBundle, folder: Path) -> Path:
+    """The FP32 model as FP16, INT8 and TensorRT are built from it: its own file, or, when its graph
+    lists initializers among its inputs (IR version 3 required that; old backend-test models and
+    their opset upgrades do it), a copy in ``folder`` where they are plain constants.
+
+    Those inputs are never fed (the I/O spec leaves them out, as serving does), so the copy computes
+    the same function; the converters need it: FP16 would give the weights a type their input
+    declarations contradict, and the quantiser would ask the calibration data for them. The copy's IR
+    version is raised to the lowest one its opsets allow (listing initializers as inputs is optional
+    from IR 4 on).
+    """
+    import onnx  # noqa: PLC0415 - heavy; the model already passed the structural pass
+
+    model = onnx.load(str(opened.onnx.path), load_external_data=False)
+    weights = {tensor.name for tensor in model.graph.initializer}
+    if not any(value.name in weights for value in model.graph.input):
+        return opened.onnx.path
+    kept = [value for value in model.graph.input if value.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for(model.opset_import))
+    path = folder / ONNX_FILE_NAME
+    onnx.save(model, str(path))
+    return path

@@ -845,6 +845,12 @@ def compatibility(
         "min_onnxruntime": min_ort,
         "min_onnxruntime_source": ONNXRUNTIME_COMPATIBILITY_SOURCE,
     }
+    upgrade = onnx_metadata.get("opset_upgrade")
+    if upgrade is not None:
+        # A bundle's model ONNX Runtime could not load as stamped: say that model.onnx is its upgrade,
+        # not the bundle's bytes (which hash to bundle_onnx_sha256).
+        onnx["bundle_onnx_sha256"] = onnx_metadata.get("bundle_onnx_sha256")
+        onnx["opset_upgrade"] = dict(upgrade)
     if min_ort is None:
         onnx["note"] = (
             f"opset {opset} / IR {ir_version} is newer than the documented table (which ends at "
@@ -1049,6 +1055,15 @@ def _readme_compatibility(
         f"- ONNX Runtime: {onnx['min_onnxruntime'] or 'a recent release'} or newer "
         f"(from the [compatibility table]({ONNXRUNTIME_COMPATIBILITY_SOURCE})).",
     ]
+    upgrade = onnx.get("opset_upgrade")
+    if upgrade is not None:
+        lines.append(
+            f"- The FP32 model is the bundle's ONNX model upgraded from opset {upgrade['from_opset']} to "
+            f"{upgrade['to_opset']} with {upgrade['converter']} (ONNX Runtime no longer implements an "
+            f"operator at the old opset), checked against {upgrade['samples_checked']} of the bundle's "
+            f"sample predictions: not byte-identical to the bundle's model (sha256 "
+            f"`{onnx['bundle_onnx_sha256']}`)."
+        )
     if "torchscript" in facts:
         lines.append(f"- TorchScript: PyTorch/LibTorch {facts['torchscript']['torch_version']} or newer.")
     if "tensorrt" in facts:

@@ -4,9 +4,10 @@ safe load → build model → export ONNX → parity → benchmark → FP16 / IN
 export package → bundle → ``result.json`` (always written, and written last).
 
 A model that arrives as a ``.heimdall`` bundle (:func:`run_bundle_conversion`) starts from its FP32
-ONNX model instead: both bundle validation passes → FP16 / INT8 / TensorRT checked against that model
-in ONNX Runtime → ONNX Runtime benchmark → export package; the PyTorch stages are reported skipped
-(:mod:`heimdall_batch.from_bundle`).
+ONNX model instead: both bundle validation passes and the serving check (an old opset is upgraded as
+at indexing; the upgraded copy is then the FP32 model) → FP16 / INT8 / TensorRT checked against that
+model in ONNX Runtime → ONNX Runtime benchmark → export package; the PyTorch stages are reported
+skipped (:mod:`heimdall_batch.from_bundle`).
 
 The FP32 ONNX model is the product: if loading, building, exporting or its parity check fails, the
 job fails with the error's exit code (3 invalid input, 4 unsupported, 1 anything else). An optional
@@ -17,6 +18,7 @@ here (TensorRT without a GPU) is recorded as skipped with the reason.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +36,7 @@ from heimdall.conversion import (
     ConversionResult,
     FormatOutcome,
     FormatStatus,
+    OpsetUpgrade,
     ParityCheck,
     StageRecord,
 )
@@ -86,6 +89,9 @@ class _Run:
     outcomes: list[FormatOutcome] = field(default_factory=list)
     manifest: Manifest | None = None
     benchmark: BenchmarkReport | None = None
+    #: A bundle job: its model's sha256, and the opset upgrade that made the FP32 model, if any.
+    bundle_onnx_sha256: str | None = None
+    opset_upgrade: OpsetUpgrade | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[_StageMark]:
@@ -142,8 +148,10 @@ def run_bundle_conversion(
 ) -> ConversionResult:
     """Build the export package of the model in the ``.heimdall`` bundle at ``bundle`` into ``out_dir``.
 
-    The bundle is verified first (a refused bundle fails the job with its code, exit code 3). The FP32
-    model is the bundle's, byte for byte; ``options.formats`` default to
+    The bundle is verified first (a refused bundle fails the job with its code, exit code 3), then
+    ONNX Runtime must serve its model (``MODEL_NOT_SERVABLE``, exit code 4, otherwise). The FP32
+    model is the bundle's, byte for byte, or its opset upgrade when ONNX Runtime cannot load it as
+    stamped (recorded in the result and the package); ``options.formats`` default to
     :data:`~heimdall.conversion.DEFAULT_BUNDLE_FORMATS`; with ``expected_sha256`` the bundle's model
     must hash to it. No new bundle is written: the source is one. Like :func:`run_conversion`,
     always writes ``result.json`` last and never raises for a bad input.
@@ -211,8 +219,17 @@ def _convert(checkpoint: Path, out_dir: Path, run: _Run, sidecar: Manifest | byt
 
 
 def _convert_bundle(bundle_path: Path, out_dir: Path, run: _Run, expected_sha256: str | None) -> None:
+    # Outside out_dir: every file there is an output.
+    with tempfile.TemporaryDirectory(prefix="heimdall-bundle-") as tmp:
+        _convert_opened_bundle(bundle_path, out_dir, run, expected_sha256, Path(tmp))
+
+
+def _convert_opened_bundle(
+    bundle_path: Path, out_dir: Path, run: _Run, expected_sha256: str | None, workdir: Path
+) -> None:
     with run.stage("load"):
         opened = from_bundle.open_bundle(bundle_path, out_dir, expected_sha256=expected_sha256)
+        run.bundle_onnx_sha256, run.opset_upgrade = opened.read.onnx_sha256, opened.upgrade
         manifest = from_bundle.bundle_manifest(opened, run.options.formats)
         spec = from_bundle.bundle_io_spec(opened, manifest)
         run.manifest = manifest
@@ -220,16 +237,24 @@ def _convert_bundle(bundle_path: Path, out_dir: Path, run: _Run, expected_sha256
             fp32 = onnx_runner(opened.onnx.path)
         except Exception as exc:  # ORT's own exception types: the bundle's model is unusable, terminal
             raise InvalidOnnx(f"ONNX Runtime cannot load the bundle's model: {exc}") from None
+        derivable = from_bundle.derivable_model(opened, workdir)
     for stage in ("build_model", "export_onnx", "parity_onnx"):
         run.skipped(stage, from_bundle.NO_PYTORCH_MODEL)
     # The FP32 model in ONNX Runtime is the reference the other formats are checked against.
-    done = _Converted(None, manifest, spec, opened.onnx, fp32, fp32, out_dir)
+    done = _Converted(None, manifest, spec, opened.onnx, fp32, fp32, out_dir, opened.upgrade, derivable)
+    upgrade = opened.upgrade
     _record_fp32(
         run,
         done,
         parity=[],
         source="bundle",
-        parity_note="checked where the bundle was exported (this job has no PyTorch model)",
+        parity_note=(
+            "checked where the bundle was exported (this job has no PyTorch model)"
+            if upgrade is None
+            else f"upgraded from opset {upgrade.from_opset} to {upgrade.to_opset} and checked against "
+            f"{upgrade.samples_checked} of the bundle's sample predictions (max abs error "
+            f"{upgrade.max_abs_error if upgrade.max_abs_error is not None else 'n/a'})"
+        ),
     )
     _optional_formats_and_package(run, done)
     run.skipped("bundle", "the source is a bundle: no new one is written")
@@ -272,7 +297,7 @@ def _optional_formats_and_package(run: _Run, done: _Converted) -> None:
             run.outcomes,
             run.benchmark,
             job_id=run.options.job_id,
-            onnx_metadata=done.exported.compatibility(),
+            onnx_metadata=done.onnx_metadata(run.bundle_onnx_sha256),
             reference="PyTorch" if done.model is not None else FP32_ONNX_REFERENCE,
         )
 
@@ -297,6 +322,23 @@ class _Converted:
     reference: Runner  # PyTorch, or the FP32 ONNX model when there is no PyTorch model
     fp32: Runner  # ONNX Runtime on the FP32 model
     out_dir: Path
+    upgrade: OpsetUpgrade | None = None  # the opset upgrade that made the FP32 model of a bundle
+    #: The file FP16, INT8 and TensorRT are built from: the FP32 model's, or a copy of a bundle's with
+    #: its initializers as constants (:func:`heimdall_batch.from_bundle.derivable_model`).
+    derivable: Path | None = None
+
+    @property
+    def source(self) -> Path:
+        """What the optional ONNX formats are built from."""
+        return self.derivable or self.exported.path
+
+    def onnx_metadata(self, bundle_onnx_sha256: str | None) -> dict[str, Any]:
+        """The FP32 model's facts for the export package; an upgraded one's with where it came from."""
+        facts: dict[str, Any] = dict(self.exported.compatibility())
+        if self.upgrade is not None:
+            facts["bundle_onnx_sha256"] = bundle_onnx_sha256
+            facts["opset_upgrade"] = self.upgrade.model_dump(mode="json", exclude={"onnx_key"})
+        return facts
 
 
 def _optional_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutcome:
@@ -321,11 +363,11 @@ def _build_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutco
     if fmt is ExportFormat.ONNX_FP16:
         from heimdall_batch.fp16 import build_fp16  # noqa: PLC0415
 
-        return build_fp16(done.exported.path, out_dir, spec, manifest, done.reference)
+        return build_fp16(done.source, out_dir, spec, manifest, done.reference)
     if fmt is ExportFormat.ONNX_INT8:
         from heimdall_batch.int8 import build_int8  # noqa: PLC0415
 
-        return build_int8(done.exported.path, out_dir, spec, manifest, done.reference)
+        return build_int8(done.source, out_dir, spec, manifest, done.reference)
     if fmt is ExportFormat.TORCHSCRIPT:
         if done.model is None:
             return FormatOutcome(format=fmt, status=FormatStatus.SKIPPED, reason=from_bundle.NO_PYTORCH_MODEL)
@@ -337,7 +379,7 @@ def _build_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutco
 
         caches = run.options.timing_cache_dir
         return build_tensorrt(
-            done.exported.path,
+            done.source,
             out_dir,
             spec,
             manifest,
@@ -371,6 +413,8 @@ def _finish(run: _Run, out_dir: Path, *, error: tuple[str, str, int] | None) -> 
         outputs=outputs,
         bundle_file=bundle_name if bundle_name in outputs else None,
         package_file=PACKAGE_FILE_NAME if PACKAGE_FILE_NAME in outputs else None,
+        bundle_onnx_sha256=run.bundle_onnx_sha256,
+        opset_upgrade=run.opset_upgrade,
         started_at=run.started_at,
         finished_at=datetime.now(UTC),
     )

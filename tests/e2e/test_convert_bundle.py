@@ -25,7 +25,14 @@ from tests.e2e.test_convert_cli import heimdall
 from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.conversion import ConversionResult
 from heimdall.deploy_packages import build_container_package, build_edge_package, check_triton_config
-from heimdall.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.samples import (
+    ReferenceModel,
+    localization_net_onnx,
+    onnx_backend_model,
+    reference_bundle,
+    sample_bundle_metadata,
+    unconvertible_onnx,
+)
 
 ALL_FORMATS = "onnx,torchscript,onnx_fp16,onnx_int8,tensorrt"
 
@@ -151,3 +158,71 @@ def test_a_model_with_two_inputs_is_unsupported_not_guessed(tmp_path: Path) -> N
     assert done.returncode == 4, done.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["error_code"] == "UNSUPPORTED_ARCHITECTURE" and "2 inputs" in result["error_message"]
+
+
+# --- old opsets (issue 11): the serving check of indexing runs in the job too ---------------------------
+
+
+def test_an_old_opset_bundle_converts_from_its_upgraded_model(tmp_path: Path) -> None:
+    """ONNX Runtime cannot load BatchNormalization(6) as stamped: the job upgrades the model as indexing
+    does, and that copy is the FP32 product FP16 and INT8 are built from, checked and packaged."""
+    reference = onnx_backend_model("test_BatchNorm2d_eval")
+    source = tmp_path / "old.heimdall"
+    source.write_bytes(reference_bundle(reference))
+    out = tmp_path / "out"
+    done = heimdall("convert", source, "-o", out, "--formats", "onnx,onnx_fp16,onnx_int8", "--no-benchmark")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FP32 model: the bundle's upgraded from opset 6 to 17" in done.stdout
+    result = ConversionResult.model_validate_json((out / "result.json").read_text())
+    assert result.status == "SUCCEEDED"
+    statuses = {o.format.value: (o.status.value, o.reason) for o in result.formats}
+    assert statuses == {"onnx": ("built", None), "onnx_fp16": ("built", None), "onnx_int8": ("built", None)}
+    # result.json says what the FP32 product is: not the bundle's bytes, but their upgrade.
+    original = hashlib.sha256(reference.onnx).hexdigest()
+    upgrade = result.opset_upgrade
+    assert result.bundle_onnx_sha256 == original
+    assert upgrade is not None and upgrade.result == "upgraded"
+    assert (upgrade.from_opset, upgrade.to_opset, upgrade.samples_checked) == (6, 17, 1)
+    assert upgrade.converter.startswith("onnx.version_converter") and upgrade.onnx_key is None
+    fp32 = result.formats[0]
+    product = (out / "model.onnx").read_bytes()
+    assert fp32.sha256 == upgrade.onnx_sha256 == hashlib.sha256(product).hexdigest() != original
+    assert fp32.details["opset"] == 17
+    assert onnx.load_model_from_string(product).opset_import[0].version == 17
+    # The FP32 product gives the reference outputs; FP16 and INT8 were checked against it.
+    (name, x), (out_name, want) = next(iter(reference.inputs.items())), next(iter(reference.outputs.items()))
+    got = ort.InferenceSession(product).run([out_name], {name: x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    for fmt in ("onnx_fp16", "onnx_int8"):
+        outcome = next(o for o in result.formats if o.format.value == fmt)
+        assert outcome.parity and all(c.passed for c in outcome.parity), outcome.parity
+    # The package runs the upgraded model and its metadata says so.
+    with zipfile.ZipFile(out / "export-package.zip") as package:
+        metadata = json.loads(package.read("metadata.json"))
+        readme = package.read("README.md").decode()
+        triton = next(n for n in package.namelist() if n.endswith("/1/model.onnx"))
+        assert package.read(triton) == package.read("model.onnx") == product
+    compat = metadata["compatibility"]["onnx"]
+    assert compat["opset"] == 17 and compat["bundle_onnx_sha256"] == original
+    assert (
+        compat["opset_upgrade"]["from_opset"] == 6 and compat["opset_upgrade"]["onnx_sha256"] == fp32.sha256
+    )
+    assert "upgraded from opset 6 to 17" in readme
+    build_container_package(out / "export-package.zip", tmp_path / "box", name="old-opset")
+
+
+def test_an_old_opset_bundle_that_cannot_be_upgraded_fails_terminally_and_builds_nothing(
+    tmp_path: Path,
+) -> None:
+    data = unconvertible_onnx()
+    source = tmp_path / "unconvertible.heimdall"
+    source.write_bytes(reference_bundle(ReferenceModel("unconvertible", data, {}, {}), with_samples=False))
+    out = tmp_path / "out"
+    done = heimdall("convert", source, "-o", out, "--no-benchmark", "--json")
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
+    result = ConversionResult.model_validate_json((out / "result.json").read_text())
+    assert (result.status, result.error_code, result.exit_code) == ("FAILED", "MODEL_NOT_SERVABLE", 4)
+    # The reason in the words indexing records as the model's not_servable_reason.
+    assert "onnx.version_converter cannot convert the model from opset 6 to 17" in str(result.error_message)
+    assert result.formats == [] and [s.status for s in result.stages] == ["failed"]
+    assert sorted(p.name for p in out.iterdir()) == ["result.json"]

@@ -9,6 +9,9 @@ fails is imported but refused as an endpoint; export returns the original bytes.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,3 +139,51 @@ def test_a_model_whose_upgrade_fails_is_imported_but_not_served(api: ApiStack, h
     link = download.json()["download"]
     assert link["sha256"] == sha256(data)
     assert sha256(httpx.get(link["url"], timeout=60).content) == sha256(data)
+
+
+def test_an_old_opset_model_exports_from_its_upgraded_copy_and_its_packages_build(
+    api: ApiStack, http: httpx.Client
+) -> None:
+    """An export job of an imported opset-6 model runs the serving check as indexing did: the upgraded
+    copy is the FP32 product its formats and export package are built from (not the bundle's ONNX,
+    which ONNX Runtime cannot load), and the package deployments of the model build from it."""
+    reference = onnx_backend_model("test_BatchNorm2d_eval")
+    data = reference_bundle(reference, model={"model_name": "exported-batchnorm"})
+    imported = http.post(IMPORT, content=data, headers=JSON_TYPE)
+    assert imported.status_code == 201, imported.text
+    model = imported.json()["model"]
+    started = http.post("/api/v1/export/jobs", json={"model_id": model["model_id"]})
+    assert started.status_code == 202, started.text
+    job_id = started.json()["job_id"]
+
+    def finished() -> dict[str, Any] | None:
+        current: dict[str, Any] = http.get(f"/api/v1/export/jobs/{job_id}").json()
+        assert current["status"] not in ("FAILED", "CANCELLED"), current
+        return current if current["status"] == "SUCCEEDED" else None
+
+    done = e2e.wait_for(f"bundle job {job_id}", finished, timeout_s=240, every_s=1.0)
+    statuses = {f["format"]: f["status"] for f in done["result"]["formats"]}
+    assert statuses["onnx"] == statuses["onnx_fp16"] == statuses["onnx_int8"] == "built", statuses
+    result = json.loads(api.artifact(f"exports/{job_id}/result.json"))
+    upgrade = model["opset_upgrade"]
+    assert result["bundle_onnx_sha256"] == model["onnx_sha256"] == sha256(reference.onnx)
+    # The job's upgrade is the indexing's: the same converter gives the same bytes.
+    assert result["opset_upgrade"]["onnx_sha256"] == upgrade["onnx_sha256"] == result["formats"][0]["sha256"]
+
+    container = http.post(
+        DEPLOYMENTS, json={"type": "container", "name": "old-box", "model_id": model["model_id"]}
+    )
+    assert container.status_code == 201, container.text
+    assert container.json()["deployment"]["export_job_id"] == job_id
+    with zipfile.ZipFile(
+        io.BytesIO(httpx.get(container.json()["download"]["url"], timeout=60).content)
+    ) as box:
+        served = box.read(next(n for n in box.namelist() if n.endswith("/1/model.onnx")))
+    assert sha256(served) == upgrade["onnx_sha256"]
+    edge = http.post(
+        DEPLOYMENTS, json={"type": "edge_package", "name": "old-edge", "model_id": model["model_id"]}
+    )
+    assert edge.status_code == 201, edge.text
+    # Export still returns the bundle as it was sent.
+    exported = http.get(f"/api/v1/models/{model['model_id']}/export")
+    assert read_bundle(exported.content).onnx_sha256 == sha256(reference.onnx)

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from heimdall.bundle.dialects import Dialect
-from heimdall.samples import localization_net_onnx, sample_bundle
+from heimdall.samples import (
+    ReferenceModel,
+    localization_net_onnx,
+    reference_bundle,
+    sample_bundle,
+    unloadable_after_upgrade_onnx,
+)
 from heimdall_batch import pipeline
 from heimdall_batch.from_bundle import bundle_manifest, open_bundle
 from heimdall_batch.pipeline import ConversionOptions, run_bundle_conversion
@@ -66,3 +72,16 @@ def test_a_seed_bundle_converts_with_what_its_components_hold(tmp_path: Path, di
 def _folder(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+def test_a_model_still_unloadable_after_its_opset_upgrade_fails_before_anything_is_built(
+    tmp_path: Path,
+) -> None:
+    data = unloadable_after_upgrade_onnx()
+    path = tmp_path / "lrn.heimdall"
+    path.write_bytes(reference_bundle(ReferenceModel("lrn", data, {}, {}), with_samples=False))
+    out = tmp_path / "out"
+    result = run_bundle_conversion(path, out, ConversionOptions(job_id="j", run_benchmark=False))
+    assert (result.status, result.error_code, result.exit_code) == ("FAILED", "MODEL_NOT_SERVABLE", 4)
+    assert "cannot load the model converted to opset 17" in str(result.error_message)
+    assert result.formats == [] and sorted(p.name for p in out.iterdir()) == ["result.json"]

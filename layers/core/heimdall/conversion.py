@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from heimdall.types import ExportFormat
 
 RESULT_FILE_NAME = "result.json"
 PACKAGE_FILE_NAME = "export-package.zip"
 RESULT_SCHEMA_VERSION = "1"
+_Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 #: What a job converts: a checkpoint (the whole pipeline) or a ``.heimdall`` bundle (from its ONNX model).
 JobSource = Literal["checkpoint", "bundle"]
 #: What a bundle's model is converted to unless asked otherwise (TorchScript needs the PyTorch model).
@@ -87,6 +88,36 @@ class OutputFile(BaseModel):
     size_bytes: int
 
 
+class OpsetUpgrade(BaseModel):
+    """An indexed model's ONNX converted to a newer default-domain opset so that ONNX Runtime loads it.
+
+    Made at indexing when ONNX Runtime refuses the model as stamped because it no longer implements an
+    operator at that opset (:mod:`heimdall.bundle.upgrade`). ``result`` is ``upgraded`` when the copy
+    converted, passed the structural pass, loaded in ONNX Runtime and agreed with the bundle's sample
+    predictions (``samples_checked`` of them, worst error ``max_abs_error``); otherwise it names the
+    step that failed and ``message`` says why. The upgraded copy (``onnx_key``, ``onnx_sha256``,
+    ``onnx_size_bytes``) is what platform endpoints serve; the original stays what export returns.
+    """
+
+    # (Not in the docstring, which the OpenAPI document carries.) A conversion job of the model's
+    # bundle makes the same upgrade and records it in ConversionResult.opset_upgrade, without
+    # ``onnx_key``: the copy is then the job's FP32 product.
+
+    model_config = ConfigDict(extra="ignore")
+
+    from_opset: int = Field(ge=0, le=1000)
+    to_opset: int = Field(ge=1, le=1000)
+    #: The tool that converted, with its version (``onnx.version_converter (onnx 1.23.2)``).
+    converter: str = Field(max_length=256)
+    result: Literal["upgraded", "convert_failed", "load_failed", "samples_failed"]
+    onnx_key: str | None = Field(default=None, max_length=1024)
+    onnx_sha256: _Sha256Hex | None = None
+    onnx_size_bytes: int | None = Field(default=None, ge=0)
+    samples_checked: int = Field(default=0, ge=0)
+    max_abs_error: float | None = None
+    message: str | None = Field(default=None, max_length=1024)
+
+
 class ConversionResult(BaseModel):
     """``result.json``: the job's outcome, written last."""
 
@@ -108,6 +139,12 @@ class ConversionResult(BaseModel):
     outputs: dict[str, OutputFile] = Field(default_factory=dict)
     bundle_file: str | None = None
     package_file: str | None = None
+    #: A bundle job: the sha256 of the bundle's own ONNX model (what the registry holds for it).
+    bundle_onnx_sha256: _Sha256Hex | None = None
+    #: A bundle job whose model ONNX Runtime cannot load as stamped: the opset upgrade the serving check
+    #: made (:mod:`heimdall.bundle.upgrade`, as at indexing). Its copy, not the bundle's ONNX, is then
+    #: the FP32 product (the ``onnx`` outcome's file and sha256) every other format is built from.
+    opset_upgrade: OpsetUpgrade | None = None
     started_at: datetime
     finished_at: datetime
 

@@ -254,9 +254,12 @@ class NoExportPackage(ConflictError):
 
 
 class ModelNotServable(ConflictError):
-    """A model ONNX Runtime cannot serve (it does not load, or its opset upgrade failed): no endpoint."""
+    """A model ONNX Runtime cannot serve (it does not load, or its opset upgrade failed): no endpoint,
+    and a conversion job of its bundle fails with it before building anything."""
 
     code = "MODEL_NOT_SERVABLE"
+    #: The conversion job's exit code: unsupported, terminal (a retry would find the same runtime).
+    exit_code: ClassVar[int] = 4
 
 
 class DeploymentInactive(ConflictError):

@@ -37,8 +37,10 @@ EMBEDDED_MANIFEST_KEY = "heimdall"
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ]
+# A leading digit is allowed: PyTorch's older exporter named graph tensors "0", "5", ..., and a bundle's
+# manifest takes its names from the graph (the wrappers make identifiers of them).
 TensorName = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$")
 ]
 
 

@@ -54,7 +54,8 @@ from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
-from heimdall.conversion import ConversionResult, FormatStatus, JobSource
+# OpsetUpgrade lives with the job contract: a bundle job's result.json records one too.
+from heimdall.conversion import ConversionResult, FormatStatus, JobSource, OpsetUpgrade
 from heimdall.errors import (
     ConflictError,
     InvalidCursor,
@@ -181,32 +182,6 @@ class MetricsSummary(BaseModel):
     best_epoch: int | None = None
     inference_latency_ms: float | None = None
     onnx_speedup_factor: float | None = None
-
-
-class OpsetUpgrade(BaseModel):
-    """An indexed model's ONNX converted to a newer default-domain opset so that ONNX Runtime loads it.
-
-    Made at indexing when ONNX Runtime refuses the model as stamped because it no longer implements an
-    operator at that opset (:mod:`heimdall.bundle.upgrade`). ``result`` is ``upgraded`` when the copy
-    converted, passed the structural pass, loaded in ONNX Runtime and agreed with the bundle's sample
-    predictions (``samples_checked`` of them, worst error ``max_abs_error``); otherwise it names the
-    step that failed and ``message`` says why. The upgraded copy (``onnx_key``, ``onnx_sha256``,
-    ``onnx_size_bytes``) is what platform endpoints serve; the original stays what export returns.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    from_opset: int = Field(ge=0, le=1000)
-    to_opset: int = Field(ge=1, le=1000)
-    #: The tool that converted, with its version (``onnx.version_converter (onnx 1.23.2)``).
-    converter: str = Field(max_length=256)
-    result: Literal["upgraded", "convert_failed", "load_failed", "samples_failed"]
-    onnx_key: str | None = Field(default=None, max_length=1024)
-    onnx_sha256: Sha256Hex | None = None
-    onnx_size_bytes: int | None = Field(default=None, ge=0)
-    samples_checked: int = Field(default=0, ge=0)
-    max_abs_error: float | None = None
-    message: str | None = Field(default=None, max_length=1024)
 
 
 class ModelRecord(_Record):

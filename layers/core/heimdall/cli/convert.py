@@ -148,6 +148,14 @@ def _render(result: ConversionResult, output: Path) -> None:
                 f"{speedup:.2f}x" if speedup is not None else "–",
             )
         _out.print(speed)
+    upgrade = result.opset_upgrade
+    if upgrade is not None:
+        _out.print(
+            f"FP32 model: the bundle's upgraded from opset {upgrade.from_opset} to {upgrade.to_opset} "
+            f"({upgrade.converter}; {upgrade.samples_checked} sample(s) checked), not its bytes "
+            f"(sha256 {result.bundle_onnx_sha256})",
+            soft_wrap=True,
+        )
     if result.bundle_file:
         _out.print(f"bundle: {output / result.bundle_file}")
     if result.package_file:
