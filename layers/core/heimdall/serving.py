@@ -278,7 +278,7 @@ def _served(deployment: Deployment) -> Deployment:
                 "schema": {"type": "string"},
             },
             "X-RateLimit-Remaining": {
-                "description": "Requests this key may make now: its limit less those admitted in the last 60 s.",
+                "description": "Requests this key may make now: its limit less those of the last 60 s.",
                 "schema": {"type": "string"},
             },
         },
