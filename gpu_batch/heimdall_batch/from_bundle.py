@@ -28,7 +28,7 @@ from heimdall.bundle.structural import StructuralReport, TensorSpec, check_struc
 from heimdall.bundle.upgrade import check_serving
 from heimdall.conversion import DEFAULT_BUNDLE_FORMATS, OpsetUpgrade
 from heimdall.errors import ChecksumMismatch, ModelNotServable, UnsupportedArchitecture
-from heimdall.manifest import ExportFormat, Manifest, parse_manifest
+from heimdall.manifest import ExportFormat, Manifest, manifest_names, parse_manifest
 from heimdall.settings import BundleLimits, get_settings
 from heimdall_batch.export_onnx import ONNX_FILE_NAME, OnnxExport
 from heimdall_batch.specs import IOSpec
@@ -138,9 +138,10 @@ def bundle_manifest(opened: OpenedBundle, formats: list[ExportFormat] | None = N
         raise UnsupportedArchitecture(
             f"input {tensor.name!r} is {tensor.elem_type}; only float32 inputs can be calibrated and checked"
         )
+    model_name, version = manifest_names(bundle.model.model_name, bundle.model.version)
     document: dict[str, Any] = {
-        "model_name": bundle.model.model_name,
-        "version": bundle.model.version,
+        "model_name": model_name,
+        "version": version,
         "architecture": bundle.model.architecture,
         "input_shape": _concrete_input_shape(tensor, bundle.model.input_shape),
         "input_names": [tensor.name],

@@ -85,3 +85,23 @@ def test_a_model_still_unloadable_after_its_opset_upgrade_fails_before_anything_
     assert (result.status, result.error_code, result.exit_code) == ("FAILED", "MODEL_NOT_SERVABLE", 4)
     assert "cannot load the model converted to opset 17" in str(result.error_message)
     assert result.formats == [] and sorted(p.name for p in out.iterdir()) == ["result.json"]
+
+
+@pytest.mark.parametrize(
+    ("model_name", "version", "file_name", "file_version"),
+    [
+        ("Localization Net", "1.0 beta", "Localization_Net", "1.0_beta"),
+        ("../../x", "v/2", "x", "v_2"),
+        ("模型", "１", "model", "1"),
+    ],
+)
+def test_a_display_name_that_is_no_file_name_still_converts(
+    tmp_path: Path, model_name: str, version: str, file_name: str, file_version: str
+) -> None:
+    """A bundle's name and version are display text (any of them valid); the job's file names are
+    made of them safely, never refused for them."""
+    path = tmp_path / "named.heimdall"
+    metadata = {"model_name": model_name, "version": version}
+    path.write_bytes(sample_bundle(localization_net_onnx(seed=1), num_samples=1, model=metadata))
+    manifest = bundle_manifest(open_bundle(path, _folder(tmp_path / "a")))
+    assert (manifest.model_name, manifest.version) == (file_name, file_version)

@@ -8,6 +8,8 @@ lives in the core layer and imports nothing heavy.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -34,8 +36,10 @@ from heimdall.types import ExportFormat
 MANIFEST_FILE_NAME = "heimdall.json"
 EMBEDDED_MANIFEST_KEY = "heimdall"
 
+_NAME_MAX = 128
+_VERSION_MAX = 64
 Name = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    str, StringConstraints(min_length=1, max_length=_NAME_MAX, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ]
 # A leading digit is allowed: PyTorch's older exporter named graph tensors "0", "5", ..., and a bundle's
 # manifest takes its names from the graph (the wrappers make identifiers of them).
@@ -96,7 +100,8 @@ class Manifest(BaseModel):
 
     model_name: Name
     version: Annotated[
-        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+        str,
+        StringConstraints(min_length=1, max_length=_VERSION_MAX, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"),
     ]
     architecture: Name
     architecture_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -187,6 +192,24 @@ __all__ = [
     "Manifest",
     "TensorRTOptions",
     "Tolerances",
+    "manifest_names",
     "parse_manifest",
     "read_manifest",
 ]
+
+
+def manifest_names(model_name: str, version: str) -> tuple[str, str]:
+    """A bundle's display name and version (any text a bundle may hold: spaces, ``../``, any script)
+    as a manifest's ``model_name`` and ``version``, which name the job's files: NFKC-normalised, each run
+    of other characters one ``_``, starting with a letter or digit; ``model`` / ``1`` when nothing is
+    left. The model record keeps the display text; this is only what files are called."""
+    return (
+        _file_stem(model_name, "._-", _NAME_MAX) or "model",
+        _file_stem(version, "._+-", _VERSION_MAX) or "1",
+    )
+
+
+def _file_stem(text: str, punctuation: str, max_length: int) -> str:
+    allowed = re.escape(punctuation)
+    stem = re.sub(f"[^A-Za-z0-9{allowed}]+", "_", unicodedata.normalize("NFKC", text))
+    return re.sub(f"^[{allowed}_]+", "", stem)[:max_length]
