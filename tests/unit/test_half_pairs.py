@@ -23,9 +23,11 @@ from tests.unit.test_checkpoint_ingest import (
 
 from heimdall.errors import IncompleteUpload, RegistryUnavailable
 from heimdall.events import CheckpointRejected, DetailType, InMemoryEventSink
+from heimdall.logic.api import ApiDeps
 from heimdall.logic.checkpoints import CheckpointDeps
+from heimdall.logic.export_jobs import create_export_job
 from heimdall.logic.uploads import SweepDeps, sweep_incomplete_uploads
-from heimdall.registry import InMemoryRegistry, UploadStatus, upload_id_for
+from heimdall.registry import InMemoryRegistry, UploadStatus, half_ref, upload_id_for
 from heimdall.settings import BundleLimits, Settings
 from heimdall.storage import InMemoryObjectStore
 
@@ -249,6 +251,146 @@ def test_a_second_half_racing_the_sweep_gives_the_job_or_the_rejection_never_bot
     for thread in threads:
         thread.join()
     assert (len(submitted(deps)), len(rejections(deps))) in {(1, 0), (0, 1)}
+
+
+# --- a job started through the HTTP API from a half that waits --------------------------------------
+
+#: A manifest given by URI, outside the dropped checkpoint's folder.
+SHARED_MANIFEST = "checkpoints/shared-manifests/1.0.0/localization-net.json"
+
+
+def api(deps: CheckpointDeps) -> ApiDeps:
+    """The API's use cases over the same registry, bucket, bus and runner as the drops."""
+    return ApiDeps(
+        registry=deps.registry,
+        store=deps.store,
+        events=deps.events,
+        jobs=deps.jobs,
+        names=deps.names,
+        limits=deps.limits,
+        now=deps.now,
+    )
+
+
+def api_job(deps: CheckpointDeps, checkpoint_key: str, manifest_key: str | None = None, **kw: str) -> str:
+    manifest_uri = None if manifest_key is None else f"s3://ingest/{manifest_key}"
+    job = create_export_job(
+        api(deps), "bob", checkpoint_uri=f"s3://ingest/{checkpoint_key}", manifest_uri=manifest_uri, **kw
+    )
+    return job.job_id
+
+
+def test_an_api_job_from_a_waiting_checkpoint_settles_its_round_and_the_sweep_leaves_it(
+    deps: CheckpointDeps, clock: Clock
+) -> None:
+    checkpoint = put(deps, PREFIX + "model.safetensors", b"weights")
+    notify(deps, checkpoint)
+    assert deps.registry.get_upload("alice", UPLOAD_ID).status is UploadStatus.AWAITING
+    manifest = put(deps, SHARED_MANIFEST, MANIFEST_BYTES)
+    clock.advance(3600)
+    job_id = api_job(deps, checkpoint.key, manifest.key)
+    record = deps.registry.get_upload("alice", UPLOAD_ID)  # still the drop owner's round
+    assert (record.status, record.job_id, record.owner) == (UploadStatus.PAIRED, job_id, "alice")
+    assert (record.half, record.key, record.paired_key) == ("checkpoint", checkpoint.key, manifest.key)
+    assert record.refs == [
+        half_ref("ingest", checkpoint.key, checkpoint.revision),
+        half_ref("ingest", manifest.key, manifest.revision),
+    ]
+    assert deps.registry.list_uploads("bob").items == []  # not exposed to the API's caller
+    clock.advance(10 * DAY)
+    assert sweep(deps) == []
+    assert rejections(deps) == [] and quarantined(deps) == {}
+    assert [spec.job_id for spec in submitted(deps)] == [job_id]
+
+
+def test_an_api_job_from_a_waiting_manifest_settles_that_manifests_round(
+    deps: CheckpointDeps, clock: Clock
+) -> None:
+    manifest = put(deps, PREFIX + "heimdall.json", MANIFEST_BYTES)
+    notify(deps, manifest)
+    other = "checkpoints/localization-net/0.9.0/model.safetensors"
+    put(deps, other, b"weights")
+    job_id = api_job(deps, other, manifest.key)
+    record = deps.registry.get_upload("alice", UPLOAD_ID)
+    assert (record.status, record.job_id, record.key, record.paired_key) == (
+        UploadStatus.PAIRED,
+        job_id,
+        manifest.key,
+        other,
+    )
+    clock.advance(DAY + 1)
+    assert sweep(deps) == [] and rejections(deps) == []
+
+
+def test_a_round_awaiting_another_revision_or_another_file_stays_awaiting(
+    deps: CheckpointDeps, clock: Clock
+) -> None:
+    notify(deps, put(deps, PREFIX + "model.safetensors", b"weights"))
+    put(deps, PREFIX + "model.safetensors", b"weights, retrained")  # its notification not yet seen
+    put(deps, SHARED_MANIFEST, MANIFEST_BYTES)
+    api_job(deps, PREFIX + "model.safetensors", SHARED_MANIFEST)
+    assert deps.registry.get_upload("alice", UPLOAD_ID).status is UploadStatus.AWAITING
+    put(deps, PREFIX + "other.pt", b"PK\x03\x04...")
+    api_job(deps, PREFIX + "other.pt", SHARED_MANIFEST)
+    record = deps.registry.get_upload("alice", UPLOAD_ID)
+    assert (record.status, record.job_id) == (UploadStatus.AWAITING, None)
+    clock.advance(DAY + 1)
+    assert sweep(deps) == [UPLOAD_ID]  # what waits was never converted: rejected as before
+
+
+def test_an_idempotent_repeat_of_the_api_job_keeps_the_round_as_settled(deps: CheckpointDeps) -> None:
+    checkpoint = put(deps, PREFIX + "model.safetensors", b"weights")
+    notify(deps, checkpoint)
+    put(deps, SHARED_MANIFEST, MANIFEST_BYTES)
+    first = api_job(deps, checkpoint.key, SHARED_MANIFEST, idempotency_key="k1")
+    settled = deps.registry.get_upload("alice", UPLOAD_ID)
+    assert api_job(deps, checkpoint.key, SHARED_MANIFEST, idempotency_key="k1") == first
+    assert deps.registry.get_upload("alice", UPLOAD_ID) == settled
+    assert len(submitted(deps)) == 1
+
+
+def test_an_api_job_after_the_sweep_rejected_the_half_still_runs(deps: CheckpointDeps, clock: Clock) -> None:
+    checkpoint = put(deps, PREFIX + "model.safetensors", b"weights")
+    notify(deps, checkpoint)
+    clock.advance(DAY + 1)
+    assert sweep(deps) == [UPLOAD_ID]
+    put(deps, SHARED_MANIFEST, MANIFEST_BYTES)
+    job_id = api_job(deps, checkpoint.key, SHARED_MANIFEST)
+    assert [spec.job_id for spec in submitted(deps)] == [job_id]
+    record = deps.registry.get_upload("alice", UPLOAD_ID)
+    assert (record.status, record.job_id) == (UploadStatus.REJECTED, None)
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_an_api_job_racing_the_sweep_gives_paired_or_rejected_and_runs_either_way(
+    deps: CheckpointDeps, clock: Clock, attempt: int
+) -> None:
+    checkpoint = put(deps, PREFIX + "model.safetensors", b"weights")
+    notify(deps, checkpoint)
+    put(deps, SHARED_MANIFEST, MANIFEST_BYTES)
+    clock.advance(DAY + 1)
+    barrier = threading.Barrier(2)
+    jobs: list[str] = []
+
+    def start() -> None:
+        barrier.wait()
+        jobs.append(api_job(deps, checkpoint.key, SHARED_MANIFEST))
+
+    def run_sweep() -> None:
+        barrier.wait()
+        sweep(deps)
+
+    threads = [threading.Thread(target=start), threading.Thread(target=run_sweep)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    record = deps.registry.get_upload("alice", UPLOAD_ID)
+    assert [spec.job_id for spec in submitted(deps)] == jobs and len(jobs) == 1
+    if record.status is UploadStatus.PAIRED:
+        assert record.job_id == jobs[0] and rejections(deps) == []
+    else:
+        assert record.status is UploadStatus.REJECTED and len(rejections(deps)) == 1
 
 
 def test_the_incomplete_upload_sample_event_is_a_valid_checkpoint_rejected() -> None:

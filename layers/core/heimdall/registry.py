@@ -98,6 +98,7 @@ __all__ = [
     "half_ref",
     "imported_display_name",
     "paginate",
+    "paired_with_job",
     "plan_await",
     "plan_pairing",
     "plan_transition",
@@ -452,6 +453,28 @@ def plan_pairing(current: PendingUpload | None, refs: Collection[str]) -> Litera
     return "busy" if current.rejecting_since is not None else "write"
 
 
+def paired_with_job(
+    current: PendingUpload | None, used: Mapping[str, str], *, job_id: str, now: datetime
+) -> PendingUpload | None:
+    """The round ``current`` PAIRED with ``job_id`` when it is AWAITING one of the halves ``used``
+    (:func:`half_ref` → key) of a job started through the API; None (leave it) for any other round.
+
+    The awaiting half stays the round's first; the job's other half (if any) is ``paired_key``.
+    """
+    if current is None or current.status is not UploadStatus.AWAITING or current.refs[0] not in used:
+        return None
+    others = [ref for ref in used if ref != current.refs[0]]
+    return current.model_copy(
+        update={
+            "status": UploadStatus.PAIRED,
+            "refs": [current.refs[0], *others[:1]],
+            "job_id": job_id,
+            "paired_key": used[others[0]] if others else None,
+            "updated_at": now,
+        }
+    )
+
+
 def plan_await(current: PendingUpload | None, ref: str) -> Literal["write", "keep", "busy"]:
     """What recording the lone half ``ref`` means for the prefix's round ``current`` (both registries).
 
@@ -773,6 +796,16 @@ class Registry(Protocol):
         """
         ...
 
+    def pair_upload_with_job(
+        self, upload_id: str, used: Mapping[str, str], *, job_id: str
+    ) -> PendingUpload | None:
+        """Settle the round ``upload_id`` PAIRED with ``job_id`` if it is AWAITING one of the halves
+        ``used`` (:func:`half_ref` → key) that a job started through the API converts; else None and
+        nothing written (no round, another half, already settled, or REJECTED by the sweep). The
+        round keeps its owner. Atomic against :meth:`begin_upload_rejection` (:func:`paired_with_job`).
+        """
+        ...
+
     def get_upload(self, owner: str, upload_id: str) -> PendingUpload:
         """The round, if ``owner`` has it; else RecordNotFound."""
         ...
@@ -1065,6 +1098,7 @@ class InMemoryRegistry:
     def claim_request(self, key: str, fingerprint: str) -> str:
         with self._lock:
             return self._requests.setdefault(key, fingerprint)
+
     # half pairs ---------------------------------------------------------------------------------
 
     def await_upload(self, record: PendingUpload) -> PendingUpload:
@@ -1088,6 +1122,16 @@ class InMemoryRegistry:
                 return None
             paired = _paired(current, record, self._now())
             self._uploads[record.upload_id] = paired
+            return paired.model_copy(deep=True)
+
+    def pair_upload_with_job(
+        self, upload_id: str, used: Mapping[str, str], *, job_id: str
+    ) -> PendingUpload | None:
+        with self._lock:
+            paired = paired_with_job(self._uploads.get(upload_id), used, job_id=job_id, now=self._now())
+            if paired is None:
+                return None
+            self._uploads[upload_id] = paired
             return paired.model_copy(deep=True)
 
     def get_upload(self, owner: str, upload_id: str) -> PendingUpload:

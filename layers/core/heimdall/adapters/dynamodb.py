@@ -80,6 +80,7 @@ from heimdall.registry import (
     dump_job_field_json,
     encode_cursor,
     epoch_seconds,
+    paired_with_job,
     plan_await,
     plan_pairing,
     plan_transition,
@@ -880,6 +881,7 @@ class DynamoRegistry:
                 return str(stored["fingerprint"]["S"])
             raise RegistryError(f"the request recorded under {key[:64]!r} vanished") from None
         return fingerprint
+
     # half pairs ---------------------------------------------------------------------------------
 
     def _get_upload(self, upload_id: str) -> PendingUpload | None:
@@ -969,6 +971,30 @@ class DynamoRegistry:
             except _ConditionFailed:
                 continue  # the round changed under us: read again
         raise ConflictError(f"upload {record.upload_id} kept changing", field="upload_id")
+
+    def pair_upload_with_job(
+        self, upload_id: str, used: Mapping[str, str], *, job_id: str
+    ) -> PendingUpload | None:
+        """A consistent read decides (:func:`paired_with_job`); a put conditioned on the round being
+        still as read (AWAITING the same half, so the sweep has not rejected it) applies it."""
+        for _ in range(_MAX_RACES):
+            paired = paired_with_job(self._get_upload(upload_id), used, job_id=job_id, now=self._now())
+            if paired is None:
+                return None
+            condition, names, values = _same_round_condition(
+                paired.model_copy(update={"status": UploadStatus.AWAITING})
+            )
+            try:
+                self._put(
+                    _upload_item(paired),
+                    condition,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                )
+                return paired
+            except _ConditionFailed:
+                continue  # the round changed under us (the sweep, most likely): read again
+        raise ConflictError(f"upload {upload_id} kept changing", field="upload_id")
 
     def get_upload(self, owner: str, upload_id: str) -> PendingUpload:
         """The round, if ``owner`` has it; else RecordNotFound."""

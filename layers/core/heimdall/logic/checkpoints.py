@@ -339,6 +339,30 @@ def _await_other_half(
     return CheckpointOutcome(status="waiting", reason=reason, upload_id=stored.upload_id)
 
 
+def pair_awaiting_halves(
+    deps: CheckpointDeps, bucket: str, halves: Sequence[tuple[str, str]], *, job_id: str
+) -> list[PendingUpload]:
+    """Settle PAIRED with ``job_id`` the rounds AWAITING one of ``halves`` — the (key, revision) of the
+    checkpoint and manifest that a job started through the API converts — so that the sweep does not
+    reject a half that a job already uses. Returns the rounds settled.
+
+    A round awaiting another file or another revision stays AWAITING; one the sweep rejected first
+    stays REJECTED (the job runs all the same). The round keeps its owner (the drop's, who may not be
+    the API's caller), and is not returned to the caller.
+    """
+    if bucket != deps.names.ingest_bucket:
+        return []
+    used = {half_ref(bucket, key, revision): key for key, revision in halves}
+    # Each half's own prefix: a manifest given by URI may lie under another model's folder.
+    prefixes = {p for key, _ in halves if (p := classify_ingest_key(key).prefix) is not None}
+    settled = []
+    for prefix in sorted(prefixes):
+        paired = deps.registry.pair_upload_with_job(upload_id_for(bucket, prefix), used, job_id=job_id)
+        if paired is not None:
+            settled.append(paired)
+    return settled
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """What starting an export job needs: the job's id and owner, the checkpoint and its manifest."""

@@ -37,6 +37,7 @@ from heimdall.logic.api import ApiDeps, require_id
 from heimdall.logic.checkpoints import (
     JobRequest,
     load_manifest,
+    pair_awaiting_halves,
     record_export_job,
     start_export_job,
     submit_export_job,
@@ -206,7 +207,10 @@ def _create(
             manifest_key = _ingest_location(deps, manifest_uri, field="manifest_uri")[1]
     checkpoint = deps.store.head(f"s3://{bucket}/{checkpoint_key}")
     manifest, manifest_key = load_manifest(deps.store, bucket, checkpoint_key, manifest_key)
-    job, _ = start_export_job(
+    halves = [(checkpoint_key, checkpoint.revision)]
+    if manifest_key is not None:
+        halves.append((manifest_key, deps.store.head(f"s3://{bucket}/{manifest_key}").revision))
+    job, started = start_export_job(
         deps.checkpoint_deps(),
         JobRequest(
             job_id=job_id,
@@ -219,7 +223,19 @@ def _create(
             formats=list(dict.fromkeys(formats)) if formats else None,
         ),
     )
+    if started:
+        _settle_awaiting_halves(deps, bucket, halves, job.job_id)
     return job
+
+
+def _settle_awaiting_halves(deps: ApiDeps, bucket: str, halves: list[tuple[str, str]], job_id: str) -> None:
+    """Settle a dropped half this job converts, so that the sweep does not reject it 24 h later."""
+    try:
+        pair_awaiting_halves(deps.checkpoint_deps(), bucket, halves, job_id=job_id)
+    except HeimdallError as exc:
+        # The job is started and stays so: failing the request now would only invite a second job.
+        # The round is then left to the sweep (INCOMPLETE_UPLOAD), as when it loses the race.
+        logger.warning("export job %s: could not settle the awaiting halves it converts: %s", job_id, exc)
 
 
 def _ingest_location(deps: ApiDeps, uri: str, *, field: str) -> tuple[str, str]:
