@@ -28,6 +28,7 @@ from tests.integration.test_event_path import (  # noqa: F401 - stack is a fixtu
 from heimdall import wiring
 from heimdall.conversion import JobSpec
 from heimdall.events import DetailType, schema_file_name
+from heimdall.logic.export_jobs import create_export_job
 from heimdall.logic.ingest import handle_ingest_record
 from heimdall.logic.uploads import sweep_incomplete_uploads
 from heimdall.registry import UploadStatus, upload_id_for
@@ -183,3 +184,96 @@ def test_a_second_half_racing_the_sweep_gives_exactly_one_outcome(
             # Rejected, and the checkpoint that lost the race now waits for a new manifest.
             assert (record.status, record.half) == (UploadStatus.AWAITING, "checkpoint")
     assert len(quick["submitter"].specs) == len(started)
+
+
+def api_job(quick: dict[str, Any], checkpoint_key: str, manifest_key: str) -> str:
+    """Start a job as ``POST /api/v1/export/jobs`` does, as another user than the drop's owner."""
+    bucket = quick["names"].ingest_bucket
+    job = create_export_job(
+        wiring.api_deps(),
+        "bob",
+        checkpoint_uri=f"s3://{bucket}/{checkpoint_key}",
+        manifest_uri=f"s3://{bucket}/{manifest_key}",
+    )
+    return job.job_id
+
+
+def test_an_api_job_from_a_waiting_checkpoint_settles_the_round_and_the_sweep_leaves_it(
+    quick: dict[str, Any],
+) -> None:
+    ingest, sweep = load_handler("ingest"), load_handler("sweep")
+    prefix = "checkpoints/api-paired/1.0.0/"
+    manifest_key = "checkpoints/api-manifests/1.0.0/api-paired.json"
+    ingest(sqs_batch(drop(quick, prefix + "model.safetensors", b"weights")), Context())
+    drop(quick, manifest_key, json.dumps({**MANIFEST, "model_name": "api-paired"}).encode())
+    registry = wiring.ingest_deps().checkpoints.registry
+    upload_id = upload_id_for(quick["names"].ingest_bucket, prefix)
+    assert registry.get_upload(OWNER, upload_id).status is UploadStatus.AWAITING
+    job_id = api_job(quick, prefix + "model.safetensors", manifest_key)
+    record = registry.get_upload(OWNER, upload_id)
+    assert (record.status, record.job_id, record.owner) == (UploadStatus.PAIRED, job_id, OWNER)
+    assert (record.key, record.paired_key) == (prefix + "model.safetensors", manifest_key)
+    assert registry.list_uploads("bob").items == []
+    time.sleep(1.1)
+    assert sweep({}, Context()) == {"rejected": [], "skipped": []}
+    types = [e["detail-type"] for e in validated(received(quick))]
+    assert types == ["Checkpoint Received", "Export Job Submitted"]
+    assert [spec.job_id for spec in quick["submitter"].specs] == [job_id]
+    quarantine = quick["s3"].list_objects_v2(Bucket=quick["names"].artifacts_bucket, Prefix="quarantine/")
+    assert quarantine.get("KeyCount", 0) == 0
+
+
+def test_an_api_job_from_another_revision_leaves_the_round_awaiting(quick: dict[str, Any]) -> None:
+    ingest = load_handler("ingest")
+    prefix = "checkpoints/api-revised/1.0.0/"
+    manifest_key = "checkpoints/api-manifests/1.0.0/api-revised.json"
+    ingest(sqs_batch(drop(quick, prefix + "model.safetensors", b"weights")), Context())
+    drop(quick, prefix + "model.safetensors", b"weights, retrained")  # its notification still queued
+    drop(quick, manifest_key, json.dumps({**MANIFEST, "model_name": "api-revised"}).encode())
+    api_job(quick, prefix + "model.safetensors", manifest_key)
+    registry = wiring.ingest_deps().checkpoints.registry
+    record = registry.get_upload(OWNER, upload_id_for(quick["names"].ingest_bucket, prefix))
+    assert (record.status, record.job_id) == (UploadStatus.AWAITING, None)
+
+
+def test_api_jobs_racing_the_sweep_give_exactly_one_outcome_and_every_job_runs(
+    quick: dict[str, Any],
+    atomic_conditional_writes: None,
+) -> None:
+    deps = wiring.ingest_deps()
+    manifest_key = "checkpoints/api-manifests/1.0.0/race.json"
+    drop(quick, manifest_key, json.dumps(MANIFEST).encode())
+    rounds = [f"checkpoints/api-race-{uuid.uuid4().hex[:8]}/1.0.0/" for _ in range(6)]
+    for prefix in rounds:
+        handle_ingest_record(drop(quick, prefix + "model.safetensors", b"weights"), deps)
+    time.sleep(1.1)
+    barrier = threading.Barrier(len(rounds) + 2)
+    jobs: dict[str, str] = {}
+
+    def start(prefix: str) -> None:
+        barrier.wait()
+        jobs[prefix] = api_job(quick, prefix + "model.safetensors", manifest_key)
+
+    def run_sweep() -> None:
+        barrier.wait()
+        sweep_incomplete_uploads(wiring.sweep_deps())
+
+    threads = [threading.Thread(target=start, args=(p,)) for p in rounds]
+    threads += [threading.Thread(target=run_sweep) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sweep_incomplete_uploads(wiring.sweep_deps())  # whatever the racing sweeps left
+    events = validated(received(quick))
+    rejected = {e["detail"]["key"] for e in events if e["detail-type"] == "Checkpoint Rejected"}
+    assert sorted(spec.job_id for spec in quick["submitter"].specs) == sorted(jobs.values())
+    assert len(jobs) == len(rounds)  # every job runs, whoever won
+    for prefix in rounds:
+        record = deps.checkpoints.registry.get_upload(
+            OWNER, upload_id_for(quick["names"].ingest_bucket, prefix)
+        )
+        if record.status is UploadStatus.PAIRED:
+            assert record.job_id == jobs[prefix] and prefix + "model.safetensors" not in rejected
+        else:
+            assert record.status is UploadStatus.REJECTED and prefix + "model.safetensors" in rejected

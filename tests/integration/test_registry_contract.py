@@ -833,3 +833,76 @@ def test_a_racing_pairing_and_rejection_have_exactly_one_winner(
         assert outcomes.count("rejected") == 1 and "paired" not in outcomes
     else:
         assert final is UploadStatus.PAIRED and "rejected" not in outcomes
+
+
+def job_halves(first: PendingUpload, *, revision: str | None = None) -> dict[str, str]:
+    """What an API job converts: the awaiting half (in ``revision``) and a manifest from elsewhere."""
+    manifest = "checkpoints/shared/1.0.0/net.json"
+    return {
+        half_ref("ingest", first.key, revision or first.revision): first.key,
+        half_ref("ingest", manifest, "m1"): manifest,
+    }
+
+
+def test_an_api_job_settles_only_a_round_awaiting_the_very_half_it_converts(
+    registry: Registry, owner: str
+) -> None:
+    first = registry.await_upload(lone_half(owner, half="checkpoint"))
+    # Another revision of the half, or no round at all: nothing is written.
+    assert registry.pair_upload_with_job(first.upload_id, job_halves(first, revision="r2"), job_id="j") is None
+    assert registry.pair_upload_with_job(upload_id_for("ingest", "checkpoints/x/1/"), {}, job_id="j") is None
+    assert registry.get_upload(owner, first.upload_id) == first
+    used = job_halves(first)
+    paired = registry.pair_upload_with_job(first.upload_id, used, job_id="job-api")
+    assert paired is not None
+    stored = registry.get_upload(owner, first.upload_id)  # still the drop owner's
+    assert stored == paired
+    assert (stored.status, stored.job_id, stored.key, stored.paired_key) == (
+        UploadStatus.PAIRED,
+        "job-api",
+        first.key,
+        "checkpoints/shared/1.0.0/net.json",
+    )
+    assert stored.refs == list(used)
+    assert due(registry, owner, after_s=10_000) == []
+    # Settled: a repeat, or another job, changes nothing.
+    assert registry.pair_upload_with_job(first.upload_id, used, job_id="job-2") is None
+    assert registry.get_upload(owner, first.upload_id) == stored
+
+
+def test_an_api_job_after_the_sweep_leaves_the_round_rejected(registry: Registry, owner: str) -> None:
+    first = registry.await_upload(lone_half(owner))
+    (seen,) = due(registry, owner, after_s=101)
+    assert registry.begin_upload_rejection(seen, code="INCOMPLETE_UPLOAD", reason="alone") is not None
+    assert registry.pair_upload_with_job(first.upload_id, job_halves(first), job_id="job-api") is None
+    assert registry.get_upload(owner, first.upload_id).status is UploadStatus.REJECTED
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_an_api_job_and_the_sweep_racing_have_exactly_one_winner(
+    registry: Registry, owner: str, attempt: int
+) -> None:
+    first = registry.await_upload(lone_half(owner))
+    (seen,) = due(registry, owner, after_s=101)
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def reject() -> None:
+        barrier.wait()
+        done = registry.begin_upload_rejection(seen, code="INCOMPLETE_UPLOAD", reason="alone")
+        outcomes.append("rejected" if done is not None else "lost")
+
+    def pair(job_id: str) -> None:
+        barrier.wait()
+        done = registry.pair_upload_with_job(first.upload_id, job_halves(first), job_id=job_id)
+        outcomes.append("paired" if done is not None else "left")
+
+    threads = [threading.Thread(target=reject) for _ in range(2)]
+    threads += [threading.Thread(target=pair, args=(f"job-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    final = registry.get_upload(owner, first.upload_id)
+    assert outcomes.count("rejected") + outcomes.count("paired") == 1, outcomes
+    assert final.status is (UploadStatus.PAIRED if "paired" in outcomes else UploadStatus.REJECTED)
