@@ -849,7 +849,8 @@ def test_an_api_job_settles_only_a_round_awaiting_the_very_half_it_converts(
 ) -> None:
     first = registry.await_upload(lone_half(owner, half="checkpoint"))
     # Another revision of the half, or no round at all: nothing is written.
-    assert registry.pair_upload_with_job(first.upload_id, job_halves(first, revision="r2"), job_id="j") is None
+    other_revision = job_halves(first, revision="r2")
+    assert registry.pair_upload_with_job(first.upload_id, other_revision, job_id="j") is None
     assert registry.pair_upload_with_job(upload_id_for("ingest", "checkpoints/x/1/"), {}, job_id="j") is None
     assert registry.get_upload(owner, first.upload_id) == first
     used = job_halves(first)
