@@ -20,7 +20,7 @@ DEMO_OUT ?= heimdall-demo
 help:
 	@echo "make demo       run the main job (creates .venv on first use)"
 	@echo "make test       run the test suite (creates .venv on first use)"
-	@echo "make lint       ruff check + mypy"
+	@echo "make lint       ruff check + mypy (strict: code, functions, bench, tests)"
 	@echo "make lint-template  cfn-lint + sam validate --lint on template.yaml (SAM CLI in .venv-sam)"
 	@echo "make fuzz-api   schemathesis against the local stack's HTTP API (the served OpenAPI document)"
 	@echo "make venv       create/update .venv"

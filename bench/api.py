@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         with LocalStack(port=0, api_port=0, workdir=workdir / "stack", log_level="ERROR") as stack:
             base, token = stack.api_url, stack.api_token
+            assert base is not None and token is not None, "started with an API port"
             headers = {"Authorization": f"Bearer {token}"}
             owner = stack.tokens.table[token].sub if stack.tokens else "local-user"
             say(f"local API on {base}; importing a {args.onnx_mb} MiB model")

@@ -342,6 +342,7 @@ class Cli:
             process.kill()
             stdout, stderr = process.communicate()
         done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        assert isinstance(process.args, list)  # start() passes the command as a list
         command = " ".join(str(a) for a in process.args[3:])
         shown = f"heimdall {command} → {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
         assert done.returncode == expect, shown

@@ -44,14 +44,16 @@ def _seed_model(stack: LocalStack, workdir: Path) -> str:
     bundle, _ = parse_metadata(sample_bundle_metadata(onnx))
     path = workdir / "seed.heimdall"
     write_bundle(bundle, onnx, path)
-    s3 = stack.client("s3")  # type: ignore[attr-defined]
-    names = stack.names  # type: ignore[attr-defined]
+    s3 = stack.client("s3")
+    names = stack.names
+    assert names is not None, "the stack is started"
+    api_url, token = _served(stack)
     s3.upload_file(str(path), names.ingest_bucket, "bundles/fuzz/seed.heimdall")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         listing = httpx.get(
-            f"{stack.api_url}/api/v1/models",  # type: ignore[attr-defined]
-            headers={"Authorization": f"Bearer {stack.api_token}"},  # type: ignore[attr-defined]
+            f"{api_url}/api/v1/models",
+            headers={"Authorization": f"Bearer {token}"},
             timeout=30,
         )
         items = listing.json().get("items", []) if listing.status_code == 200 else []
@@ -61,11 +63,20 @@ def _seed_model(stack: LocalStack, workdir: Path) -> str:
     raise SystemExit("the seed bundle was not indexed within 120 s")
 
 
+def _served(stack: LocalStack) -> tuple[str, str]:
+    """The started stack's API base URL and default bearer token (it is started with an API port)."""
+    api_url, token = stack.api_url, stack.api_token
+    if api_url is None or token is None:
+        raise SystemExit("the local stack serves no HTTP API")
+    return api_url, token
+
+
 def _endpoint(stack: LocalStack, model_id: str) -> tuple[str, str]:
     """An enterprise platform endpoint of the seed model: (deployment id, API key)."""
+    api_url, token = _served(stack)
     created = httpx.post(
-        f"{stack.api_url}/api/v1/deployments",  # type: ignore[attr-defined]
-        headers={"Authorization": f"Bearer {stack.api_token}"},  # type: ignore[attr-defined]
+        f"{api_url}/api/v1/deployments",
+        headers={"Authorization": f"Bearer {token}"},
         json={
             "type": "platform_endpoint",
             "name": "fuzz",
@@ -130,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         with LocalStack(port=0, api_port=0, workdir=workdir, log_level="ERROR") as stack:
             model_id = _seed_model(stack, workdir)
-            api_url = stack.api_url  # type: ignore[attr-defined]
-            token = stack.api_token  # type: ignore[attr-defined]
+            api_url, token = _served(stack)
             print(f"local API on {api_url}, seed model {model_id}", flush=True)
             # The inference endpoint first: the API's run may delete what it finds (the model too).
             deployment_id, key = _endpoint(stack, model_id)

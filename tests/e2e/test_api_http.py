@@ -476,7 +476,10 @@ def test_an_idempotency_key_reused_with_another_body_is_422(
     response = http.post(JOBS, content=same.encode(), headers=key)
     assert response.status_code == 202 and response.json()["job_id"] == job_id, response.text
     for changed in ({"formats": ["onnx", "onnx_int8"]}, {"manifest_uri": None}):
-        body = {"checkpoint_uri": staged.checkpoint_uri, "manifest_uri": staged.manifest_uri}
+        body: dict[str, object] = {
+            "checkpoint_uri": staged.checkpoint_uri,
+            "manifest_uri": staged.manifest_uri,
+        }
         body = {k: v for k, v in {**body, "formats": ["onnx"], **changed}.items() if v is not None}
         error = error_of(http.post(JOBS, json=body, headers=key), 422, "IDEMPOTENCY_KEY_REUSED")
         assert error["field"] == "Idempotency-Key"

@@ -119,8 +119,8 @@ def test_the_package_of_a_bundle_makes_edge_and_container_packages(
     with zipfile.ZipFile(container.path) as archive:
         config = next(n for n in archive.namelist() if n.endswith("config.pbtxt"))
         config_text = archive.read(config).decode()
-    with zipfile.ZipFile(out / "export-package.zip") as package:
-        check_triton_config(config_text, json.loads(package.read("metadata.json")))
+    with zipfile.ZipFile(package) as zipped:
+        check_triton_config(config_text, json.loads(zipped.read("metadata.json")))
 
 
 def test_a_tampered_bundle_fails_terminally_and_builds_nothing(tmp_path: Path, onnx_model: bytes) -> None:

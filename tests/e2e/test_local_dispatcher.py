@@ -12,6 +12,7 @@ import pytest
 from tests.e2e.api_fixtures import make_bundle, wait_for
 
 from heimdall.local import stack as stack_module
+from heimdall.local.gateway import DEFAULT_SUB
 from heimdall.local.stack import MAX_RECEIVE_COUNT, LocalStack
 
 POISON = "poison"
@@ -91,7 +92,7 @@ def test_a_raising_ingest_handler_sends_its_message_to_the_dlq_and_later_drops_a
     registry = wiring.ingest_deps().bundles.registry
     models = wait_for(
         "the later drop indexed",
-        lambda: registry.list_models(stack_module.DEFAULT_SUB, name="after-the-poison").items,
+        lambda: registry.list_models(DEFAULT_SUB, name="after-the-poison").items,
         timeout_s=90,
     )
     assert len(models) == 1

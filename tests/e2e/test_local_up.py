@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -82,13 +83,11 @@ def local_up(tmp_path: Path) -> Iterator[LocalUp]:
 
 
 def test_a_plain_boto3_client_drives_the_pipeline(local_up: LocalUp, tmp_path: Path) -> None:
-    kw = {
-        "endpoint_url": local_up.endpoint,
-        "region_name": "us-east-1",
-        "aws_access_key_id": "x",
-        "aws_secret_access_key": "x",
-    }
-    s3, sqs, events = boto3.client("s3", **kw), boto3.client("sqs", **kw), boto3.client("events", **kw)
+    session = boto3.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    url = local_up.endpoint
+    s3 = session.client("s3", endpoint_url=url)
+    sqs = session.client("sqs", endpoint_url=url)
+    events = session.client("events", endpoint_url=url)
     queue = sqs.create_queue(QueueName="my-consumer")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     events.put_rule(
@@ -118,7 +117,7 @@ def test_a_plain_boto3_client_drives_the_pipeline(local_up: LocalUp, tmp_path: P
         Bucket="heimdall-local-ingest", Key="checkpoints/partner-net/3/w.safetensors", Body=path.read_bytes()
     )
     deadline = time.monotonic() + 240
-    got: list[dict] = []
+    got: list[dict[str, Any]] = []
     while time.monotonic() < deadline and not got:
         for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
             "Messages", []

@@ -179,6 +179,7 @@ def test_an_imported_bundle_gets_an_engine_for_this_gpu(trt: ModuleType, tmp_pat
     result = run_bundle_conversion(source, tmp_path / "out", options)
     assert isinstance(result, ConversionResult) and result.status == "SUCCEEDED", result.error_message
     engine = result.outcome(ExportFormat.TENSORRT)
-    assert engine is not None and engine.status is FormatStatus.BUILT, engine.reason
+    assert engine is not None, result.formats
+    assert engine.status is FormatStatus.BUILT, engine.reason
     assert engine.parity and all(c.passed for c in engine.parity)
     assert (tmp_path / "out" / str(engine.file)).stat().st_size > 0

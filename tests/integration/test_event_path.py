@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,9 +127,12 @@ class SubprocessRunner:
             )
         return batch_id
 
+    def cancel(self, runner_job_id: str, reason: str) -> None:
+        """JobSubmitter.cancel: a job here has finished by the time submit returns; nothing to stop."""
+
 
 @pytest.fixture
-def stack(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def stack(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     stage = f"t{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("HEIMDALL_STAGE", stage)
     get_settings.cache_clear()
@@ -162,7 +166,7 @@ def stack(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str,
 
 
 def received(stack: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     while True:
         messages = (
             stack["sqs"]

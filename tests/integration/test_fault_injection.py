@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.awsrequest import AWSResponse
+from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.config import Config
 
 from heimdall.adapters.dynamodb import DynamoRegistry, create_registry_table
@@ -46,7 +46,10 @@ def inject(client: Any, operation: str, failures: int, status: int, code: str) -
         attempts[0] += 1
         if attempts[0] <= failures:
             return AWSResponse(
-                request.url, status, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body)
+                request.url,
+                status,
+                HTTPHeaders.from_dict({"Content-Type": "application/x-amz-json-1.0"}),
+                _Raw(body),
             )
         return None
 

@@ -112,7 +112,8 @@ def test_a_url_never_outlives_the_credentials_that_signed_it(aws_env: dict[str, 
 
     session = boto3.Session(region_name="us-east-1")
     credentials = RefreshableCredentials.create_from_metadata(refresh(), refresh, "test")
-    session._session._credentials = credentials
+    # botocore has no public setter for refreshable credentials (its stubs omit the attribute).
+    session._session._credentials = credentials  # type: ignore[attr-defined]
     client = session.client("s3", endpoint_url=aws_env["AWS_ENDPOINT_URL"], config=SIGV4)
     store = S3ObjectStore(client=client)
     url, expires_at = store.presign_get(f"s3://{bucket}/x", expires_s=3600)

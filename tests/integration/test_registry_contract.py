@@ -660,7 +660,7 @@ def lone_half(
         prefix=prefix,
         model_name=owner,
         version="1.0.0",
-        half=half,  # type: ignore[arg-type]
+        half=half,
         key=key,
         revision=revision,
         etag=revision,

@@ -75,7 +75,7 @@ def make_deps(tmp_path: Path, **api: int) -> ApiDeps:
         registry=InMemoryRegistry(),
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
-        jobs=NoJobs(),  # type: ignore[arg-type]
+        jobs=NoJobs(),
         names=NAMES,
         limits=BundleLimits(),
         api=ApiLimits(**api),
@@ -449,7 +449,7 @@ def test_api_deps_are_built_once_from_settings(monkeypatch: pytest.MonkeyPatch) 
         assert built.drop_owner == built.bundle_deps().drop_owner == "local-user"
         assert built.names.ingest_bucket == "heimdall-wiring-ingest"
         assert wiring.ingest_deps().bundles.drop_owner == "local-user"
-        wiring.use_job_submitter(NoJobs())  # type: ignore[arg-type]
+        wiring.use_job_submitter(NoJobs())
         assert wiring.api_deps() is not built and isinstance(wiring.api_deps().jobs, NoJobs)
     finally:
         wiring.use_job_submitter(None)

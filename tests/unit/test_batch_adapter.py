@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
@@ -9,6 +11,9 @@ from botocore.stub import ANY, Stubber
 from heimdall.adapters.batch import BatchJobSubmitter, batch_job_name, job_id_from_batch_name
 from heimdall.conversion import JobSpec
 from heimdall.errors import StorageError
+
+if TYPE_CHECKING:
+    from mypy_boto3_batch import BatchClient
 
 SPEC = JobSpec(
     job_id="job-42",
@@ -18,13 +23,13 @@ SPEC = JobSpec(
 )
 
 
-def client():  # type: ignore[no-untyped-def]
+def client() -> BatchClient:
     return boto3.client("batch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
 
 
 def test_submit_carries_the_spec_and_a_derived_name() -> None:
     batch = client()
-    sent: dict = {}
+    sent: dict[str, Any] = {}
     batch.meta.events.register(
         "provide-client-params.batch.SubmitJob", lambda params, **_: sent.update(params)
     )

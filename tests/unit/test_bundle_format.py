@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pybase64
 import pytest
 
 from heimdall.bundle import Bundle, ComponentSelection, parse_metadata, read_bundle, write_bundle
@@ -493,13 +494,14 @@ def test_model_field_of_the_wrong_type() -> None:
 
 def test_onnx_over_the_limit_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[int] = []
-    real = reader_module.pybase64.b64decode
+    real = pybase64.b64decode
 
     def counting(data: Any, **kwargs: Any) -> bytes:
         decoded.append(len(data))
         return real(data, **kwargs)
 
-    monkeypatch.setattr(reader_module.pybase64, "b64decode", counting)
+    # The reader calls pybase64.b64decode through the module: patching the module patches its calls.
+    monkeypatch.setattr(pybase64, "b64decode", counting)
     monkeypatch.setattr(reader_module, "CHUNK_BYTES", 1024)
     limits = BundleLimits(max_onnx_bytes=4096)
     with pytest.raises(TooLarge, match="larger than the limit"):

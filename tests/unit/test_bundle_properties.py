@@ -87,7 +87,7 @@ def test_selection_keeps_exactly_what_was_asked(meta: dict[str, Any], keep: set[
 
 
 COMPONENT_NAMES = list(SEED_FALLBACKS)
-empty_value = st.sampled_from([None, [], {}])
+empty_value: st.SearchStrategy[list[object] | dict[str, object] | None] = st.sampled_from([None, [], {}])
 
 
 @st.composite

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -33,7 +34,7 @@ def trusted(key: Ed25519PrivateKey, key_id: str | None = None) -> TrustedKey:
     return TrustedKey(key_id=key_id or key_id_for(key.public_key()), public_key=key.public_key())
 
 
-def signed_bytes(key: Ed25519PrivateKey, meta: dict | None = None, **kwargs: object) -> bytes:
+def signed_bytes(key: Ed25519PrivateKey, meta: dict[str, Any] | None = None, **kwargs: object) -> bytes:
     bundle, _ = parse_metadata(meta or sample_bundle_metadata())
     out = io.BytesIO()
     write_bundle(bundle, ONNX, out, signing_key=key, **kwargs)  # type: ignore[arg-type]

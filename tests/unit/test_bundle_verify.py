@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,7 +21,7 @@ def onnx_model() -> bytes:
     return localization_net_onnx()
 
 
-def bundle_file(tmp_path: Path, onnx: bytes, meta: dict | None = None, **kwargs: object) -> Path:
+def bundle_file(tmp_path: Path, onnx: bytes, meta: dict[str, Any] | None = None, **kwargs: object) -> Path:
     bundle, _ = parse_metadata(meta or sample_bundle_metadata(onnx))
     path = tmp_path / "model.heimdall"
     write_bundle(bundle, onnx, path, **kwargs)  # type: ignore[arg-type]
@@ -58,7 +59,7 @@ def test_legacy_bundle_with_one_flat_output_shape_passes(tmp_path: Path, onnx_mo
     ],
 )
 def test_declarations_that_disagree_with_the_graph(
-    tmp_path: Path, onnx_model: bytes, change: dict, code: str
+    tmp_path: Path, onnx_model: bytes, change: dict[str, Any], code: str
 ) -> None:
     report = verify_bundle(bundle_file(tmp_path, onnx_model, sample_bundle_metadata(model=change)))
     assert not report.valid

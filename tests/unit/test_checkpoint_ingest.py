@@ -40,12 +40,18 @@ MANIFEST: dict[str, Any] = {
 class RecordingSubmitter:
     def __init__(self) -> None:
         self.specs: list[JobSpec] = []
+        self.cancelled: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
     def submit(self, spec: JobSpec) -> str:
         with self._lock:
             self.specs.append(spec)
             return f"batch-{len(self.specs)}"
+
+    def cancel(self, runner_job_id: str, reason: str) -> None:
+        # JobSubmitter.cancel: the ingest path never cancels, but the double must match the port.
+        with self._lock:
+            self.cancelled.append((runner_job_id, reason))
 
 
 @pytest.fixture

@@ -412,10 +412,12 @@ def _form_parts(seen: Seen) -> list[tuple[str, bytes]]:
     """The (name, value) parts of a multipart/form-data body, in order."""
     head = f"Content-Type: {seen.headers['content-type']}\r\n\r\n".encode()
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + seen.body)
-    return [
-        (str(part.get_param("name", header="content-disposition")), part.get_payload(decode=True))
-        for part in message.iter_parts()
-    ]
+    parts: list[tuple[str, bytes]] = []
+    for part in message.iter_parts():
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes), "a form field is a leaf part"
+        parts.append((str(part.get_param("name", header="content-disposition")), payload))
+    return parts
 
 
 def test_import_presigned_uploads_the_form_and_follows_the_import(

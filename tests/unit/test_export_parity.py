@@ -13,7 +13,7 @@ from heimdall.errors import ConversionError, ParityError
 from heimdall.manifest import Manifest, parse_manifest
 from heimdall_batch.benchmark import benchmark, hardware_name
 from heimdall_batch.export_onnx import export_onnx
-from heimdall_batch.parity import check_parity, compare_outputs, onnx_runner, torch_runner
+from heimdall_batch.parity import Inputs, check_parity, compare_outputs, onnx_runner, torch_runner
 from heimdall_batch.specs import io_spec, random_inputs
 
 
@@ -39,7 +39,7 @@ class FixedBatch(TwoHeads):
 
 
 def manifest(**overrides: object) -> Manifest:
-    doc = {
+    doc: dict[str, object] = {
         "model_name": "two-heads",
         "version": "1.0.0",
         "architecture": "test",
@@ -121,11 +121,11 @@ def test_parity_failures_carry_the_numbers() -> None:
     bad = compare_outputs([np.zeros((1, 2), dtype=np.float32)], nan, ["y"], batch_size=1, tolerance=1.0)
     assert not bad[0].finite and not bad[0].passed
 
-    def zeros(inputs: dict) -> list[np.ndarray]:
+    def zeros(inputs: Inputs) -> list[np.ndarray]:
         n = next(iter(inputs.values())).shape[0]
         return [np.zeros((n, 2), dtype=np.float32), np.zeros((n, 2), dtype=np.float32)]
 
-    def shifted(inputs: dict) -> list[np.ndarray]:
+    def shifted(inputs: Inputs) -> list[np.ndarray]:
         return [o + 0.25 for o in zeros(inputs)]
 
     torch.manual_seed(0)

@@ -272,10 +272,19 @@ def api(deps: CheckpointDeps) -> ApiDeps:
     )
 
 
-def api_job(deps: CheckpointDeps, checkpoint_key: str, manifest_key: str | None = None, **kw: str) -> str:
+def api_job(
+    deps: CheckpointDeps,
+    checkpoint_key: str,
+    manifest_key: str | None = None,
+    idempotency_key: str | None = None,
+) -> str:
     manifest_uri = None if manifest_key is None else f"s3://ingest/{manifest_key}"
     job = create_export_job(
-        api(deps), "bob", checkpoint_uri=f"s3://ingest/{checkpoint_key}", manifest_uri=manifest_uri, **kw
+        api(deps),
+        "bob",
+        checkpoint_uri=f"s3://ingest/{checkpoint_key}",
+        manifest_uri=manifest_uri,
+        idempotency_key=idempotency_key,
     )
     return job.job_id
 

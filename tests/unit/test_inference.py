@@ -332,6 +332,7 @@ def test_normalisation_on_and_off(tmp_path: Path) -> None:
     arrays = prepare_inputs(loaded.session.get_inputs(), {"input": as_lists(x)})
 
     by_hand = np.empty_like(x)
+    assert STATS.feature_means is not None and STATS.feature_stds is not None
     for channel, (mean, std) in enumerate(zip(STATS.feature_means, STATS.feature_stds, strict=True)):
         by_hand[:, channel] = (x[:, channel] - np.float32(mean)) / np.float32(std)
     normalized = normalize(arrays, STATS)

@@ -22,7 +22,7 @@ NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
 
 def sample(name: str, job_id: str) -> dict[str, Any]:
-    event = json.loads((EVENTS / f"batch-job-state-change-{name}.json").read_text())
+    event: dict[str, Any] = json.loads((EVENTS / f"batch-job-state-change-{name}.json").read_text())
     event = copy.deepcopy(event)
     event["detail"]["parameters"] = {"job_id": job_id}
     event["detail"]["jobName"] = f"heimdall-{job_id}"
@@ -53,7 +53,7 @@ def deps() -> JobStateDeps:
 def write_result(deps: JobStateDeps, status: str = "SUCCEEDED", **fields: Any) -> None:
     result = ConversionResult(
         job_id="job-1",
-        status=status,  # type: ignore[arg-type]
+        status=status,
         formats=[FormatOutcome(format=ExportFormat.ONNX, status=FormatStatus.BUILT, file="model.onnx")],
         bundle_file="localization-net-v1.0.0.heimdall",
         package_file="export-package.zip",

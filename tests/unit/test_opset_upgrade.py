@@ -195,7 +195,7 @@ def deps(tmp_path: Path) -> ApiDeps:
         registry=InMemoryRegistry(),
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
-        jobs=NoJobs(),  # type: ignore[arg-type]
+        jobs=NoJobs(),
         names=NAMES,
         limits=BundleLimits(),
         api=ApiLimits(),
@@ -217,6 +217,7 @@ def test_an_old_opset_import_keeps_the_original_and_serves_an_upgraded_copy(deps
     model = onnx_backend_model("test_BatchNorm2d_eval")
     bundle = reference_bundle(model)
     record = import_inline(deps, "alice", bundle).model
+    assert record is not None
     assert record.servable and record.not_servable_reason is None
     upgrade = record.opset_upgrade
     assert upgrade is not None and upgrade.result == "upgraded" and upgrade.samples_checked == 1
@@ -250,6 +251,7 @@ def test_a_model_that_cannot_serve_is_imported_and_refused_as_an_endpoint(
     deps: ApiDeps, data: bytes, says: str
 ) -> None:
     record = import_inline(deps, "alice", reference_bundle(crafted("bad", data), with_samples=False)).model
+    assert record is not None
     assert not record.servable and says in (record.not_servable_reason or "")
     assert record.opset_upgrade is not None and record.opset_upgrade.onnx_key is None
     assert stored(deps, record.onnx_key) == data
@@ -271,6 +273,7 @@ def test_a_model_that_cannot_serve_is_imported_and_refused_as_an_endpoint(
 
 def test_an_endpoint_of_a_model_found_not_servable_later_cannot_be_activated(deps: ApiDeps) -> None:
     record = import_inline(deps, "alice", sample_bundle(localization_net_onnx())).model
+    assert record is not None
     created = create_deployment(deps, "alice", endpoint(record.model_id)).deployment
     deactivate_deployment(deps, "alice", created.deployment_id)
     # E.g. an endpoint created before the check existed, of a model a re-index found not servable.
@@ -282,6 +285,7 @@ def test_an_endpoint_of_a_model_found_not_servable_later_cannot_be_activated(dep
 
 def test_the_model_record_keeps_the_upgrade_through_json(deps: ApiDeps) -> None:
     record = import_inline(deps, "alice", reference_bundle(onnx_backend_model("test_AvgPool2d"))).model
+    assert record is not None
     again = type(record).model_validate(json.loads(record.model_dump_json()))
     assert again == record and again.opset_upgrade is not None
 
@@ -292,6 +296,7 @@ def test_the_endpoint_serves_the_upgraded_copy_and_checks_its_sha256(
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")  # as the local stack runs handlers
     reference = onnx_backend_model("test_AvgPool2d")
     record = import_inline(deps, "alice", reference_bundle(reference)).model
+    assert record is not None
     created = create_deployment(deps, "alice", endpoint(record.model_id))
     assert created.api_key is not None
     serving = ServingDeps(

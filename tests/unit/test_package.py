@@ -31,11 +31,11 @@ from torch import nn
 
 from heimdall.bundle.structural import TensorSpec
 from heimdall.conversion import PACKAGE_FILE_NAME, BenchmarkReport, FormatOutcome, FormatStatus, ParityCheck
+from heimdall.deploy_packages import ZIP_TIMESTAMP
 from heimdall.errors import ConversionError
 from heimdall.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall_batch.outputs import file_record
 from heimdall_batch.package import (
-    ZIP_TIMESTAMP,
     cpp_wrapper,
     kotlin_wrapper,
     minimum_onnxruntime,
@@ -352,7 +352,7 @@ def parse_pbtxt(text: str) -> dict[str, list[Any]]:
         if token == ("punct", "{"):
             return message("}")
         if token == ("punct", "["):
-            values = []
+            values: list[Any] = []
             for item in items:
                 if item == ("punct", "]"):
                     return values

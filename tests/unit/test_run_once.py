@@ -22,9 +22,14 @@ def test_done_work_is_never_repeated_even_days_later() -> None:
     clock = Clock()
     registry = InMemoryRegistry(now=clock)
     calls: list[int] = []
-    assert run_once(registry, "k", lambda: calls.append(1) or "done", duplicate="dup") == "done"
+
+    def work() -> str:
+        calls.append(1)
+        return "done"
+
+    assert run_once(registry, "k", work, duplicate="dup") == "done"
     clock.now += timedelta(days=3)
-    assert run_once(registry, "k", lambda: calls.append(1) or "done", duplicate="dup") == "dup"
+    assert run_once(registry, "k", work, duplicate="dup") == "dup"
     assert calls == [1]
 
 
