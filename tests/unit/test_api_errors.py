@@ -16,14 +16,12 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.unit.test_api_support import (  # noqa: F401 - api_fixture and deps_fixture are fixtures
+from tests.unit.test_api_support import (
     READ,
     WRITE,
     Api,
     FakeLambdaContext,
-    api_fixture,
     decode_reply,
-    deps_fixture,
     document,
     http_event,
     make_deps,

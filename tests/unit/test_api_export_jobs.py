@@ -9,14 +9,7 @@ from typing import Any
 import pytest
 from tests.unit.test_api_logic import events_of
 from tests.unit.test_api_logic_jobs import CHECKPOINT, MANIFEST, PREFIX, safetensors_with_manifest
-from tests.unit.test_api_support import (  # noqa: F401 - api_fixture and deps_fixture are fixtures
-    READ,
-    Api,
-    api_fixture,
-    deps_fixture,
-    import_model,
-    runner,
-)
+from tests.unit.test_api_support import READ, Api, import_model, runner
 
 from heimdall.events import DetailType
 from heimdall.logic.api import ApiDeps

@@ -11,13 +11,7 @@ from typing import Any
 
 import pytest
 from tests.unit.test_api_logic import events_of, store_of
-from tests.unit.test_api_support import (  # noqa: F401 - api_fixture and deps_fixture are fixtures
-    Api,
-    api_fixture,
-    bundle_bytes,
-    deps_fixture,
-    multipart,
-)
+from tests.unit.test_api_support import Api, bundle_bytes, multipart
 
 from heimdall.api.deps import use_deps
 from heimdall.events import DetailType

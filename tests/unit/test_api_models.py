@@ -8,14 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from tests.unit.test_api_logic import ONNX_SHA256, store_of
-from tests.unit.test_api_support import (  # noqa: F401 - api_fixture and deps_fixture are fixtures
-    Api,
-    api_fixture,
-    bundle_bytes,
-    deps_fixture,
-    import_model,
-    model_path,
-)
+from tests.unit.test_api_support import Api, bundle_bytes, import_model, model_path
 
 from heimdall.api.deps import use_deps
 from heimdall.bundle import read_bundle

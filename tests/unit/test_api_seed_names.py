@@ -11,15 +11,7 @@ import pytest
 from pydantic import ValidationError
 from tests.unit.test_api_export_jobs import JOBS, put_checkpoint
 from tests.unit.test_api_logic_jobs import CHECKPOINT
-from tests.unit.test_api_support import (  # noqa: F401 - api_fixture and deps_fixture are fixtures
-    Api,
-    api_fixture,
-    bundle_bytes,
-    deps_fixture,
-    import_model,
-    multipart,
-    runner,
-)
+from tests.unit.test_api_support import Api, bundle_bytes, import_model, multipart, runner
 
 from heimdall.api.schemas import CreateDeploymentRequest, CreateExportJobRequest
 from heimdall.deployments import DeploymentType

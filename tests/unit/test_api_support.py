@@ -6,7 +6,8 @@
   OpenAPI document: the status is one the operation declares, the body validates against the declared
   schema for that status, declared-required headers are present and valid. A test cannot produce a
   response the document does not describe without failing.
-* In-memory collaborators (:func:`make_deps`), real bundles with a real ONNX model, multipart bodies.
+* In-memory collaborators (:func:`make_deps`; the ``deps`` and ``api`` fixtures on them are in
+  ``conftest.py``), real bundles with a real ONNX model, multipart bodies.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -22,13 +23,11 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import jsonschema
-import pytest
 from tests.unit.test_api_logic import ONNX
 from tests.unit.test_api_logic import make_deps as make_logic_deps
 from tests.unit.test_api_logic_jobs import RecordingRunner
 
 from heimdall.api.app import app, openapi_text
-from heimdall.api.deps import use_deps
 from heimdall.logic.api import ApiDeps
 from heimdall.samples import sample_bundle
 
@@ -303,22 +302,6 @@ def decode_reply(raw: Mapping[str, Any]) -> Reply:
 def make_deps(workdir: Path, **api_limits: int) -> ApiDeps:
     """In-memory collaborators (as the use cases' own tests make them), with a job runner that remembers."""
     return replace(make_logic_deps(workdir, **api_limits), jobs=RecordingRunner())
-
-
-@pytest.fixture(name="deps")
-def deps_fixture(tmp_path: Path) -> ApiDeps:
-    """In-memory collaborators with the default limits."""
-    return make_deps(tmp_path)
-
-
-@pytest.fixture(name="api")
-def api_fixture(deps: ApiDeps) -> Iterator[Api]:
-    """The resolver serving ``deps``."""
-    use_deps(lambda: deps)
-    try:
-        yield Api(deps)
-    finally:
-        use_deps(None)
 
 
 def runner(deps: ApiDeps) -> RecordingRunner:

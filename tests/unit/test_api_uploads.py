@@ -7,11 +7,7 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from tests.unit.test_api_support import (  # noqa: F401 - api_fixture and deps_fixture are fixtures
-    Api,
-    api_fixture,
-    deps_fixture,
-)
+from tests.unit.test_api_support import Api
 from tests.unit.test_checkpoint_ingest import MANIFEST, PREFIX
 
 from heimdall.api.deps import use_deps
