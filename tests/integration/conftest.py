@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
@@ -13,6 +13,9 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 from heimdall.adapters.dynamodb import create_registry_table
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -92,11 +95,11 @@ def aws_env(emulator_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str
 
 
 @pytest.fixture
-def s3(aws_env: dict[str, str]):  # type: ignore[no-untyped-def]
+def s3(aws_env: dict[str, str]) -> S3Client:
     return boto3.client("s3", endpoint_url=aws_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
 
 
-def load_handler(function: str):  # type: ignore[no-untyped-def]
+def load_handler(function: str) -> Callable[[dict[str, Any], Any], Any]:
     """A Lambda's ``lambda_handler``, loaded from ``functions/{function}/app.py`` as Lambda loads it."""
     import importlib.util
     from pathlib import Path
@@ -106,4 +109,5 @@ def load_handler(function: str):  # type: ignore[no-untyped-def]
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.lambda_handler
+    handler: Callable[[dict[str, Any], Any], Any] = module.lambda_handler
+    return handler

@@ -12,7 +12,7 @@ import pytest
 
 from heimdall.conversion import JobSpec
 from heimdall.events import DetailType, InMemoryEventSink
-from heimdall.logic.checkpoints import CheckpointDeps, handle_checkpoint_object
+from heimdall.logic.checkpoints import CheckpointDeps, CheckpointOutcome, handle_checkpoint_object
 from heimdall.notifications import ObjectCreated, classify_ingest_key
 from heimdall.registry import InMemoryRegistry, JobStatus
 from heimdall.settings import BundleLimits, ResourceNames
@@ -75,7 +75,7 @@ def put(deps: CheckpointDeps, key: str, data: bytes) -> ObjectCreated:
     )
 
 
-def notify(deps: CheckpointDeps, obj: ObjectCreated):  # type: ignore[no-untyped-def]
+def notify(deps: CheckpointDeps, obj: ObjectCreated) -> CheckpointOutcome:
     return handle_checkpoint_object(obj, classify_ingest_key(obj.key), deps, owner="alice")
 
 

@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tests.unit.rate_arrivals import (
     SEEN_BURSTS,
+    Consume,
     arrivals,
     at,
     check_exact,
@@ -21,7 +22,7 @@ from tests.unit.rate_arrivals import (
 from heimdall.deployments import MAX_RATE_LIMIT, InMemoryDeploymentStore, check_rate_limit
 
 
-def consume_on(store: InMemoryDeploymentStore, key_id: str, limit: int):  # type: ignore[no-untyped-def]
+def consume_on(store: InMemoryDeploymentStore, key_id: str, limit: int) -> Consume:
     return lambda now: store.consume_rate_limit(key_id, limit, now)
 
 
