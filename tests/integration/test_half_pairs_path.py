@@ -24,9 +24,9 @@ from tests.integration.test_event_path import (  # noqa: F401 - stack is a fixtu
     sqs_batch,
     stack,
 )
+from tests.unit.test_checkpoint_ingest import RecordingSubmitter
 
 from heimdall import wiring
-from heimdall.conversion import JobSpec
 from heimdall.events import DetailType, schema_file_name
 from heimdall.logic.export_jobs import create_export_job
 from heimdall.logic.ingest import handle_ingest_record
@@ -35,25 +35,6 @@ from heimdall.registry import UploadStatus, upload_id_for
 from heimdall.settings import get_settings
 
 OWNER = "system"  # direct drops belong to HEIMDALL_DROP_OWNER
-
-
-class RecordingSubmitter:
-    """Remembers submissions instead of running them (what is tested is who starts a job, not the job)."""
-
-    def __init__(self) -> None:
-        self.specs: list[JobSpec] = []
-        self.cancelled: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-
-    def submit(self, spec: JobSpec) -> str:
-        with self._lock:
-            self.specs.append(spec)
-            return f"batch-{len(self.specs)}"
-
-    def cancel(self, runner_job_id: str, reason: str) -> None:
-        # JobSubmitter.cancel: these paths never cancel, but the double must match the port.
-        with self._lock:
-            self.cancelled.append((runner_job_id, reason))
 
 
 @pytest.fixture
