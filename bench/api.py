@@ -4,7 +4,8 @@ Starts :class:`heimdall.local.stack.LocalStack` in this process (moto's server, 
 free port calling ``functions/api/app.py``), then:
 
 * registers ``--models`` models (default 100): one real bundle around a ``--onnx-mb`` MiB ONNX model
-  (:func:`heimdall.samples.padded_onnx`, default 1 MiB) imported through ``POST /api/v1/models/import``,
+  (:func:`heimdall.testing.samples.padded_onnx`, default 1 MiB) imported through
+  ``POST /api/v1/models/import``,
   and the rest as registry records written through the registry adapter (what indexing writes);
 * ``list``: ``GET /api/v1/models`` (the first page at the default page size, 50 models) through real
   HTTP from ``--clients`` concurrent clients (default 8), ``--requests`` requests in all (default 200),
@@ -47,13 +48,13 @@ from heimdall import wiring
 from heimdall.api.deps import use_deps
 from heimdall.bundle.reader import parse_metadata
 from heimdall.bundle.writer import write_bundle
+from heimdall.domain.registry import InMemoryRegistry, ModelRecord, utcnow
+from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.logic.api import ApiDeps
-from heimdall.registry import InMemoryRegistry, ModelRecord, utcnow
-from heimdall.samples import padded_onnx, sample_bundle_metadata
 from heimdall.settings import MIB
-from heimdall.storage import InMemoryObjectStore
+from heimdall.testing.samples import padded_onnx, sample_bundle_metadata
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from heimdall.conversion import FormatStatus
-from heimdall.manifest import ExportFormat
+from heimdall.contracts.jobs import FormatStatus
+from heimdall.contracts.manifest import ExportFormat
 from heimdall_batch.architectures import resolve
 from heimdall_batch.benchmark import hardware_name
 from heimdall_batch.pipeline import ConversionOptions, run_conversion

@@ -9,7 +9,7 @@ batch 32; the full float repr would be 7.6 MB at batch 32, over the endpoint's 6
 For each ``--batch`` size (default 1 and 32) it measures:
 
 * ``bare_run_ms``: ``InferenceSession.run`` alone on the same model and input, with the session the
-  endpoint creates (``heimdall.inference._create_session``: same options, same provider).
+  endpoint creates (``heimdall.inference.engine._create_session``: same options, same provider).
 * ``inprocess_ms``: ``functions/infer/app.py``'s ``lambda_handler`` called in this process with the
   gateway's own API Gateway v2 event (:func:`heimdall.local.gateway.build_event`, built outside the
   timer), as the local stack calls it (:func:`heimdall.local.stack.invoker`, metrics disabled as
@@ -107,12 +107,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from heimdall import serving, wiring
+from heimdall import wiring
 from heimdall.api.bodies import raw_body
 from heimdall.bundle.reader import parse_metadata
 from heimdall.bundle.structural import check_structure
 from heimdall.bundle.writer import write_bundle
-from heimdall.deployments import (
+from heimdall.domain.deployments import (
     RATE_LIMITS,
     ApiKeyRecord,
     Deployment,
@@ -123,13 +123,14 @@ from heimdall.deployments import (
     generate_api_key,
     hash_api_key,
 )
-from heimdall.inference import ModelCache, _check_file, _create_session, prepare_inputs, run
+from heimdall.domain.storage import InMemoryObjectStore
+from heimdall.inference import app as serving
+from heimdall.inference.app import ServingDeps, use_serving_deps
+from heimdall.inference.engine import ModelCache, _check_file, _create_session, prepare_inputs, run
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import LocalStack, invoker, load_function
-from heimdall.samples import sample_bundle_metadata
-from heimdall.serving import ServingDeps, use_serving_deps
 from heimdall.settings import get_settings
-from heimdall.storage import InMemoryObjectStore
+from heimdall.testing.samples import sample_bundle_metadata
 
 INPUT_CHW = (3, 128, 32)
 OUTPUT_NAMES = ("positions", "uncertainties")

@@ -1,4 +1,4 @@
-"""Inference: ``POST /v1/infer/{id}``, ``GET /v1/deployments/{id}/health|usage`` → heimdall.serving.
+"""Inference: ``POST /v1/infer/{id}``, ``GET /v1/deployments/{id}/health|usage`` → heimdall.inference.app.
 
 Runs with the onnx layer (onnxruntime, numpy); the ONNX Runtime session is created on the first
 request for a model and reused by the container's later requests.
@@ -10,8 +10,8 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from heimdall.inference.app import app
 from heimdall.observability import logger, metrics, tracer
-from heimdall.serving import app
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -24,8 +24,8 @@ from typing import Final
 import torch
 from torch import nn
 
+from heimdall.contracts.manifest import Manifest
 from heimdall.errors import StateDictMismatch, UnsupportedArchitecture
-from heimdall.manifest import Manifest
 
 Builder = Callable[..., nn.Module]
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from heimdall.conversion import BenchmarkReport
-from heimdall.manifest import Manifest
+from heimdall.contracts.jobs import BenchmarkReport
+from heimdall.contracts.manifest import Manifest
 from heimdall_batch.parity import Inputs, Runner
 from heimdall_batch.specs import IOSpec, random_inputs
 

@@ -11,9 +11,9 @@ import torch
 from heimdall.bundle.models import Bundle, BundleMetadata, ModelInfo, PerformanceMetrics
 from heimdall.bundle.verify import verify_bundle
 from heimdall.bundle.writer import write_bundle
-from heimdall.conversion import BenchmarkReport
+from heimdall.contracts.jobs import BenchmarkReport
+from heimdall.contracts.manifest import Manifest
 from heimdall.errors import ConversionError
-from heimdall.manifest import Manifest
 from heimdall_batch.specs import IOSpec
 
 #: Ids of what a job writes are derived from the job id, so a retried attempt writes the same bundle.

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from heimdall import __version__
+from heimdall.contracts.manifest import Manifest
 from heimdall.errors import ConversionError
-from heimdall.manifest import Manifest
 from heimdall_batch.specs import BATCH_AXIS, IOSpec
 
 ONNX_FILE_NAME = "model.onnx"

@@ -14,9 +14,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from heimdall.conversion import FormatOutcome
+from heimdall.contracts.jobs import FormatOutcome
+from heimdall.contracts.manifest import ExportFormat, Manifest
 from heimdall.errors import ConversionError
-from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.benchmark import latency_by_batch
 from heimdall_batch.outputs import built_outcome
 from heimdall_batch.parity import Runner, check_parity, onnx_runner

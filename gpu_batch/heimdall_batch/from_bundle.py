@@ -26,9 +26,9 @@ from typing import Any
 from heimdall.bundle import ReadResult, read_bundle
 from heimdall.bundle.structural import StructuralReport, TensorSpec, check_structure
 from heimdall.bundle.upgrade import check_serving
-from heimdall.conversion import DEFAULT_BUNDLE_FORMATS, OpsetUpgrade
+from heimdall.contracts.jobs import DEFAULT_BUNDLE_FORMATS, OpsetUpgrade
+from heimdall.contracts.manifest import ExportFormat, Manifest, manifest_names, parse_manifest
 from heimdall.errors import ChecksumMismatch, ModelNotServable, UnsupportedArchitecture
-from heimdall.manifest import ExportFormat, Manifest, manifest_names, parse_manifest
 from heimdall.settings import BundleLimits, get_settings
 from heimdall_batch.export_onnx import ONNX_FILE_NAME, OnnxExport
 from heimdall_batch.specs import IOSpec

@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from heimdall.conversion import FormatOutcome
+from heimdall.contracts.jobs import FormatOutcome
+from heimdall.contracts.manifest import ExportFormat, Manifest
 from heimdall.errors import ConversionError
-from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.benchmark import latency_by_batch
 from heimdall_batch.outputs import built_outcome
 from heimdall_batch.parity import Runner, check_parity, onnx_runner

@@ -19,9 +19,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from heimdall.adapters.s3 import S3ObjectStore, join_uri, parse_s3_uri
-from heimdall.conversion import RESULT_FILE_NAME, ConversionResult, JobSpec
+from heimdall.contracts.jobs import RESULT_FILE_NAME, ConversionResult, JobSpec
+from heimdall.contracts.manifest import ExportFormat
 from heimdall.errors import HeimdallError, ObjectNotFound, TooLarge
-from heimdall.manifest import ExportFormat
 from heimdall_batch.loading import refuse_unsafe_environment
 from heimdall_batch.outputs import file_record
 from heimdall_batch.pipeline import ConversionOptions, failed_result, run_bundle_conversion, run_conversion

@@ -45,6 +45,7 @@ from typing import IO, Any, Final, Literal
 import torch
 
 from heimdall.bundle.reader import parse_json
+from heimdall.contracts.manifest import EMBEDDED_MANIFEST_KEY
 from heimdall.errors import (
     BundleError,
     InvalidCheckpoint,
@@ -52,7 +53,6 @@ from heimdall.errors import (
     UnsafeCheckpoint,
     UnsafeEnvironment,
 )
-from heimdall.manifest import EMBEDDED_MANIFEST_KEY
 
 CheckpointFormat = Literal["safetensors", "torch-zip"]
 
@@ -112,7 +112,7 @@ class LoadedCheckpoint:
     state_dict: dict[str, torch.Tensor]
     format: CheckpointFormat
     #: The dict under ``heimdall`` of a dict checkpoint, or safetensors ``__metadata__["heimdall"]``
-    #: parsed; not yet validated (``heimdall.manifest.parse_manifest`` does that).
+    #: parsed; not yet validated (``heimdall.contracts.manifest.parse_manifest`` does that).
     embedded_manifest: dict[str, Any] | None
     size_bytes: int
     sha256: str

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from heimdall.conversion import FormatOutcome, FormatStatus, OutputFile, ParityCheck
+from heimdall.contracts.jobs import FormatOutcome, FormatStatus, OutputFile, ParityCheck
 from heimdall.types import ExportFormat
 
 

@@ -30,17 +30,19 @@ from typing import Any, Final
 
 from heimdall import __version__
 from heimdall.bundle.structural import Dim, TensorSpec
-from heimdall.conversion import (
+from heimdall.contracts.jobs import (
     PACKAGE_FILE_NAME,
     BenchmarkReport,
     FormatOutcome,
     FormatStatus,
     OutputFile,
 )
+from heimdall.contracts.manifest import ExportFormat, Manifest
+from heimdall.errors import ConversionError
 
 # The names, types and zip conventions the deployment packages read back (the API builds edge and
 # container packages from this package): defined once, in the core layer.
-from heimdall.deploy_packages import (
+from heimdall.export_package.deployment import (
     KOTLIN_WRAPPER_PATH,
     METADATA_FILE_NAME,
     README_FILE_NAME,
@@ -48,8 +50,6 @@ from heimdall.deploy_packages import (
     TRITON_TYPES,
     ZIP_TIMESTAMP,
 )
-from heimdall.errors import ConversionError
-from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.architectures import UNCERTAINTY_MAX, UNCERTAINTY_MIN
 from heimdall_batch.outputs import file_record
 from heimdall_batch.parity import FP32_ONNX_REFERENCE

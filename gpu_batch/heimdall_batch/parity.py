@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from heimdall.conversion import ParityCheck
+from heimdall.contracts.jobs import ParityCheck
+from heimdall.contracts.manifest import Manifest
 from heimdall.errors import ParityError
-from heimdall.manifest import Manifest
 from heimdall_batch.specs import IOSpec, as_tuple, random_inputs
 
 Inputs = Mapping[str, np.ndarray]

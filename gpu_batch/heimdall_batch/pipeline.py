@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from heimdall.conversion import (
+from heimdall.contracts.jobs import (
     PACKAGE_FILE_NAME,
     RESULT_FILE_NAME,
     BenchmarkReport,
@@ -40,6 +40,13 @@ from heimdall.conversion import (
     ParityCheck,
     StageRecord,
 )
+from heimdall.contracts.manifest import (
+    EMBEDDED_MANIFEST_KEY,
+    ExportFormat,
+    Manifest,
+    parse_manifest,
+    read_manifest,
+)
 from heimdall.errors import (
     BundleError,
     ConversionError,
@@ -49,7 +56,6 @@ from heimdall.errors import (
     InvalidOnnx,
     ParityError,
 )
-from heimdall.manifest import EMBEDDED_MANIFEST_KEY, ExportFormat, Manifest, parse_manifest, read_manifest
 from heimdall_batch import architectures, bundling, from_bundle, loading
 from heimdall_batch.benchmark import benchmark
 from heimdall_batch.export_onnx import OnnxExport, export_onnx
@@ -152,7 +158,7 @@ def run_bundle_conversion(
     ONNX Runtime must serve its model (``MODEL_NOT_SERVABLE``, exit code 4, otherwise). The FP32
     model is the bundle's, byte for byte, or its opset upgrade when ONNX Runtime cannot load it as
     stamped (recorded in the result and the package); ``options.formats`` default to
-    :data:`~heimdall.conversion.DEFAULT_BUNDLE_FORMATS`; with ``expected_sha256`` the bundle's model
+    :data:`~heimdall.contracts.jobs.DEFAULT_BUNDLE_FORMATS`; with ``expected_sha256`` the bundle's model
     must hash to it. No new bundle is written: the source is one. Like :func:`run_conversion`,
     always writes ``result.json`` last and never raises for a bad input.
     """

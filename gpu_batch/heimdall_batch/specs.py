@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from heimdall.bundle.structural import TensorSpec
+from heimdall.contracts.manifest import Manifest
 from heimdall.errors import UnsupportedArchitecture
-from heimdall.manifest import Manifest
 
 BATCH_AXIS = "batch"
 

@@ -34,9 +34,9 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from heimdall.conversion import FormatOutcome, FormatStatus
+from heimdall.contracts.jobs import FormatOutcome, FormatStatus
+from heimdall.contracts.manifest import ExportFormat, Manifest
 from heimdall.errors import ConversionError
-from heimdall.manifest import ExportFormat, Manifest
 from heimdall_batch.benchmark import BENCHMARK_BATCH_SIZES, latency_by_batch
 from heimdall_batch.outputs import built_outcome
 from heimdall_batch.parity import Inputs, Runner, check_parity

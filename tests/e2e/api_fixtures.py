@@ -29,8 +29,8 @@ import pytest
 
 from heimdall.local.demo import MANIFEST, Subscriber
 from heimdall.local.stack import LocalStack
-from heimdall.samples import localization_net_onnx, padded_onnx, sample_bundle
 from heimdall.settings import MIB
+from heimdall.testing.samples import localization_net_onnx, padded_onnx, sample_bundle
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ import httpx
 
 from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.local.stack import LocalStack
-from heimdall.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.testing.samples import localization_net_onnx, sample_bundle_metadata
 
 CHECKS = ",".join(
     (

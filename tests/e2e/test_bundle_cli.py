@@ -1,6 +1,6 @@
 """The ``heimdall bundle`` commands as a user drives them: a subprocess per command, real bundles.
 
-Bundles are built in-process with the library (:mod:`heimdall.samples` + ``write_bundle``); every
+Bundles are built in-process with the library (:mod:`heimdall.testing.samples` + ``write_bundle``); every
 command runs as ``python -m heimdall.cli ...`` and is judged on its exit code, stdout and stderr. No
 output of any command may contain a traceback.
 """
@@ -26,7 +26,7 @@ import pytest
 from heimdall.bundle import ComponentSelection, parse_metadata, read_bundle, write_bundle
 from heimdall.bundle.dialects import Dialect
 from heimdall.bundle.signing import generate_key_pair, load_private_key
-from heimdall.samples import (
+from heimdall.testing.samples import (
     SEED_FALLBACKS,
     ReferenceModel,
     legacy_bundle_metadata,

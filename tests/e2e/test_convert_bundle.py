@@ -23,9 +23,13 @@ from tests.e2e.api_fixtures import make_bundle
 from tests.e2e.test_convert_cli import heimdall
 
 from heimdall.bundle import parse_metadata, write_bundle
-from heimdall.conversion import ConversionResult
-from heimdall.deploy_packages import build_container_package, build_edge_package, check_triton_config
-from heimdall.samples import (
+from heimdall.contracts.jobs import ConversionResult
+from heimdall.export_package.deployment import (
+    build_container_package,
+    build_edge_package,
+    check_triton_config,
+)
+from heimdall.testing.samples import (
     ReferenceModel,
     localization_net_onnx,
     onnx_backend_model,

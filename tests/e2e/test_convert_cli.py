@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from heimdall.conversion import ConversionResult
+from heimdall.contracts.jobs import ConversionResult
 from heimdall_batch.architectures import resolve
 
 MANIFEST: dict[str, Any] = {

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from heimdall.conversion import FormatStatus
+from heimdall.contracts.jobs import FormatStatus
+from heimdall.contracts.manifest import Manifest, parse_manifest
 from heimdall.errors import ConversionError
-from heimdall.manifest import Manifest, parse_manifest
 from heimdall_batch.parity import onnx_runner
 from heimdall_batch.specs import IOSpec, io_spec
 from heimdall_batch.tensorrt import TensorRTBuilder, build_tensorrt
@@ -168,9 +168,9 @@ def test_int8_without_qdq_nodes_is_refused(
 
 def test_an_imported_bundle_gets_an_engine_for_this_gpu(trt: ModuleType, tmp_path: Path) -> None:
     """A model that came as a bundle (no PyTorch model) gets its engine built and checked against it."""
-    from heimdall.conversion import ConversionResult
-    from heimdall.manifest import ExportFormat
-    from heimdall.samples import localization_net_onnx, sample_bundle
+    from heimdall.contracts.jobs import ConversionResult
+    from heimdall.contracts.manifest import ExportFormat
+    from heimdall.testing.samples import localization_net_onnx, sample_bundle
     from heimdall_batch.pipeline import ConversionOptions, run_bundle_conversion
 
     source = tmp_path / "imported.heimdall"

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from heimdall.conversion import ConversionResult
-from heimdall.samples import localization_net_onnx, sample_bundle
+from heimdall.contracts.jobs import ConversionResult
+from heimdall.testing.samples import localization_net_onnx, sample_bundle
 from heimdall_batch.architectures import resolve
 
 MANIFEST = {

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.unit.rate_arrivals import SEEN_BURSTS, arrivals, check_exact, thirds
 
-from heimdall.adapters.dynamodb import DynamoRegistry
-from heimdall.adapters.dynamodb_deployments import DynamoDeploymentStore, _rate_key, _rate_log_item
+from heimdall.adapters.dynamodb.deployments import DynamoDeploymentStore, _rate_key, _rate_log_item
+from heimdall.adapters.dynamodb.registry import DynamoRegistry
 from heimdall.bundle.models import NormalizationStats
-from heimdall.deployments import (
+from heimdall.domain.deployments import (
     MAX_RATE_LIMIT,
     RATE_LIMITS,
     ApiKeyRecord,
@@ -44,8 +44,8 @@ from heimdall.deployments import (
     parse_key_id,
     rate_moment,
 )
+from heimdall.domain.registry import ModelRecord
 from heimdall.errors import ConflictError, InvalidCursor, RecordNotFound, Unauthorized
-from heimdall.registry import ModelRecord
 
 ACTIVE, INACTIVE = DeploymentStatus.ACTIVE, DeploymentStatus.INACTIVE
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -640,7 +640,7 @@ def test_batch_reads_retry_unprocessed_keys_then_fall_back_to_single_reads(owner
     and after a few tries read one by one, so a request is never refused for the database's sake."""
     from botocore.stub import ANY, Stubber
 
-    from heimdall.adapters.dynamodb_deployments import _api_key_item, _deployment_item
+    from heimdall.adapters.dynamodb.deployments import _api_key_item, _deployment_item
 
     record, key_record, key = endpoint(owner)
     items = {"key": _api_key_item(key_record), "deployment": _deployment_item(record)}

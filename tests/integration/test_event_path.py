@@ -29,10 +29,10 @@ from tests.integration.conftest import load_handler
 
 from heimdall import wiring
 from heimdall.adapters.batch import batch_job_name
-from heimdall.adapters.dynamodb import create_registry_table
-from heimdall.conversion import JobSpec
+from heimdall.adapters.dynamodb.registry import create_registry_table
+from heimdall.contracts.jobs import JobSpec
+from heimdall.domain.registry import JobStatus
 from heimdall.events import DetailType, schema_file_name
-from heimdall.registry import JobStatus
 from heimdall.settings import get_settings
 from heimdall_batch.architectures import resolve
 

@@ -27,11 +27,11 @@ from tests.integration.test_event_path import (  # noqa: F401 - stack is a fixtu
 from tests.unit.test_checkpoint_ingest import RecordingSubmitter
 
 from heimdall import wiring
+from heimdall.domain.registry import UploadStatus, upload_id_for
 from heimdall.events import DetailType, schema_file_name
 from heimdall.logic.export_jobs import create_export_job
 from heimdall.logic.ingest import handle_ingest_record
 from heimdall.logic.uploads import sweep_incomplete_uploads
-from heimdall.registry import UploadStatus, upload_id_for
 from heimdall.settings import get_settings
 
 OWNER = "system"  # direct drops belong to HEIMDALL_DROP_OWNER

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from heimdall.adapters.s3 import S3ObjectStore
+from heimdall.domain.storage import InMemoryObjectStore, ObjectStore
 from heimdall.errors import ObjectNotFound, TooLarge
-from heimdall.storage import InMemoryObjectStore, ObjectStore
 
 
 @pytest.fixture(params=["s3", "memory"])

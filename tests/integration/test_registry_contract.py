@@ -19,17 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heimdall.adapters.dynamodb import DynamoRegistry
-from heimdall.errors import (
-    ConflictError,
-    InvalidCursor,
-    InvalidPagination,
-    InvalidTransition,
-    RecordNotFound,
-    RegistryUnavailable,
-)
-from heimdall.manifest import ExportFormat
-from heimdall.registry import (
+from heimdall.adapters.dynamodb.registry import DynamoRegistry
+from heimdall.contracts.manifest import ExportFormat
+from heimdall.domain.registry import (
     ALLOWED,
     TERMINAL,
     ExportJob,
@@ -46,6 +38,14 @@ from heimdall.registry import (
     UploadStatus,
     half_ref,
     upload_id_for,
+)
+from heimdall.errors import (
+    ConflictError,
+    InvalidCursor,
+    InvalidPagination,
+    InvalidTransition,
+    RecordNotFound,
+    RegistryUnavailable,
 )
 
 S = JobStatus

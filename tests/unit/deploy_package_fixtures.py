@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tests.unit.test_package import Built, _build, _manifest
 
-from heimdall.conversion import FormatOutcome, FormatStatus
-from heimdall.manifest import ExportFormat
+from heimdall.contracts.jobs import FormatOutcome, FormatStatus
+from heimdall.contracts.manifest import ExportFormat
 from heimdall_batch.fp16 import build_fp16
 from heimdall_batch.int8 import build_int8
 from heimdall_batch.package import write_export_package

@@ -11,9 +11,9 @@ from tests.unit.test_api_logic import events_of
 from tests.unit.test_api_logic_jobs import CHECKPOINT, MANIFEST, PREFIX, safetensors_with_manifest
 from tests.unit.test_api_support import READ, Api, import_model, runner
 
+from heimdall.domain.registry import JobResultSummary, JobStatus, ModelRecord
 from heimdall.events import DetailType
 from heimdall.logic.api import ApiDeps
-from heimdall.registry import JobResultSummary, JobStatus, ModelRecord
 
 JOBS = "/api/v1/export/jobs"
 

@@ -15,6 +15,8 @@ import pytest
 from heimdall import wiring
 from heimdall.bundle import read_bundle
 from heimdall.bundle.models import Component, ComponentSelection
+from heimdall.domain.registry import ImportStatus, InMemoryRegistry
+from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.errors import (
     ChecksumMismatch,
     InvalidJson,
@@ -44,10 +46,8 @@ from heimdall.logic.models import (
     get_model,
     list_models,
 )
-from heimdall.registry import ImportStatus, InMemoryRegistry
-from heimdall.samples import localization_net_onnx, sample_bundle, sample_bundle_metadata
 from heimdall.settings import ApiLimits, BundleLimits, Settings, get_settings
-from heimdall.storage import InMemoryObjectStore
+from heimdall.testing.samples import localization_net_onnx, sample_bundle, sample_bundle_metadata
 from heimdall.types import ExportFormat
 
 NAMES = Settings(ingest_bucket="ingest", artifacts_bucket="artifacts").resource_names()

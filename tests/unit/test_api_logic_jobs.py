@@ -16,7 +16,9 @@ import pytest
 from botocore.stub import Stubber
 
 from heimdall.adapters.batch import BatchJobSubmitter
-from heimdall.conversion import DEFAULT_BUNDLE_FORMATS, JobSpec
+from heimdall.contracts.jobs import DEFAULT_BUNDLE_FORMATS, JobSpec
+from heimdall.domain.registry import ExportJob, InMemoryRegistry, JobResultSummary, JobStatus, ModelRecord
+from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.errors import (
     IdempotencyKeyReused,
     InvalidManifest,
@@ -40,9 +42,7 @@ from heimdall.logic.export_jobs import (
     list_model_exports,
     set_default_export,
 )
-from heimdall.registry import ExportJob, InMemoryRegistry, JobResultSummary, JobStatus, ModelRecord
 from heimdall.settings import ApiLimits, BundleLimits, Settings
-from heimdall.storage import InMemoryObjectStore
 from heimdall.types import ExportFormat
 
 NAMES = Settings(ingest_bucket="ingest", artifacts_bucket="artifacts").resource_names()

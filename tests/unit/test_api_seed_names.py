@@ -14,7 +14,7 @@ from tests.unit.test_api_logic_jobs import CHECKPOINT
 from tests.unit.test_api_support import Api, bundle_bytes, import_model, multipart, runner
 
 from heimdall.api.schemas import CreateDeploymentRequest, CreateExportJobRequest
-from heimdall.deployments import DeploymentType
+from heimdall.domain.deployments import DeploymentType
 from heimdall.errors import RequestInvalid
 from heimdall.logic.api import ApiDeps
 from heimdall.types import ExportFormat

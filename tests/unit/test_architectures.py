@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
+from heimdall.contracts.manifest import Manifest, parse_manifest
 from heimdall.errors import HeimdallError, StateDictMismatch, UnsupportedArchitecture
-from heimdall.manifest import Manifest, parse_manifest
 from heimdall_batch import architectures
 from heimdall_batch.architectures import (
     BUILTINS,

@@ -9,7 +9,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from heimdall.adapters.batch import BatchJobSubmitter, batch_job_name, job_id_from_batch_name
-from heimdall.conversion import JobSpec
+from heimdall.contracts.jobs import JobSpec
 from heimdall.errors import StorageError
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from heimdall.bundle.dialects import Dialect
-from heimdall.samples import (
+from heimdall.testing.samples import (
     ReferenceModel,
     localization_net_onnx,
     reference_bundle,

@@ -27,14 +27,14 @@ from heimdall.errors import (
     TooLarge,
     UnsupportedVersion,
 )
-from heimdall.samples import (
+from heimdall.settings import BundleLimits
+from heimdall.testing.samples import (
     SEED_FALLBACKS,
     legacy_bundle_metadata,
     localization_net_onnx,
     sample_bundle,
     sample_bundle_metadata,
 )
-from heimdall.settings import BundleLimits
 
 ONNX = bytes(range(256)) * 40 + b"tail"  # the integrity pass does not parse ONNX; any bytes will do
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from heimdall.conversion import JobSpec
+from heimdall.contracts.jobs import JobSpec
+from heimdall.domain.registry import InMemoryRegistry, JobStatus
+from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.events import DetailType, InMemoryEventSink
 from heimdall.logic.checkpoints import CheckpointDeps, CheckpointOutcome, handle_checkpoint_object
 from heimdall.notifications import ObjectCreated, classify_ingest_key
-from heimdall.registry import InMemoryRegistry, JobStatus
 from heimdall.settings import BundleLimits, ResourceNames
-from heimdall.storage import InMemoryObjectStore
 
 NAMES = ResourceNames(
     ingest_bucket="ingest",

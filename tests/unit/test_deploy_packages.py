@@ -38,9 +38,10 @@ from tests.unit.deploy_package_fixtures import (
 from tests.unit.test_package import _graph_io
 from tests.unit.test_package import parse_pbtxt as reference_parse_pbtxt
 
-from heimdall import deploy_packages as dp
 from heimdall.bundle.structural import TensorSpec
-from heimdall.deploy_packages import (
+from heimdall.errors import PackageInconsistent, RequestInvalid
+from heimdall.export_package import deployment as dp
+from heimdall.export_package.deployment import (
     DEFAULT_TRITON_IMAGE,
     BuiltPackage,
     build_container_package,
@@ -49,7 +50,6 @@ from heimdall.deploy_packages import (
     check_triton_image,
     parse_pbtxt,
 )
-from heimdall.errors import PackageInconsistent, RequestInvalid
 from heimdall_batch import package as export_package
 from heimdall_batch.specs import IOSpec
 

@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from heimdall.conversion import FormatStatus
+from heimdall.contracts.jobs import FormatStatus
+from heimdall.contracts.manifest import ExportFormat
 from heimdall.errors import HeimdallError
 from heimdall.events import (
     DETAIL_MODELS,
@@ -41,7 +42,6 @@ from heimdall.events import (
     schema_file_name,
     write_schemas,
 )
-from heimdall.manifest import ExportFormat
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVENTS_DIR = REPO_ROOT / "events"

@@ -9,8 +9,8 @@ import onnx
 import pytest
 import torch
 
+from heimdall.contracts.manifest import Manifest, parse_manifest
 from heimdall.errors import ConversionError, ParityError
-from heimdall.manifest import Manifest, parse_manifest
 from heimdall_batch.benchmark import benchmark, hardware_name
 from heimdall_batch.export_onnx import export_onnx
 from heimdall_batch.parity import Inputs, check_parity, compare_outputs, onnx_runner, torch_runner

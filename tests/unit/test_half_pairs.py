@@ -21,15 +21,15 @@ from tests.unit.test_checkpoint_ingest import (
     submitted,
 )
 
+from heimdall.domain.registry import InMemoryRegistry, UploadStatus, half_ref, upload_id_for
+from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.errors import IncompleteUpload, RegistryUnavailable
 from heimdall.events import CheckpointRejected, DetailType, InMemoryEventSink
 from heimdall.logic.api import ApiDeps
 from heimdall.logic.checkpoints import CheckpointDeps
 from heimdall.logic.export_jobs import create_export_job
 from heimdall.logic.uploads import SweepDeps, sweep_incomplete_uploads
-from heimdall.registry import InMemoryRegistry, UploadStatus, half_ref, upload_id_for
 from heimdall.settings import BundleLimits, Settings
-from heimdall.storage import InMemoryObjectStore
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 DAY = 24 * 3600

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from heimdall.bundle import parse_metadata, read_bundle, write_bundle
+from heimdall.domain.registry import ExportJob, InMemoryRegistry
+from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.errors import InvalidBundle, StorageError
 from heimdall.events import DetailType, EventPublishError, InMemoryEventSink
 from heimdall.logic import bundles as bundles_logic
 from heimdall.logic.bundles import BundleDeps, index_bundle
 from heimdall.notifications import ObjectCreated
-from heimdall.registry import ExportJob, InMemoryRegistry
-from heimdall.samples import localization_net_onnx, sample_bundle_metadata
 from heimdall.settings import BundleLimits, ResourceNames
-from heimdall.storage import InMemoryObjectStore
+from heimdall.testing.samples import localization_net_onnx, sample_bundle_metadata
 
 NAMES = ResourceNames(
     ingest_bucket="ingest",

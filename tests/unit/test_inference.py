@@ -1,6 +1,6 @@
 """The inference core (issue 6): session cache, input checking, normalisation, runs.
 
-Real models from :mod:`heimdall.samples` and a real ONNX Runtime; only the download is a fake
+Real models from :mod:`heimdall.testing.samples` and a real ONNX Runtime; only the download is a fake
 (``fetch`` writes bytes we hold). Loading runs the structural pass in a child process (about half a
 second per model).
 """
@@ -19,10 +19,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from heimdall import inference
 from heimdall.bundle.models import NormalizationStats
 from heimdall.errors import ChecksumMismatch, InvalidOnnx, ShapeMismatch, TooLarge
-from heimdall.inference import (
+from heimdall.inference import engine as inference
+from heimdall.inference.engine import (
     InvalidInput,
     LoadedModel,
     ModelCache,
@@ -30,8 +30,8 @@ from heimdall.inference import (
     prepare_inputs,
     run,
 )
-from heimdall.samples import localization_net_onnx, padded_onnx
 from heimdall.settings import BundleLimits
+from heimdall.testing.samples import localization_net_onnx, padded_onnx
 
 LIMITS = BundleLimits()
 LOCALIZATION = localization_net_onnx()

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from heimdall.conversion import ConversionResult, FormatOutcome, FormatStatus
+from heimdall.contracts.jobs import ConversionResult, FormatOutcome, FormatStatus
+from heimdall.contracts.manifest import ExportFormat
+from heimdall.domain.registry import ExportJob, InMemoryRegistry, JobStatus
+from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.events import DetailType, InMemoryEventSink
 from heimdall.logic.job_state import JobStateDeps, handle_batch_state_change
-from heimdall.manifest import ExportFormat
-from heimdall.registry import ExportJob, InMemoryRegistry, JobStatus
-from heimdall.storage import InMemoryObjectStore
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 NOW = datetime(2026, 11, 25, tzinfo=UTC)

@@ -30,6 +30,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from heimdall.contracts.manifest import parse_manifest
 from heimdall.errors import (
     HeimdallError,
     InvalidCheckpoint,
@@ -37,7 +38,6 @@ from heimdall.errors import (
     UnsafeCheckpoint,
     UnsafeEnvironment,
 )
-from heimdall.manifest import parse_manifest
 from heimdall_batch import loading
 from heimdall_batch.loading import LoadedCheckpoint, load_checkpoint, refuse_unsafe_environment
 

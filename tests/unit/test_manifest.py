@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from heimdall.contracts.manifest import ExportFormat, Manifest, parse_manifest, read_manifest
 from heimdall.errors import InvalidManifest
-from heimdall.manifest import ExportFormat, Manifest, parse_manifest, read_manifest
-from heimdall.samples import SEED_FALLBACKS
+from heimdall.testing.samples import SEED_FALLBACKS
 
 
 def manifest_doc(**overrides: Any) -> dict[str, Any]:

@@ -21,9 +21,12 @@ from heimdall.bundle import read_bundle
 from heimdall.bundle.models import ComponentSelection
 from heimdall.bundle.upgrade import UPGRADE_OPSET, check_serving, checkable_samples
 from heimdall.bundle.verify import verify_bundle
-from heimdall.deployments import DeploymentStatus, DeploymentType
+from heimdall.domain.deployments import DeploymentStatus, DeploymentType
+from heimdall.domain.registry import InMemoryRegistry
+from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.errors import ModelNotServable
 from heimdall.events import InMemoryEventSink
+from heimdall.inference.app import ServingDeps, use_serving_deps
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import invoker, load_function
 from heimdall.logic.api import ApiDeps
@@ -35,8 +38,8 @@ from heimdall.logic.deployments import (
 )
 from heimdall.logic.imports import import_inline
 from heimdall.logic.models import ExportOptions, delete_model, export_model
-from heimdall.registry import InMemoryRegistry
-from heimdall.samples import (
+from heimdall.settings import ApiLimits, BundleLimits, Settings
+from heimdall.testing.samples import (
     OLD_OPSET_BACKEND_MODELS,
     ReferenceModel,
     localization_net_onnx,
@@ -46,9 +49,6 @@ from heimdall.samples import (
     unconvertible_onnx,
     unloadable_after_upgrade_onnx,
 )
-from heimdall.serving import ServingDeps, use_serving_deps
-from heimdall.settings import ApiLimits, BundleLimits, Settings
-from heimdall.storage import InMemoryObjectStore
 
 NAMES = Settings(ingest_bucket="ingest", artifacts_bucket="artifacts").resource_names()
 #: What the reference outputs are compared with: the onnx backend tests' own rtol, and the project's

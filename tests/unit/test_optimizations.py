@@ -16,9 +16,9 @@ import onnx
 import pytest
 import torch
 
-from heimdall.conversion import FormatStatus
+from heimdall.contracts.jobs import FormatStatus
+from heimdall.contracts.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall.errors import ConversionError, ParityError
-from heimdall.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall_batch import int8 as int8_stage
 from heimdall_batch import specs
 from heimdall_batch.fp16 import FP16_FILE_NAME, build_fp16

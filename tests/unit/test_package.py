@@ -30,10 +30,16 @@ import torch
 from torch import nn
 
 from heimdall.bundle.structural import TensorSpec
-from heimdall.conversion import PACKAGE_FILE_NAME, BenchmarkReport, FormatOutcome, FormatStatus, ParityCheck
-from heimdall.deploy_packages import ZIP_TIMESTAMP
+from heimdall.contracts.jobs import (
+    PACKAGE_FILE_NAME,
+    BenchmarkReport,
+    FormatOutcome,
+    FormatStatus,
+    ParityCheck,
+)
+from heimdall.contracts.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall.errors import ConversionError
-from heimdall.manifest import ExportFormat, Manifest, parse_manifest
+from heimdall.export_package.deployment import ZIP_TIMESTAMP
 from heimdall_batch.outputs import file_record
 from heimdall_batch.package import (
     cpp_wrapper,

@@ -19,7 +19,7 @@ from tests.unit.rate_arrivals import (
     thirds,
 )
 
-from heimdall.deployments import MAX_RATE_LIMIT, InMemoryDeploymentStore, check_rate_limit
+from heimdall.domain.deployments import MAX_RATE_LIMIT, InMemoryDeploymentStore, check_rate_limit
 
 
 def consume_on(store: InMemoryDeploymentStore, key_id: str, limit: int) -> Consume:

@@ -21,17 +21,10 @@ from botocore.stub import Stubber
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heimdall.adapters.dynamodb import INDEXES, TTL_ATTRIBUTE, DynamoRegistry, table_definition
-from heimdall.conversion import BenchmarkReport, ConversionResult, FormatOutcome, FormatStatus
-from heimdall.errors import (
-    InvalidCursor,
-    InvalidPagination,
-    InvalidTransition,
-    RegistryError,
-    RegistryUnavailable,
-)
-from heimdall.manifest import ExportFormat
-from heimdall.registry import (
+from heimdall.adapters.dynamodb.registry import INDEXES, TTL_ATTRIBUTE, DynamoRegistry, table_definition
+from heimdall.contracts.jobs import BenchmarkReport, ConversionResult, FormatOutcome, FormatStatus
+from heimdall.contracts.manifest import ExportFormat
+from heimdall.domain.registry import (
     ALLOWED,
     TERMINAL,
     ExportJob,
@@ -46,6 +39,13 @@ from heimdall.registry import (
     plan_transition,
     sources_of,
     validate_job_updates,
+)
+from heimdall.errors import (
+    InvalidCursor,
+    InvalidPagination,
+    InvalidTransition,
+    RegistryError,
+    RegistryUnavailable,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -296,7 +296,7 @@ def test_template_declares_the_table_the_code_creates() -> None:
 
 
 def test_the_registry_port_does_not_load_boto3() -> None:
-    code = "import sys, heimdall.registry; print('boto3' in sys.modules, 'botocore' in sys.modules)"
+    code = "import sys, heimdall.domain.registry; print('boto3' in sys.modules, 'botocore' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

@@ -1,4 +1,4 @@
-"""The inference endpoint's resolver (heimdall.serving) with in-memory stores and real ONNX Runtime sessions.
+"""The inference endpoint's resolver (heimdall.inference.app), in-memory stores, real ONNX Runtime sessions.
 
 What the end-to-end tests cannot provoke on the reference model: a model that answers NaN, a stored model
 whose bytes no longer match its checksum, a rate-limit window that rolls over, bodies of every wrong
@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper
 from tests.unit.test_api_support import FakeLambdaContext
 
-from heimdall.deployments import (
+from heimdall.domain.deployments import (
     ApiKeyRecord,
     Deployment,
     DeploymentStatus,
@@ -29,11 +29,11 @@ from heimdall.deployments import (
     generate_api_key,
     hash_api_key,
 )
+from heimdall.domain.storage import InMemoryObjectStore
+from heimdall.inference.app import ServingDeps, use_serving_deps
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import invoker, load_function
-from heimdall.serving import ServingDeps, use_serving_deps
 from heimdall.settings import BundleLimits, ResourceNames
-from heimdall.storage import InMemoryObjectStore
 
 NAMES = ResourceNames(
     ingest_bucket="in",

@@ -1,6 +1,6 @@
 """The structural pass on decoded ONNX models (DESIGN §3, BAD_INPUTS "Bundles").
 
-Every case is a real model built with ``onnx.helper`` (most start from ``heimdall.samples``), written
+Every case is a real model built with ``onnx.helper`` (most start from ``heimdall.testing.samples``), written
 to ``tmp_path`` and checked through :func:`check_structure`, which runs the checks in a child process
 (about half a second each, for the onnx import). The dimension rule of :func:`check_declared` is
 pure, so its table runs in-process.
@@ -32,13 +32,13 @@ from heimdall.errors import (
     ShapeMismatch,
     TooLarge,
 )
-from heimdall.samples import (
+from heimdall.settings import MIB, BundleLimits
+from heimdall.testing.samples import (
     legacy_bundle_metadata,
     localization_net_onnx,
     padded_onnx,
     sample_bundle_metadata,
 )
-from heimdall.settings import MIB, BundleLimits
 
 LIMITS = BundleLimits()
 

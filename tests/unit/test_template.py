@@ -370,7 +370,7 @@ INFER_ROUTES = frozenset(
 #: Which function serves which routes, and the module of its resolver.
 ROUTED_FUNCTIONS = {
     "ApiFunction": (API_ROUTES, "heimdall.api.app"),
-    "InferFunction": (INFER_ROUTES, "heimdall.serving"),
+    "InferFunction": (INFER_ROUTES, "heimdall.inference.app"),
 }
 #: Routes without the JWT authorizer: the OpenAPI document, and the inference function's (API keys).
 PUBLIC_ROUTES = frozenset({("GET", "/api/v1/openapi.json")}) | INFER_ROUTES

@@ -18,9 +18,9 @@ import onnx
 import pytest
 import torch
 
-from heimdall.conversion import FormatStatus
+from heimdall.contracts.jobs import FormatStatus
+from heimdall.contracts.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall.errors import ConversionError, ParityError
-from heimdall.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall_batch.parity import Inputs, Runner, onnx_runner
 from heimdall_batch.specs import IOSpec, io_spec
 from heimdall_batch.tensorrt import (

@@ -23,7 +23,7 @@ Fields that may be unknown are nullable but always present, so a consumer never 
 "absent" from "null". Logic code publishes through the :class:`EventSink` port: the EventBridge
 adapter (``heimdall.adapters.eventbridge``) in Lambda, :class:`InMemoryEventSink` in unit tests.
 
-This module imports nothing heavy (not even ``heimdall.manifest``): every Lambda imports it.
+This module imports nothing heavy (not even ``heimdall.contracts.manifest``): every Lambda imports it.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ ObjectKey = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 S3Uri = Annotated[str, StringConstraints(pattern=r"^s3://[^/]+/.+", max_length=1100)]
 #: An error code as in :mod:`heimdall.errors` (``INVALID_MANIFEST``, ``CHECKSUM_MISMATCH``, …).
 ErrorCode = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
-#: A conversion format, one of ``heimdall.manifest.ExportFormat``'s values (``onnx``, ``onnx_fp16``, …).
+#: A conversion format, one of ``heimdall.contracts.manifest.ExportFormat``'s values (``onnx``,
+#: ``onnx_fp16``, …).
 #: Kept an open string here so that a new format is not a breaking change for consumers.
 FormatName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 DeploymentType = Literal["download", "platform_endpoint", "edge_package", "container"]

@@ -11,19 +11,19 @@ from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import TYPE_CHECKING, cast
 
-from heimdall.adapters.dynamodb import DynamoRegistry
+from heimdall.adapters.dynamodb.registry import DynamoRegistry
 from heimdall.adapters.eventbridge import EventBridgePublisher
 from heimdall.adapters.s3 import S3ObjectStore
-from heimdall.deployments import DeploymentStore, SerializedCounters
+from heimdall.domain.deployments import DeploymentStore, SerializedCounters
 from heimdall.settings import get_settings
 
 if TYPE_CHECKING:  # each function imports only its own use case (cold-start time)
     from heimdall.adapters.batch import JobSubmitter
+    from heimdall.inference.app import ServingDeps
     from heimdall.logic.api import ApiDeps
     from heimdall.logic.ingest import IngestDeps
     from heimdall.logic.job_state import JobStateDeps
     from heimdall.logic.uploads import SweepDeps
-    from heimdall.serving import ServingDeps
 
 _job_submitter: JobSubmitter | None = None
 _counter_lock: AbstractContextManager[object] | None = None
@@ -87,7 +87,7 @@ def _jobs() -> JobSubmitter:
 @lru_cache(maxsize=1)
 def api_deps() -> ApiDeps:
     """What the API function's use cases need."""
-    from heimdall.adapters.dynamodb_deployments import DynamoDeploymentStore  # noqa: PLC0415
+    from heimdall.adapters.dynamodb.deployments import DynamoDeploymentStore  # noqa: PLC0415
     from heimdall.logic.api import ApiDeps  # noqa: PLC0415 - per-function imports
 
     settings = get_settings()
@@ -126,8 +126,8 @@ def sweep_deps() -> SweepDeps:
 @lru_cache(maxsize=1)
 def serving_deps() -> ServingDeps:
     """What the inference function needs (its session cache lives as long as the container)."""
-    from heimdall.adapters.dynamodb_deployments import DynamoDeploymentStore  # noqa: PLC0415
-    from heimdall.serving import ServingDeps  # noqa: PLC0415 - per-function imports
+    from heimdall.adapters.dynamodb.deployments import DynamoDeploymentStore  # noqa: PLC0415
+    from heimdall.inference.app import ServingDeps  # noqa: PLC0415 - per-function imports
 
     settings = get_settings()
     registry, store, _ = _adapters()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from heimdall.adapters.aws import make_client
-from heimdall.conversion import JobSpec
+from heimdall.contracts.jobs import JobSpec
 from heimdall.errors import StorageError
 
 if TYPE_CHECKING:

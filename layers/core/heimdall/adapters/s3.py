@@ -18,8 +18,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from heimdall.adapters.aws import make_client
+from heimdall.domain.storage import ObjectInfo, content_disposition
 from heimdall.errors import ObjectNotFound, StorageError, TooLarge
-from heimdall.storage import ObjectInfo, content_disposition
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

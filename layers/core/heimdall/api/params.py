@@ -7,8 +7,8 @@ from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE, MAX_CURSOR_CHARS, MAX_PAGE_SIZE
 from heimdall.logic.api import require_id
-from heimdall.registry import DEFAULT_PAGE_SIZE, MAX_CURSOR_CHARS, MAX_PAGE_SIZE
 
 Limit = Annotated[
     int,

@@ -1,7 +1,7 @@
 """Error responses of the HTTP functions: ``{"error": {"code", "message", "field"?, "details"?}}``.
 
 Shared by the management API (:mod:`heimdall.api.app`) and the inference endpoint
-(:mod:`heimdall.serving`), so that both answer errors the same way.
+(:mod:`heimdall.inference.app`), so that both answer errors the same way.
 """
 
 from __future__ import annotations

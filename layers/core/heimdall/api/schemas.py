@@ -1,6 +1,6 @@
 """The HTTP API's request and response bodies, and how each operation documents its answers.
 
-Response models are the public shapes of the registry's records (:mod:`heimdall.registry`): they
+Response models are the public shapes of the registry's records (:mod:`heimdall.domain.registry`): they
 reuse the records' field types and leave out what is internal (``owner``, storage keys, attempt
 counters). Request models forbid unknown fields, so that a misspelt field is a 422 naming it rather
 than a silently ignored option.
@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from heimdall.api.responses import JSON
 from heimdall.api.seed_names import seed_deployment, seed_export_job
-from heimdall.conversion import JobSource
-from heimdall.deployments import (
+from heimdall.contracts.jobs import JobSource
+from heimdall.domain.deployments import (
     Deployment,
     DeploymentAction,
     DeploymentArtifact,
@@ -27,7 +27,7 @@ from heimdall.deployments import (
     Tier,
     UsageSummary,
 )
-from heimdall.registry import (
+from heimdall.domain.registry import (
     ExportJob,
     ImportRecord,
     ImportStatus,
@@ -43,7 +43,7 @@ from heimdall.registry import (
     UploadHalf,
     UploadStatus,
 )
-from heimdall.storage import Download
+from heimdall.domain.storage import Download
 from heimdall.types import ExportFormat, Shape
 
 SCHEMAS = "#/components/schemas/"

@@ -1,6 +1,6 @@
 """The structural pass on a decoded ONNX model (DESIGN §3), run in a child process with limits.
 
-:func:`check_structure` starts ``python -m heimdall._structural_worker`` with
+:func:`check_structure` starts ``python -m heimdall.bundle._structural_worker`` with
 ``subprocess.run`` (not ``multiprocessing``, which AWS Lambda cannot host), sends it the request as
 JSON on stdin, and reads one JSON line back. The worker caps its own address space
 (``RLIMIT_AS`` = ``limits.structural_memory_bytes``) and CPU time (``RLIMIT_CPU``) before it imports
@@ -9,7 +9,7 @@ model that would need unbounded memory or time to parse or check therefore ends 
 :class:`~heimdall.errors.GraphTooComplex`, never as an out-of-memory Lambda or a hung request.
 
 What the worker checks, and in which order, is described in
-:mod:`heimdall._structural_worker`. The declared opset and shapes of a bundle are compared
+:mod:`heimdall.bundle._structural_worker`. The declared opset and shapes of a bundle are compared
 here, against the worker's report, by :func:`check_declared`.
 
 Nothing here imports onnx: this module belongs to the Lambda core layer. The worker needs onnx (the
@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 #: At the package root, not in ``heimdall.bundle``: running a module of a package imports the package
 #: first, and ``heimdall.bundle``'s models and reader (pydantic, settings) cost the child ~130 ms of a
 #: ~280 ms pass it never uses (every indexing, and every inference cold start, pays it).
-WORKER_MODULE = "heimdall._structural_worker"
+WORKER_MODULE = "heimdall.bundle._structural_worker"
 #: The only error types a worker result may name (by code); anything else is an internal error.
 _RESULT_ERRORS: dict[str, type[HeimdallError]] = {
     cls.code: cls
@@ -267,7 +267,7 @@ def run_checking_worker(
 ) -> dict[str, Any]:
     """Run ``python -m module`` on ``request`` under the structural check's limits; its report.
 
-    ``module`` speaks the protocol of :func:`heimdall._structural_worker.serve` (one JSON request on
+    ``module`` speaks the protocol of :func:`heimdall.bundle._structural_worker.serve` (one JSON request on
     stdin, one result line on stdout). A refusal is raised as the typed error it names; a child that
     ran out of time or memory, or crashed, as ``GraphTooComplex`` (``what`` names the check in the
     message); one that cannot start or import heimdall as ``ConfigurationError``.

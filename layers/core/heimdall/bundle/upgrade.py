@@ -4,7 +4,7 @@ ONNX Runtime dropped the kernels of some operators at old opsets (``BatchNormali
 ``AveragePool(1)``, ``Gemm(6)``, elementwise ops with the old ``broadcast`` attribute, ...), so a
 model stamped with opset 6 passes every structural check and then cannot be loaded. The serving
 check (:func:`check_serving`, in a child process with the structural check's memory and time limits:
-:mod:`heimdall._serving_worker`) decides:
+:mod:`heimdall.bundle._serving_worker`) decides:
 
 Threshold: try, do not guess
     The model is loaded in ONNX Runtime as it is; only when ONNX Runtime refuses it with
@@ -14,7 +14,7 @@ Threshold: try, do not guess
     releases, and only kernel look-up at session creation knows); the installed runtime's own answer
     is the one serving will get. Any other refusal is not an opset problem: the model is not servable.
 Target: :data:`UPGRADE_OPSET` (17)
-    The opset this project exports at (``heimdall.manifest.Manifest.opset``'s default), the one its
+    The opset this project exports at (``heimdall.contracts.manifest.Manifest.opset``'s default), the one its
     INT8/FP16/TensorRT steps and tests use, within every ONNX Runtime release we accept (1.20+:
     opset 21) and every ``onnx`` (1.17+). One conversion, not a search for the lowest opset that
     loads: each step of the search costs a conversion and a session, and a model upgraded to
@@ -22,14 +22,15 @@ Target: :data:`UPGRADE_OPSET` (17)
 Check: the bundle's sample predictions
     A sample whose ``input_metadata`` names every graph input and whose ``prediction`` names graph
     outputs is run on the upgraded model; each output must agree within ``atol`` =
-    :class:`heimdall.manifest.Tolerances` ``.onnx`` (1e-5, the FP32 parity bound of conversions) plus
+    :class:`heimdall.contracts.manifest.Tolerances` ``.onnx`` (1e-5, the FP32 parity bound of conversions)
+    plus
     ``rtol`` = :data:`UPGRADE_RTOL` (1e-4) of the expected value: the sender computed its samples
     with another runtime (or another kernel for the same op: the converter may rewrite a node), so
     large outputs need a relative bound; 1e-4 is still about 10^3 float32 ulps, far below what a
     wrongly converted attribute does.
 
 A failed conversion, load or sample check leaves the model importable but not servable, with the
-reason recorded (:class:`heimdall.registry.OpsetUpgrade`). The original ONNX is never changed.
+reason recorded (:class:`heimdall.domain.registry.OpsetUpgrade`). The original ONNX is never changed.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from typing import Any
 
 from heimdall.bundle.models import SamplePrediction
 from heimdall.bundle.structural import StructuralReport, run_checking_worker
+from heimdall.contracts.manifest import Tolerances
+from heimdall.domain.registry import OpsetUpgrade
 from heimdall.errors import BundleError, ConfigurationError
-from heimdall.manifest import Tolerances
-from heimdall.registry import OpsetUpgrade
 from heimdall.settings import BundleLimits
 
 __all__ = [
@@ -61,7 +62,7 @@ __all__ = [
 UPGRADE_OPSET = 17
 #: Relative tolerance of the sample check, on top of the FP32 parity bound (see the module docstring).
 UPGRADE_RTOL = 1e-4
-SERVING_WORKER_MODULE = "heimdall._serving_worker"
+SERVING_WORKER_MODULE = "heimdall.bundle._serving_worker"
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ import httpx
 
 from heimdall import __version__
 from heimdall.bundle.reader import GZIP_MAGIC, ReadResult, read_bundle
+from heimdall.domain.registry import IMPORT_TERMINAL, TERMINAL, ImportStatus, JobStatus
 from heimdall.errors import ChecksumMismatch, ConfigurationError, HeimdallError
-from heimdall.registry import IMPORT_TERMINAL, TERMINAL, ImportStatus, JobStatus
 from heimdall.settings import MIB
 
 #: Where the API is when nothing says otherwise: the local stack (``heimdall local up``).

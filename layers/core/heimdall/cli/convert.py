@@ -12,11 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from heimdall.bundle.reader import looks_like_bundle
-from heimdall.conversion import RESULT_FILE_NAME, FormatStatus
-from heimdall.manifest import MANIFEST_FILE_NAME, ExportFormat
+from heimdall.contracts.jobs import RESULT_FILE_NAME, FormatStatus
+from heimdall.contracts.manifest import MANIFEST_FILE_NAME, ExportFormat
 
 if TYPE_CHECKING:
-    from heimdall.conversion import ConversionResult
+    from heimdall.contracts.jobs import ConversionResult
 
 _out = Console(highlight=False)
 _err = Console(stderr=True, highlight=False)

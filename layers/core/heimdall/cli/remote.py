@@ -56,8 +56,8 @@ from heimdall.cli.api_client import (
     resolve_token,
 )
 from heimdall.cli.options import Description, NoConfig, NoMetrics, NoNormalization, NoSamples, NumSamples
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, TERMINAL, JobStatus
 from heimdall.errors import ConfigurationError
-from heimdall.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, TERMINAL, JobStatus
 from heimdall.settings import MIB
 from heimdall.types import ExportFormat
 

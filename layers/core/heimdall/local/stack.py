@@ -45,7 +45,7 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from heimdall import wiring
 from heimdall.adapters.batch import batch_job_name
-from heimdall.conversion import JobSpec
+from heimdall.contracts.jobs import JobSpec
 from heimdall.local.gateway import DEFAULT_SUB, ApiTokens, Integration, LocalGateway, load_api_tokens
 from heimdall.settings import ResourceNames, get_settings
 
@@ -346,7 +346,7 @@ class LocalStack:
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)  # type: ignore[call-overload]
 
     def _provision(self) -> None:
-        from heimdall.adapters.dynamodb import create_registry_table  # noqa: PLC0415
+        from heimdall.adapters.dynamodb.registry import create_registry_table  # noqa: PLC0415
 
         names = self.names
         assert names is not None

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from heimdall.adapters.batch import JobSubmitter
-from heimdall.deployments import DeploymentStore, InMemoryDeploymentStore
+from heimdall.domain.deployments import DeploymentStore, InMemoryDeploymentStore
+from heimdall.domain.registry import Registry, utcnow
+from heimdall.domain.storage import ObjectStore
 from heimdall.errors import RecordNotFound
 from heimdall.events import EventSink
 from heimdall.logic.bundles import BundleDeps
 from heimdall.logic.checkpoints import CheckpointDeps
-from heimdall.registry import Registry, utcnow
 from heimdall.settings import DEFAULT_PAIR_TIMEOUT_S, ApiLimits, BundleLimits, ResourceNames
-from heimdall.storage import ObjectStore
 
 __all__ = ["ApiDeps", "ApiLimits", "require_id"]
 

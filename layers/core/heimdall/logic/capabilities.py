@@ -1,7 +1,7 @@
 """Use case: what the conversion job can build, per framework — a static, honest matrix.
 
 The figures are the conversion job's own (``gpu_batch/heimdall_batch``): each format is checked
-against PyTorch at the manifest's default parity tolerance (:class:`heimdall.manifest.Tolerances`),
+against PyTorch at the manifest's default parity tolerance (:class:`heimdall.contracts.manifest.Tolerances`),
 and a format that fails its check fails the job's format, it is never shipped with a warning.
 """
 
@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from heimdall.contracts.manifest import TensorRTOptions, Tolerances
 from heimdall.errors import RequestInvalid
-from heimdall.manifest import TensorRTOptions, Tolerances
 from heimdall.types import ExportFormat
 
 #: Frameworks the conversion job loads checkpoints of.

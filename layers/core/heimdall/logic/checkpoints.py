@@ -6,7 +6,7 @@ loads torch, so a ``.pt``/``.pth`` checkpoint's embedded manifest (inside its pi
 here: those need the sidecar ``heimdall.json``.
 
 A half that arrives alone (a manifest without its checkpoint, or the reverse) is recorded as AWAITING
-(:class:`~heimdall.registry.PendingUpload`, one round per prefix); the half that completes the pair
+(:class:`~heimdall.domain.registry.PendingUpload`, one round per prefix); the half that completes the pair
 settles it PAIRED before the job starts, and :mod:`heimdall.logic.uploads`'s sweep rejects a round
 still AWAITING after the timeout (``INCOMPLETE_UPLOAD``). The registry makes the pairing and the
 rejection exclusive: a half that was rejected never starts a job.
@@ -32,7 +32,26 @@ from datetime import datetime
 from typing import Literal
 
 from heimdall.adapters.batch import JobSubmitter
-from heimdall.conversion import JobSpec
+from heimdall.contracts.jobs import JobSpec
+from heimdall.contracts.manifest import (
+    EMBEDDED_MANIFEST_KEY,
+    MANIFEST_FILE_NAME,
+    Manifest,
+    parse_manifest,
+    read_manifest,
+)
+from heimdall.domain.registry import (
+    ExportJob,
+    JobStatus,
+    PendingUpload,
+    Registry,
+    UploadHalf,
+    UploadStatus,
+    half_ref,
+    upload_id_for,
+    utcnow,
+)
+from heimdall.domain.storage import ObjectInfo, ObjectStore
 from heimdall.errors import BundleError, ConflictError, InvalidManifest
 from heimdall.events import (
     CheckpointReceived,
@@ -45,27 +64,8 @@ from heimdall.events import (
 )
 from heimdall.logic.bundles import BundleDeps, quarantine
 from heimdall.logic.once import run_once
-from heimdall.manifest import (
-    EMBEDDED_MANIFEST_KEY,
-    MANIFEST_FILE_NAME,
-    Manifest,
-    parse_manifest,
-    read_manifest,
-)
 from heimdall.notifications import ClassifiedKey, KeyKind, ObjectCreated, classify_ingest_key
-from heimdall.registry import (
-    ExportJob,
-    JobStatus,
-    PendingUpload,
-    Registry,
-    UploadHalf,
-    UploadStatus,
-    half_ref,
-    upload_id_for,
-    utcnow,
-)
 from heimdall.settings import BundleLimits, ResourceNames
-from heimdall.storage import ObjectInfo, ObjectStore
 from heimdall.types import ExportFormat
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -90,7 +90,7 @@ class CheckpointOutcome:
     status: Literal["submitted", "waiting", "rejected", "duplicate"]
     job_id: str | None = None
     reason: str | None = None
-    #: The half pair's round (:class:`~heimdall.registry.PendingUpload`) a waiting half is recorded in.
+    #: The half pair's round (:class:`~heimdall.domain.registry.PendingUpload`) a waiting half is recorded in.
     upload_id: str | None = None
 
 

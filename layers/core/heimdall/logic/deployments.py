@@ -14,7 +14,7 @@ it, or for an imported model its default export job, else its newest succeeded o
     are the stored objects themselves, never copies, and stay while the deployment does (a model with
     deployments cannot be deleted).
 ``edge_package`` / ``container``
-    a zip built here from the export package (:mod:`heimdall.deploy_packages`, which checks the
+    a zip built here from the export package (:mod:`heimdall.export_package.deployment`, which checks the
     package's checksums and its Triton config against the model's declared I/O first), stored under
     ``deployments/{deployment_id}/`` in the artifacts bucket and handed out as a presigned GET.
 ``platform_endpoint``
@@ -45,8 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from heimdall.bundle import read_bundle
 from heimdall.bundle.models import NormalizationStats
-from heimdall.conversion import FormatStatus
-from heimdall.deployments import (
+from heimdall.contracts.jobs import FormatStatus
+from heimdall.domain.deployments import (
     ApiKeyRecord,
     Deployment,
     DeploymentArtifact,
@@ -58,6 +58,8 @@ from heimdall.deployments import (
     generate_api_key,
     hash_api_key,
 )
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE, ExportJob, JobStatus, ModelRecord, Page
+from heimdall.domain.storage import Download, download_name
 from heimdall.errors import (
     DeploymentInactive,
     HeimdallError,
@@ -69,8 +71,6 @@ from heimdall.errors import (
 from heimdall.events import DeploymentActivated, DeploymentDeactivated, idempotency_key_for, make_event
 from heimdall.logic.api import ApiDeps, require_id
 from heimdall.logic.export_jobs import read_job_result
-from heimdall.registry import DEFAULT_PAGE_SIZE, ExportJob, JobStatus, ModelRecord, Page
-from heimdall.storage import Download, download_name
 from heimdall.types import ExportFormat
 
 __all__ = [
@@ -433,7 +433,7 @@ def _built_artifact(
     deps: ApiDeps, deployment_id: str, name: str, job: ExportJob, options: _Options
 ) -> DeploymentArtifact:
     """An edge or container zip built from the job's export package, stored under ``deployments/``."""
-    from heimdall import deploy_packages  # noqa: PLC0415 - only the package types need it
+    from heimdall.export_package import deployment as deploy_packages  # noqa: PLC0415 - only the package types need it
 
     package_uri, _ = _job_file(job, "package")
     with tempfile.TemporaryDirectory(prefix="heimdall-deploy-", dir=deps.workdir) as tmp:

@@ -20,7 +20,9 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from heimdall.conversion import DEFAULT_BUNDLE_FORMATS, RESULT_FILE_NAME, ConversionResult, JobSpec
+from heimdall.contracts.jobs import DEFAULT_BUNDLE_FORMATS, RESULT_FILE_NAME, ConversionResult, JobSpec
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE, TERMINAL, ExportJob, JobStatus, ModelRecord, Page
+from heimdall.domain.storage import Download
 from heimdall.errors import (
     ConflictError,
     HeimdallError,
@@ -44,8 +46,6 @@ from heimdall.logic.checkpoints import (
 )
 from heimdall.logic.once import run_once
 from heimdall.notifications import KeyKind, classify_ingest_key
-from heimdall.registry import DEFAULT_PAGE_SIZE, TERMINAL, ExportJob, JobStatus, ModelRecord, Page
-from heimdall.storage import Download
 from heimdall.types import ExportFormat
 
 __all__ = [

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from heimdall.bundle.models import Component, ComponentSelection
+from heimdall.domain.registry import IMPORT_TERMINAL, ImportRecord, ImportStatus, ModelRecord
 from heimdall.errors import (
     BundleError,
     InvalidBundle,
@@ -43,7 +44,6 @@ from heimdall.logic.api import ApiDeps, require_id
 from heimdall.logic.bundles import BundleDeps, IndexOutcome, index_bundle, index_claim, reject_bundle
 from heimdall.logic.once import run_once
 from heimdall.notifications import ObjectCreated
-from heimdall.registry import IMPORT_TERMINAL, ImportRecord, ImportStatus, ModelRecord
 
 __all__ = [
     "UPLOAD_EXPIRED",

@@ -19,7 +19,9 @@ from pydantic import ValidationError
 
 from heimdall.adapters.batch import job_id_from_batch_name
 from heimdall.adapters.s3 import parse_s3_uri
-from heimdall.conversion import PACKAGE_FILE_NAME, RESULT_FILE_NAME, ConversionResult
+from heimdall.contracts.jobs import PACKAGE_FILE_NAME, RESULT_FILE_NAME, ConversionResult
+from heimdall.domain.registry import ExportJob, JobResultSummary, JobStatus, Registry, utcnow
+from heimdall.domain.storage import ObjectStore
 from heimdall.errors import ObjectNotFound, RecordNotFound, TooLarge
 from heimdall.events import (
     EventDetail,
@@ -30,8 +32,6 @@ from heimdall.events import (
     FormatSummary,
     make_event,
 )
-from heimdall.registry import ExportJob, JobResultSummary, JobStatus, Registry, utcnow
-from heimdall.storage import ObjectStore
 
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 _STATES = {"RUNNING": JobStatus.RUNNING, "SUCCEEDED": JobStatus.SUCCEEDED, "FAILED": JobStatus.FAILED}

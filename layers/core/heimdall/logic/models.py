@@ -20,10 +20,10 @@ from heimdall import __version__
 from heimdall.bundle.models import BundleMetadata, ComponentSelection
 from heimdall.bundle.reader import read_bundle
 from heimdall.bundle.writer import write_bundle
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE, ModelRecord, Page
+from heimdall.domain.storage import download_name
 from heimdall.errors import ChecksumMismatch, ConflictError, NotReady, RequestInvalid
 from heimdall.logic.api import ApiDeps, require_id
-from heimdall.registry import DEFAULT_PAGE_SIZE, ModelRecord, Page
-from heimdall.storage import download_name
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
@@ -65,7 +65,7 @@ class ExportedBundle:
 
 def bundle_filename(model_name: str, version: str) -> str:
     """``{model_name}-v{version}.heimdall``: the name a download of the bundle suggests (display text,
-    one file name; :func:`heimdall.storage.content_disposition` makes it a header). Never a key."""
+    one file name; :func:`heimdall.domain.storage.content_disposition` makes it a header). Never a key."""
     return download_name(f"{model_name}-v{version}.heimdall")
 
 

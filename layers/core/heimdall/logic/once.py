@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from heimdall.registry import Registry
+from heimdall.domain.registry import Registry
 
 T = TypeVar("T")
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE, Page, PendingUpload, UploadStatus
 from heimdall.errors import IncompleteUpload, ObjectNotFound
 from heimdall.logic.api import ApiDeps, require_id
 from heimdall.logic.checkpoints import CheckpointDeps, announce_rejection, quarantine_upload
 from heimdall.notifications import ObjectCreated
-from heimdall.registry import DEFAULT_PAGE_SIZE, Page, PendingUpload, UploadStatus
 from heimdall.settings import DEFAULT_PAIR_TIMEOUT_S
 
 __all__ = [

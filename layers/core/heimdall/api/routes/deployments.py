@@ -26,11 +26,11 @@ from heimdall.api.schemas import (
     json_request_body,
 )
 from heimdall.api.seed_names import option_field_as_sent
-from heimdall.deployments import Deployment
+from heimdall.domain.deployments import Deployment
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE, RecordId
+from heimdall.domain.storage import Download
 from heimdall.errors import RequestInvalid
 from heimdall.logic import deployments as logic
-from heimdall.registry import DEFAULT_PAGE_SIZE, RecordId
-from heimdall.storage import Download
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated
 

@@ -20,9 +20,9 @@ from heimdall.api.schemas import (
     documented,
     json_request_body,
 )
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE
+from heimdall.domain.storage import Download
 from heimdall.logic import export_jobs as logic
-from heimdall.registry import DEFAULT_PAGE_SIZE
-from heimdall.storage import Download
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated
 

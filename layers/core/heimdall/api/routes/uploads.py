@@ -11,9 +11,9 @@ from heimdall.api.auth import current_caller
 from heimdall.api.deps import api_deps
 from heimdall.api.params import Cursor, Limit, path_id
 from heimdall.api.schemas import UploadOut, UploadPage, documented
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE, PendingUpload, UploadStatus
 from heimdall.logic import uploads as logic
 from heimdall.logic.api import ApiDeps
-from heimdall.registry import DEFAULT_PAGE_SIZE, PendingUpload, UploadStatus
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated
 

@@ -1,4 +1,4 @@
-"""The child process of the structural pass: ``python -m heimdall._structural_worker``.
+"""The child process of the structural pass: ``python -m heimdall.bundle._structural_worker``.
 
 Run only by :func:`heimdall.bundle.structural.check_structure`. It reads one JSON request on stdin
 (``path``, ``expected_sha256``, ``expected_size``, ``limits``, ``memory_bytes``, ``cpu_seconds``),
@@ -86,7 +86,7 @@ def serve(check: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
     """Read one request, apply its limits, run ``check`` on it, write its one result line.
 
     The protocol and the limits of every checking child process (this module's structural check, and
-    :mod:`heimdall._serving_worker`'s): ``check`` returns the report, or raises a typed error.
+    :mod:`heimdall.bundle._serving_worker`'s): ``check`` returns the report, or raises a typed error.
     """
     result_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints (ours or a native library's) go to stderr, not into the result

@@ -2,23 +2,23 @@
 
 The resolver the inference function (``functions/infer/app.py``) serves. Its callers are not the API's
 users but holders of a deployment's API key: every route takes ``Authorization: Bearer hdk_…`` and
-checks it against the stored hash in constant time (:func:`heimdall.deployments.authenticate_api_key`);
+checks it against the stored hash in constant time (:func:`heimdall.domain.deployments.authenticate_api_key`);
 a missing, malformed, unknown, rotated or revoked key, and another deployment's key, are the same 401.
 
 A request to infer, in order:
 
 1. the key (401), then the deployment: a platform endpoint that is ``ACTIVE`` (409
    ``DEPLOYMENT_INACTIVE`` otherwise, ``NOT_READY`` for another type);
-2. the key's rate limit, exact over every 60 s (:func:`heimdall.deployments.admit_request`): a sliding
+2. the key's rate limit, exact over every 60 s (:func:`heimdall.domain.deployments.admit_request`): a sliding
    log of its last admitted requests in the registry table, read with the key and written with one
    conditional write per admitted request, so it holds across instances (429 ``RATE_LIMITED`` with
    ``Retry-After``);
 3. the body: ``{"inputs": {name: value}}`` or ``{"input": value}``, each value a nested list or a
-   binary tensor ``{"dtype", "shape", "data_b64"}`` (see :func:`heimdall.inference.prepare_inputs`;
+   binary tensor ``{"dtype", "shape", "data_b64"}`` (see :func:`heimdall.inference.engine.prepare_inputs`;
    400 ``INVALID_JSON`` / ``INVALID_INPUT``; 413 over the request limit; 415 when its Content-Type is
    neither JSON nor absent);
 4. the model's ONNX Runtime session, created once per container and model version
-   (:class:`heimdall.inference.ModelCache`: fetched from S3 to ``/tmp``, sha256 checked, structural
+   (:class:`heimdall.inference.engine.ModelCache`: fetched from S3 to ``/tmp``, sha256 checked, structural
    pass, then the session);
 5. inputs checked against the model's declared names, dtypes and shapes (400 with the expected
    shape), the bundle's normalisation when the deployment applies it, ``session.run``;
@@ -53,7 +53,7 @@ from heimdall.api.bodies import raw_body, require_media_type
 from heimdall.api.openapi import DocumentSpec, build_document, render
 from heimdall.api.responses import JSON, error_response, handler_of, no_route_response
 from heimdall.api.schemas import METHOD_NOT_ALLOWED_NOTE, documented, json_request_body
-from heimdall.deployments import (
+from heimdall.domain.deployments import (
     RATE_LIMITS,
     Deployment,
     DeploymentStatus,
@@ -62,6 +62,8 @@ from heimdall.deployments import (
     Tier,
     authorize_request,
 )
+from heimdall.domain.registry import utcnow
+from heimdall.domain.storage import ObjectStore
 from heimdall.errors import (
     DeploymentInactive,
     HeimdallError,
@@ -70,10 +72,8 @@ from heimdall.errors import (
     NotReady,
     RateLimited,
 )
-from heimdall.inference import InvalidInput, ModelCache, normalize, prepare_inputs, run
-from heimdall.registry import utcnow
+from heimdall.inference.engine import InvalidInput, ModelCache, normalize, prepare_inputs, run
 from heimdall.settings import MIB, BundleLimits, ResourceNames
-from heimdall.storage import ObjectStore
 
 __all__ = ["ServingDeps", "app", "use_serving_deps"]
 

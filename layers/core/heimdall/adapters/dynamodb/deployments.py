@@ -1,7 +1,7 @@
 """Deployments, API keys, rate limits and usage on the registry's DynamoDB table (same single table).
 
-Item layout, in the conventions of :mod:`heimdall.adapters.dynamodb` (escaped key components,
-``{t}`` = :func:`heimdall.registry.chronological_key`)::
+Item layout, in the conventions of :mod:`heimdall.adapters.dynamodb.registry` (escaped key components,
+``{t}`` = :func:`heimdall.domain.registry.chronological_key`)::
 
     deployment      PK DEPLOYMENT#{id}          SK META
                     GSI1 OWNER#{o}#MODEL#{m} / DEPLOYMENT#{t}        (by owner and model)
@@ -18,7 +18,8 @@ key, puts the new key and the history entry in one transaction; a deletion delet
 revokes its key in one transaction (history and usage are dropped after it, best effort: nothing reads
 them without the deployment).
 
-A key's rate limit is a sliding log (:func:`heimdall.deployments.admit_request`) in one item: ``admitted``
+A key's rate limit is a sliding log (:func:`heimdall.domain.deployments.admit_request`) in one item:
+``admitted``
 is the log as bytes (the newest time, 8 bytes, then each time's distance behind it in microseconds,
 4 bytes each, ascending: 4 kB for an enterprise key's 1000, far under the 400 kB item limit; a number
 list would take twice that, and its write units, and far longer to parse), ``version`` a random token
@@ -50,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
-from heimdall.adapters.dynamodb import (
+from heimdall.adapters.dynamodb.registry import (
     TTL_ATTRIBUTE,
     DynamoRegistry,
     _call,
@@ -62,7 +63,7 @@ from heimdall.adapters.dynamodb import (
     _record_attributes,
     _TransactionCancelled,
 )
-from heimdall.deployments import (
+from heimdall.domain.deployments import (
     RATE_LOG_GRACE_S,
     RATE_WINDOW_S,
     ApiKeyRecord,
@@ -80,8 +81,8 @@ from heimdall.deployments import (
     rate_moment,
     same_status_conflict,
 )
+from heimdall.domain.registry import DEFAULT_PAGE_SIZE, Page, chronological_key, utcnow
 from heimdall.errors import ConflictError, RecordNotFound
-from heimdall.registry import DEFAULT_PAGE_SIZE, Page, chronological_key, utcnow
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -186,10 +187,11 @@ def _rate_log_item(key_id: str, admitted: tuple[int, ...], version: str) -> dict
 
 
 class DynamoDeploymentStore:
-    """:class:`heimdall.deployments.DeploymentStore` on the registry's DynamoDB table.
+    """:class:`heimdall.domain.deployments.DeploymentStore` on the registry's DynamoDB table.
 
     No client is created at import or construction time (the first call makes one, as
-    :class:`~heimdall.adapters.dynamodb.DynamoRegistry` does). ``now`` is the clock of ``updated_at``,
+    :class:`~heimdall.adapters.dynamodb.registry.DynamoRegistry` does). ``now`` is the clock of
+    ``updated_at``,
     history entries and revocations.
     """
 

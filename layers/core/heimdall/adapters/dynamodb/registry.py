@@ -17,7 +17,7 @@ owners or names cannot forge another partition: ``%`` → ``%25``, ``#`` → ``%
     default export  PK DEFAULT#{o}#{n}#{v}     SK EXPORT          (attribute job_id)
     claim           PK IDEMPOTENCY#{sha256}    SK CLAIM           (expires_at: the table's TTL attribute)
 
-``{t}`` is :func:`heimdall.registry.chronological_key`'s fixed-width UTC time, so sort keys order by
+``{t}`` is :func:`heimdall.domain.registry.chronological_key`'s fixed-width UTC time, so sort keys order by
 creation; listings query with ``ScanIndexForward=False`` (newest first). Models and jobs are looked up
 by id alone (``PK``), which is what the job-state Lambda needs: Batch events carry no owner. Owner
 scoping of reads is a check of the ``owner`` attribute (``get``) or the owner in the partition key of
@@ -54,14 +54,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ValidationError
 
 from heimdall.adapters.aws import make_client
-from heimdall.errors import (
-    ConflictError,
-    InvalidCursor,
-    RecordNotFound,
-    RegistryError,
-    RegistryUnavailable,
-)
-from heimdall.registry import (
+from heimdall.domain.registry import (
     DEFAULT_PAGE_SIZE,
     IMPORT_TERMINAL,
     MAX_PAGE_SIZE,
@@ -87,6 +80,13 @@ from heimdall.registry import (
     sources_of,
     utcnow,
     validate_job_updates,
+)
+from heimdall.errors import (
+    ConflictError,
+    InvalidCursor,
+    RecordNotFound,
+    RegistryError,
+    RegistryUnavailable,
 )
 
 if TYPE_CHECKING:
@@ -419,7 +419,7 @@ class _Listing:
 
 
 class DynamoRegistry:
-    """:class:`heimdall.registry.Registry` on one DynamoDB table.
+    """:class:`heimdall.domain.registry.Registry` on one DynamoDB table.
 
     No client is created at import or construction time; the first call creates one with bounded
     retries (botocore ``standard`` mode), honouring ``AWS_ENDPOINT_URL`` for an emulator. ``now`` is the

@@ -39,7 +39,7 @@ Rate limits
     keeps the ``limit`` *latest* times, sorted, and times later than ``now`` count as inside the
     window; whatever order the times arrive in, no 60-s window of them holds more than the limit.
     The DynamoDB store keeps a key's log in one item read with the key and the deployment and written
-    with one conditional write per admitted request (:mod:`heimdall.adapters.dynamodb_deployments`).
+    with one conditional write per admitted request (:mod:`heimdall.adapters.dynamodb.deployments`).
 """
 
 from __future__ import annotations
@@ -64,8 +64,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from heimdall.bundle.models import NormalizationStats
-from heimdall.errors import ConflictError, RecordNotFound, Unauthorized
-from heimdall.registry import (
+from heimdall.domain.registry import (
     DEFAULT_PAGE_SIZE,
     Name,
     Owner,
@@ -76,6 +75,7 @@ from heimdall.registry import (
     paginate,
     utcnow,
 )
+from heimdall.errors import ConflictError, RecordNotFound, Unauthorized
 
 __all__ = [
     "API_KEY_PREFIX",

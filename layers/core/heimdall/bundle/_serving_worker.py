@@ -1,7 +1,7 @@
-"""The child process of the serving check: ``python -m heimdall._serving_worker``.
+"""The child process of the serving check: ``python -m heimdall.bundle._serving_worker``.
 
 Run only by :func:`heimdall.bundle.upgrade.check_serving`, under the structural check's limits and
-protocol (:func:`heimdall._structural_worker.serve`: one JSON request on stdin, the limits applied
+protocol (:func:`heimdall.bundle._structural_worker.serve`: one JSON request on stdin, the limits applied
 before onnx or onnxruntime is imported, one result line on stdout). The request holds the structural
 request's ``path``, ``expected_sha256``, ``limits``, ``memory_bytes`` and ``cpu_seconds``, and:
 
@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from heimdall._structural_worker import (
+from heimdall.bundle._structural_worker import (
     _check,
     _check_integrity,
     _default_opset,
@@ -114,7 +114,7 @@ def _load(ort: Any, data: bytes) -> Exception | None:
 
 
 def _session(ort: Any, data: bytes) -> Any:
-    # The graph optimisations serving uses (heimdall.inference), so that a model this loads, serving
+    # The graph optimisations serving uses (heimdall.inference.engine), so that a model this loads, serving
     # loads too; one thread each, which keeps the child's address space small.
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -23,7 +23,7 @@ The export-job state machine (DESIGN §6)
 
 The port
     :class:`Registry` is what ``heimdall.logic`` depends on. :class:`InMemoryRegistry` is a faithful,
-    thread-safe fake for unit tests; ``heimdall.adapters.dynamodb.DynamoRegistry`` is the real thing.
+    thread-safe fake for unit tests; ``heimdall.adapters.dynamodb.registry.DynamoRegistry`` is the real thing.
     Both implement the same contract and are tested by one suite
     (``tests/integration/test_registry_contract.py``).
 
@@ -55,7 +55,7 @@ from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
 # OpsetUpgrade lives with the job contract: a bundle job's result.json records one too.
-from heimdall.conversion import ConversionResult, FormatStatus, JobSource, OpsetUpgrade
+from heimdall.contracts.jobs import ConversionResult, FormatStatus, JobSource, OpsetUpgrade
 from heimdall.errors import (
     ConflictError,
     InvalidCursor,

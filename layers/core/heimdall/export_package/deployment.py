@@ -142,7 +142,7 @@ _UNIX: Final = 3  # ``create_system`` of an entry made on Unix
 _COPY_CHUNK: Final = 1024 * 1024
 
 # Names that go into Dockerfiles, shell scripts, JSON examples and the config: the generator's own
-# patterns (heimdall.manifest), checked again here because the package is input like any other.
+# patterns (heimdall.contracts.manifest), checked again here because the package is input like any other.
 _MODEL_NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _VERSION: Final = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 _TENSOR_NAME: Final = r"^[A-Za-z0-9_.:/+-]+$"

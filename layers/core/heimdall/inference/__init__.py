@@ -1,0 +1,1 @@
+"""Serving models: the inference engine (ONNX Runtime sessions, inputs, runs) and the ``/v1`` HTTP app."""
