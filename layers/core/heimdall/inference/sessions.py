@@ -68,10 +68,7 @@ class Session(Protocol):
 
     def get_outputs(self) -> Sequence[DeclaredTensor]: ...
 
-    # --- runs ----------------------------------------------------------------------------------------
-
-
-def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> Sequence[Any]: ...
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -237,6 +234,9 @@ def create_session(path: Path) -> Session:
     except Exception as exc:  # ORT raises its own (untyped) exception classes
         raise InvalidOnnx(f"ONNX Runtime cannot load the model: {exc}") from exc
     return session
+
+
+# --- runs ----------------------------------------------------------------------------------------
 
 
 def run(session: Session, arrays: Mapping[str, np.ndarray]) -> InferenceResult:
