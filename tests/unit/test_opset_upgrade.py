@@ -26,7 +26,7 @@ from heimdall.domain.registry import InMemoryRegistry
 from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.errors import ModelNotServable
 from heimdall.events import InMemoryEventSink
-from heimdall.inference.app import ServingDeps, use_serving_deps
+from heimdall.inference.deps import ServingDeps, use_serving_deps
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import invoker, load_function
 from heimdall.logic.api import ApiDeps

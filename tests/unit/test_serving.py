@@ -30,7 +30,7 @@ from heimdall.domain.deployments import (
     hash_api_key,
 )
 from heimdall.domain.storage import InMemoryObjectStore
-from heimdall.inference.app import ServingDeps, use_serving_deps
+from heimdall.inference.deps import ServingDeps, use_serving_deps
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import invoker, load_function
 from heimdall.settings import BundleLimits, ResourceNames
