@@ -39,17 +39,11 @@ from heimdall.contracts.jobs import (
 )
 from heimdall.contracts.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall.errors import ConversionError
-from heimdall.export_package.deployment import ZIP_TIMESTAMP
+from heimdall.export_package.archive import ZIP_TIMESTAMP
 from heimdall_batch.outputs import file_record
-from heimdall_batch.package import (
-    cpp_wrapper,
-    kotlin_wrapper,
-    minimum_onnxruntime,
-    preprocessing,
-    python_wrapper,
-    swift_wrapper,
-    write_export_package,
-)
+from heimdall_batch.package import preprocessing, write_export_package
+from heimdall_batch.package_facts import minimum_onnxruntime
+from heimdall_batch.wrappers import cpp_wrapper, kotlin_wrapper, python_wrapper, swift_wrapper
 from heimdall_batch.specs import IOSpec, io_spec
 
 ROOT = Path(__file__).resolve().parents[2]
