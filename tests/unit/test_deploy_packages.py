@@ -41,7 +41,11 @@ from tests.unit.test_package import parse_pbtxt as reference_parse_pbtxt
 from heimdall.bundle.structural import TensorSpec
 from heimdall.errors import PackageInconsistent, RequestInvalid
 from heimdall.export_package.archive import ZIP_TIMESTAMP
-from heimdall.export_package.container import DEFAULT_TRITON_IMAGE, build_container_package, check_triton_image
+from heimdall.export_package.container import (
+    DEFAULT_TRITON_IMAGE,
+    build_container_package,
+    check_triton_image,
+)
 from heimdall.export_package.deployment import BuiltPackage
 from heimdall.export_package.edge import build_edge_package
 from heimdall.export_package.triton import check_triton_config, parse_pbtxt, triton_config
