@@ -164,8 +164,6 @@ def write_export_package(
     return target
 
 
-
-
 def _checked_model_file(out_dir: Path, outcome: FormatOutcome) -> Path:
     path = out_dir / built_file_name(outcome)
     if not path.is_file():
@@ -181,8 +179,6 @@ def _checked_model_file(out_dir: Path, outcome: FormatOutcome) -> Path:
                 f"{outcome.sha256[:12]}… ({outcome.size_bytes} bytes)"
             )
     return path
-
-
 
 
 # --- metadata.json ------------------------------------------------------------------------------------
@@ -280,8 +276,6 @@ def postprocessing(manifest: Manifest, spec: IOSpec) -> dict[str, Any]:
     return {"outputs": outputs}
 
 
-
-
 def _tensor_json(tensor: TensorSpec) -> dict[str, Any]:
     return {"name": tensor.name, "dtype": tensor.elem_type, "shape": _shape_json(tensor.shape)}
 
@@ -312,5 +306,3 @@ def _validation(outcome: FormatOutcome, reference: str) -> dict[str, Any]:
         else None,
         "parity": [c.model_dump(mode="json") for c in checks],
     }
-
-

@@ -81,7 +81,6 @@ def normalization_stats(manifest: Manifest) -> tuple[list[float], list[float]] |
     return [float(m) for m in means], [float(s) for s in stds]
 
 
-
 def output_description(manifest: Manifest, index: int, count: int) -> str:
     """What output ``index`` of ``count`` means, and what the model already applied to it."""
     if manifest.architecture == "localization_net" and count == 2:
@@ -92,7 +91,6 @@ def output_description(manifest: Manifest, index: int, count: int) -> str:
             "inside the model, so every value already lies in that range; no further processing needed"
         )
     return "the model's raw output; no post-processing is applied by the model or the wrappers"
-
 
 
 def compatibility(
@@ -160,7 +158,6 @@ def _engine_compatibility(manifest: Manifest, outcome: FormatOutcome) -> dict[st
     }
 
 
-
 def fp32_onnx_file(outcomes: Sequence[FormatOutcome]) -> str:
     """The FP32 ONNX model's file: the wrappers and the Triton repository run it, so it must be built."""
     onnx = next((o for o in outcomes if o.format is ExportFormat.ONNX), None)
@@ -178,5 +175,3 @@ def built_file_name(outcome: FormatOutcome) -> str:
     if name in (METADATA_FILE_NAME, README_FILE_NAME):
         raise ConversionError(f"a model file cannot be called {name!r} (the package's own file)")
     return name
-
-

@@ -50,7 +50,6 @@ def readme_text(
     return "\n\n".join(s.rstrip("\n") for s in sections if s) + "\n"
 
 
-
 def _readme_intro(manifest: Manifest) -> str:
     lines = [f"# {manifest.model_name} {manifest.version}", ""]
     if manifest.description:

@@ -98,8 +98,6 @@ class _Source(string.Template):
     delimiter = "@@"
 
 
-
-
 def _identifiers(names: Sequence[str], keywords: frozenset[str]) -> list[str]:
     """Distinct identifiers for ``names`` in a language with ``keywords``."""
     result: list[str] = []
@@ -384,5 +382,3 @@ def _decodable(
     outputs: Sequence[TensorSpec], types: Mapping[str, Any], keywords: frozenset[str]
 ) -> list[tuple[TensorSpec, str]]:
     return [(t, ident) for t, ident in _all_outputs(outputs, keywords) if t.elem_type in types]
-
-

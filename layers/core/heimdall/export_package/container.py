@@ -310,4 +310,3 @@ def _container_readme(
         ),
     ]
     return "\n".join(lines) + "\n"
-

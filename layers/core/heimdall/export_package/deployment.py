@@ -43,7 +43,6 @@ class BuiltPackage:
     precision: ModelPrecision
 
 
-
 def copied(package: ExportPackage, source: str) -> ZipEntry:
     """A member of the export package, copied in chunks and checked against its recorded sha256
     (a mismatch raises :class:`~heimdall.errors.PackageInconsistent` and no zip is left behind)."""
@@ -130,4 +129,3 @@ def min_onnxruntime(metadata: PackageMetadata) -> str | None:
     """The oldest ONNX Runtime release the model needs, when the compatibility table names one."""
     onnx = metadata.compatibility.onnx if metadata.compatibility else None
     return onnx.min_onnxruntime if onnx else None
-

@@ -50,7 +50,6 @@ _PRECISION_FORMATS: Final[Mapping[ModelPrecision, str]] = {
 }
 
 
-
 def build_edge_package(
     export_package: Path,
     out_dir: Path,
@@ -264,5 +263,3 @@ def _edge_readme(metadata: PackageMetadata, *, name: str, model_file: str, preci
         "a dynamic dimension) before running it.",
     ]
     return "\n".join(lines) + "\n"
-
-

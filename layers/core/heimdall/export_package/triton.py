@@ -256,7 +256,6 @@ def _single(fields: Mapping[str, list[Any]], key: str, kind: type, where: str) -
     return values[0]
 
 
-
 def check_triton_config(config_text: str, metadata: Mapping[str, Any]) -> None:
     """Check that a Triton ``config.pbtxt`` agrees with ``metadata.json``'s model, inputs and outputs.
 
