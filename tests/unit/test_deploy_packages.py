@@ -642,7 +642,8 @@ def test_a_config_edited_with_its_checksum_is_refused(
 
 @pytest.mark.parametrize("builder", BUILDERS)
 @pytest.mark.parametrize(
-    "name", ["../evil.txt", "runtimes/../../evil.txt", "/etc/cron.d/evil", "C:/evil.txt"]
+    # A directory entry too: the one rule (heimdall.export_package.archive) wants plain file names.
+    "name", ["../evil.txt", "runtimes/../../evil.txt", "/etc/cron.d/evil", "C:/evil.txt", "runtimes/"]
 )
 def test_unsafe_member_names_are_refused(
     packages: ExportPackages, tmp_path: Path, builder: str, name: str
