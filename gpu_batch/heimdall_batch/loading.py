@@ -53,6 +53,7 @@ from heimdall.errors import (
     UnsafeCheckpoint,
     UnsafeEnvironment,
 )
+from heimdall.export_package.archive import unsafe_member_name
 
 CheckpointFormat = Literal["safetensors", "torch-zip"]
 
@@ -373,7 +374,7 @@ def _check_torch_zip(handle: IO[bytes], max_bytes: int, max_tensors: int) -> Non
         seen: set[str] = set()
         for member in members:
             name = member.filename
-            if _unsafe_member_name(name):
+            if unsafe_member_name(name):
                 raise InvalidCheckpoint(f"the zip archive has an unsafe member name {_shown(name)}")
             if name in seen:
                 raise InvalidCheckpoint(f"the zip archive has a duplicate member {_shown(name)}")
@@ -422,19 +423,6 @@ def _check_torch_zip(handle: IO[bytes], max_bytes: int, max_tensors: int) -> Non
             raise InvalidCheckpoint(
                 f"the zip archive has {storages} tensor storages, over the limit of {max_tensors}"
             )
-
-
-def _unsafe_member_name(name: str) -> bool:
-    parts = name.split("/")
-    return (
-        not name
-        or name.startswith("/")
-        or "\\" in name
-        or "\x00" in name
-        or re.match(r"[A-Za-z]:", name) is not None
-        or any(part in ("", ".", "..") for part in parts)
-        or not name.isprintable()
-    )
 
 
 def _refuse_unexpected_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:

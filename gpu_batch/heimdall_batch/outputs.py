@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from heimdall.contracts.jobs import FormatOutcome, FormatStatus, OutputFile, ParityCheck
+from heimdall.export_package.archive import file_chunks
 from heimdall.types import ExportFormat
 
 
 def file_record(path: Path) -> OutputFile:
     """sha256 and size of ``path``, read in chunks."""
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1024 * 1024), b""):
-            digest.update(chunk)
+    for chunk in file_chunks(path):
+        digest.update(chunk)
     return OutputFile(sha256=digest.hexdigest(), size_bytes=path.stat().st_size)
 
 

@@ -24,11 +24,9 @@ from tests.e2e.test_convert_cli import heimdall
 
 from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.contracts.jobs import ConversionResult
-from heimdall.export_package.deployment import (
-    build_container_package,
-    build_edge_package,
-    check_triton_config,
-)
+from heimdall.export_package.container import build_container_package
+from heimdall.export_package.edge import build_edge_package
+from heimdall.export_package.triton import check_triton_config
 from heimdall.testing.samples import (
     ReferenceModel,
     localization_net_onnx,

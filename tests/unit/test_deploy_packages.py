@@ -40,17 +40,16 @@ from tests.unit.test_package import parse_pbtxt as reference_parse_pbtxt
 
 from heimdall.bundle.structural import TensorSpec
 from heimdall.errors import PackageInconsistent, RequestInvalid
-from heimdall.export_package import deployment as dp
-from heimdall.export_package.deployment import (
+from heimdall.export_package.archive import ZIP_TIMESTAMP
+from heimdall.export_package.container import (
     DEFAULT_TRITON_IMAGE,
-    BuiltPackage,
     build_container_package,
-    build_edge_package,
-    check_triton_config,
     check_triton_image,
-    parse_pbtxt,
 )
-from heimdall_batch import package as export_package
+from heimdall.export_package.deployment import BuiltPackage
+from heimdall.export_package.edge import build_edge_package
+from heimdall.export_package.triton import check_triton_config, parse_pbtxt, triton_config
+from heimdall_batch.package_facts import triton_max_batch_size
 from heimdall_batch.specs import IOSpec
 
 EDGE_WRAPPERS = ("runtimes/kotlin/ModelWrapper.kt", "runtimes/swift/ModelWrapper.swift")
@@ -262,7 +261,7 @@ def test_package_zips_are_deterministic(packages: ExportPackages, tmp_path: Path
         with zipfile.ZipFile(first.path) as archive:
             infos = archive.infolist()
             assert archive.getinfo(first.model_file).compress_type == zipfile.ZIP_STORED
-        assert {info.date_time for info in infos} == {dp.ZIP_TIMESTAMP}
+        assert {info.date_time for info in infos} == {ZIP_TIMESTAMP}
         modes = {info.filename: info.external_attr >> 16 for info in infos}
         assert all(mode in (0o100644, 0o100755) for mode in modes.values())
     assert not list(tmp_path.rglob(".*.tmp"))
@@ -529,7 +528,8 @@ def test_dynamic_and_scalar_dimensions_as_the_generator_writes_them(
         dynamic_batch=True,
     )
     # The export job's own generator writes the config; this module must accept exactly that.
-    config = export_package.triton_config(packages.built.manifest, spec)
+    max_batch = triton_max_batch_size(packages.built.manifest, spec)
+    config = triton_config(MODEL_NAME, spec.inputs, spec.outputs, max_batch_size=max_batch)
     assert "dims: [ 3, -1, -1 ]" in config and "reshape: { shape: [ ] }" in config
     described = {
         **metadata,
@@ -642,7 +642,8 @@ def test_a_config_edited_with_its_checksum_is_refused(
 
 @pytest.mark.parametrize("builder", BUILDERS)
 @pytest.mark.parametrize(
-    "name", ["../evil.txt", "runtimes/../../evil.txt", "/etc/cron.d/evil", "C:/evil.txt"]
+    # A directory entry too: the one rule (heimdall.export_package.archive) wants plain file names.
+    "name", ["../evil.txt", "runtimes/../../evil.txt", "/etc/cron.d/evil", "C:/evil.txt", "runtimes/"]
 )
 def test_unsafe_member_names_are_refused(
     packages: ExportPackages, tmp_path: Path, builder: str, name: str

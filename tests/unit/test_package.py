@@ -39,18 +39,13 @@ from heimdall.contracts.jobs import (
 )
 from heimdall.contracts.manifest import ExportFormat, Manifest, parse_manifest
 from heimdall.errors import ConversionError
-from heimdall.export_package.deployment import ZIP_TIMESTAMP
+from heimdall.export_package.archive import ZIP_TIMESTAMP
+from heimdall.export_package.metadata import PackageMetadata, metadata_bytes, parse_metadata, validated
 from heimdall_batch.outputs import file_record
-from heimdall_batch.package import (
-    cpp_wrapper,
-    kotlin_wrapper,
-    minimum_onnxruntime,
-    preprocessing,
-    python_wrapper,
-    swift_wrapper,
-    write_export_package,
-)
+from heimdall_batch.package import preprocessing, write_export_package
+from heimdall_batch.package_facts import minimum_onnxruntime
 from heimdall_batch.specs import IOSpec, io_spec
+from heimdall_batch.wrappers import cpp_wrapper, kotlin_wrapper, python_wrapper, swift_wrapper
 
 ROOT = Path(__file__).resolve().parents[2]
 MEANS = [0.485, 0.456, 0.406]
@@ -257,6 +252,18 @@ def test_metadata_hashes_every_other_file(unpacked: Path, metadata: dict[str, An
         data = (unpacked / name).read_bytes()
         assert record == {"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}, name
     assert metadata["files"]["model.onnx"] == metadata["files"]["triton/tiny-loc/1/model.onnx"]
+
+
+def test_metadata_round_trips_through_the_readers_model(unpacked: Path, built: Built) -> None:
+    # The deployments code reads metadata.json with the model the job writes it from: every byte
+    # written survives a read and a write (no section lost, none reordered or reformatted).
+    raw = (unpacked / "metadata.json").read_bytes()
+    parsed = validated(PackageMetadata, parse_metadata(raw))
+    assert metadata_bytes(parsed) == raw
+    assert parsed.model.name == built.manifest.model_name
+    assert [t.name for t in parsed.outputs] == built.spec.output_names
+    assert parsed.validation["onnx"].status == "built"
+    assert parsed.compatibility is not None and parsed.compatibility.onnx is not None
 
 
 def test_metadata_describes_the_model_and_its_processing(built: Built, metadata: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ it, or for an imported model its default export job, else its newest succeeded o
     are the stored objects themselves, never copies, and stay while the deployment does (a model with
     deployments cannot be deleted).
 ``edge_package`` / ``container``
-    a zip built here from the export package (:mod:`heimdall.export_package.deployment`, which checks the
+    a zip built here from the export package (:mod:`heimdall.export_package.reader`, which checks the
     package's checksums and its Triton config against the model's declared I/O first), stored under
     ``deployments/{deployment_id}/`` in the artifacts bucket and handed out as a presigned GET.
 ``platform_endpoint``
@@ -433,21 +433,21 @@ def _built_artifact(
     deps: ApiDeps, deployment_id: str, name: str, job: ExportJob, options: _Options
 ) -> DeploymentArtifact:
     """An edge or container zip built from the job's export package, stored under ``deployments/``."""
-    from heimdall.export_package import deployment as deploy_packages  # noqa: PLC0415 - only the package types need it
+    from heimdall.export_package import container, edge, reader  # noqa: PLC0415 - only the package types need it
 
     package_uri, _ = _job_file(job, "package")
     with tempfile.TemporaryDirectory(prefix="heimdall-deploy-", dir=deps.workdir) as tmp:
         package = Path(tmp) / "export-package.zip"
-        deps.store.download(package_uri, package, max_bytes=deploy_packages.MAX_PACKAGE_BYTES)
+        deps.store.download(package_uri, package, max_bytes=reader.MAX_PACKAGE_BYTES)
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()
         if isinstance(options, EdgeOptions):
-            built = deploy_packages.build_edge_package(
+            built = edge.build_edge_package(
                 package, out_dir, name=name, precision=options.precision
             )
         else:
             assert isinstance(options, ContainerOptions)
-            built = deploy_packages.build_container_package(
+            built = container.build_container_package(
                 package, out_dir, name=name, triton_image=options.triton_image
             )
         # Ids only in the key; the package's name is the download's Content-Disposition.
