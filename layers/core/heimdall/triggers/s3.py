@@ -80,6 +80,11 @@ def _size(value: Any) -> Any:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
+def _etag(value: Any) -> str:
+    # Some producers send the etag as HTTP does, in double quotes.
+    return str(value).strip('"') if value else ""
+
+
 def _text_or_none(value: Any) -> str | None:
     return str(value) if value else None
 
@@ -109,7 +114,7 @@ class S3ObjectModel(_Model):
 
     key: S3Key
     size: Annotated[int, BeforeValidator(_size)] = 0
-    etag: Annotated[str, BeforeValidator(lambda v: str(v).strip('"') if v else "")] = ""
+    etag: Annotated[str, BeforeValidator(_etag)] = ""
     version_id: Annotated[str | None, BeforeValidator(_version_id)] = Field(None, alias="version-id")
     sequencer: Annotated[str | None, BeforeValidator(_text_or_none)] = None
 
@@ -180,7 +185,7 @@ def parse_notification(body: Any) -> ObjectCreated | S3TestEvent:
     if not isinstance(body, dict):
         raise NotificationError("the notification is not a JSON object")
     if body.get("Event") == "s3:TestEvent":
-        return S3TestEvent(bucket=S3TestEventModel.model_validate(body).Bucket)
+        return S3TestEvent(bucket=_validated(S3TestEventModel, body).Bucket)
     if body.get("source") == "aws.s3" and isinstance(body.get("detail"), dict):
         if body.get("detail-type") != "Object Created":
             raise NotificationError(f"unexpected S3 event type {body.get('detail-type')!r}")
