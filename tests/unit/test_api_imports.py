@@ -17,8 +17,8 @@ from heimdall.api.deps import use_deps
 from heimdall.events import DetailType
 from heimdall.logic.api import ApiDeps
 from heimdall.logic.imports import import_key, index_import
-from heimdall.notifications import ObjectCreated
 from heimdall.settings import ApiLimits
+from heimdall.triggers.s3 import ObjectCreated
 
 IMPORT = "/api/v1/models/import"
 LEGACY_IMPORT = "/api/v1/training/models/import"

@@ -14,7 +14,8 @@ from heimdall.api.deps import use_deps
 from heimdall.logic.api import ApiDeps
 from heimdall.logic.checkpoints import handle_checkpoint_object
 from heimdall.logic.uploads import SweepDeps, sweep_incomplete_uploads
-from heimdall.notifications import ObjectCreated, classify_ingest_key
+from heimdall.triggers.keys import classify_ingest_key
+from heimdall.triggers.s3 import ObjectCreated
 
 UPLOADS = "/api/v1/uploads"
 

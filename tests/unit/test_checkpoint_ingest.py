@@ -15,8 +15,9 @@ from heimdall.domain.registry import InMemoryRegistry, JobStatus
 from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.events import DetailType, InMemoryEventSink
 from heimdall.logic.checkpoints import CheckpointDeps, CheckpointOutcome, handle_checkpoint_object
-from heimdall.notifications import ObjectCreated, classify_ingest_key
 from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.triggers.keys import classify_ingest_key
+from heimdall.triggers.s3 import ObjectCreated
 
 NAMES = ResourceNames(
     ingest_bucket="ingest",

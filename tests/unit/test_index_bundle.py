@@ -17,9 +17,9 @@ from heimdall.errors import InvalidBundle, StorageError
 from heimdall.events import DetailType, EventPublishError, InMemoryEventSink
 from heimdall.logic import bundles as bundles_logic
 from heimdall.logic.bundles import BundleDeps, index_bundle
-from heimdall.notifications import ObjectCreated
 from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.testing.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.triggers.s3 import ObjectCreated
 
 NAMES = ResourceNames(
     ingest_bucket="ingest",

@@ -6,16 +6,8 @@ from typing import Any
 
 import pytest
 
-from heimdall.notifications import (
-    KeyKind,
-    NotificationError,
-    ObjectCreated,
-    S3TestEvent,
-    classify_artifacts_key,
-    classify_ingest_key,
-    decode_key,
-    parse_notification,
-)
+from heimdall.triggers.keys import KeyKind, classify_artifacts_key, classify_ingest_key
+from heimdall.triggers.s3 import NotificationError, ObjectCreated, S3TestEvent, decode_key, parse_notification
 
 
 def eventbridge(key: str, **obj: Any) -> dict[str, Any]:

@@ -36,8 +36,8 @@ from heimdall.domain.storage import ObjectStore
 from heimdall.errors import BundleError, InvalidBundle, ObjectNotFound, RecordNotFound, TooLarge
 from heimdall.events import BundleIndexed, BundleRejected, EventSink, idempotency_key_for, make_event
 from heimdall.logic.once import run_once
-from heimdall.notifications import ObjectCreated
 from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.triggers.s3 import ObjectCreated
 
 _ID_NAMESPACE = uuid.UUID("5d8d3a8e-3f43-4b9c-8c2e-6a9f0f1e2d4b")
 #: Where indexed models' ONNX files live in the artifacts bucket (the inference function reads them).

@@ -64,8 +64,9 @@ from heimdall.events import (
 )
 from heimdall.logic.bundles import BundleDeps, quarantine
 from heimdall.logic.once import run_once
-from heimdall.notifications import ClassifiedKey, KeyKind, ObjectCreated, classify_ingest_key
 from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.triggers.keys import ClassifiedKey, KeyKind, classify_ingest_key
+from heimdall.triggers.s3 import ObjectCreated
 from heimdall.types import ExportFormat
 
 MAX_MANIFEST_BYTES = 1024 * 1024

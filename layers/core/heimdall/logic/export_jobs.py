@@ -45,7 +45,7 @@ from heimdall.logic.checkpoints import (
     submit_export_job,
 )
 from heimdall.logic.once import run_once
-from heimdall.notifications import KeyKind, classify_ingest_key
+from heimdall.triggers.keys import KeyKind, classify_ingest_key
 from heimdall.types import ExportFormat
 
 __all__ = [

@@ -43,7 +43,7 @@ from heimdall.errors import (
 from heimdall.logic.api import ApiDeps, require_id
 from heimdall.logic.bundles import BundleDeps, IndexOutcome, index_bundle, index_claim, reject_bundle
 from heimdall.logic.once import run_once
-from heimdall.notifications import ObjectCreated
+from heimdall.triggers.s3 import ObjectCreated
 
 __all__ = [
     "UPLOAD_EXPIRED",

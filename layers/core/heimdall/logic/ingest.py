@@ -8,7 +8,7 @@
 * ``s3:TestEvent``, the rest of the artifacts bucket, other buckets → acknowledged and ignored;
 * anything else in the ingest bucket → quarantined and rejected, so nothing dropped there goes unnoticed.
 
-A malformed notification raises :class:`~heimdall.notifications.NotificationError`: that record fails
+A malformed notification raises :class:`~heimdall.triggers.s3.NotificationError`: that record fails
 (and, after SQS's retries, lands in the DLQ) while the rest of its batch succeeds.
 """
 
@@ -20,13 +20,8 @@ from heimdall.errors import RecordNotFound
 from heimdall.logic.bundles import BundleDeps, IndexOutcome, index_bundle, reject_bundle
 from heimdall.logic.checkpoints import CheckpointDeps, handle_checkpoint_object, reject_upload
 from heimdall.logic.imports import index_import
-from heimdall.notifications import (
-    KeyKind,
-    S3TestEvent,
-    classify_artifacts_key,
-    classify_ingest_key,
-    parse_notification,
-)
+from heimdall.triggers.keys import KeyKind, classify_artifacts_key, classify_ingest_key
+from heimdall.triggers.s3 import S3TestEvent, parse_notification
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ summarised into the record, ``Export Job Succeeded`` (the job's bundle is then i
 path, by its own S3 notification); FAILED → the reason from ``result.json`` when the job wrote one,
 else Batch's status reason, and ``Export Job Failed``. Transitions are conditional writes: a duplicate or
 late event (RUNNING after SUCCEEDED) changes nothing and emits nothing. Batch's intermediate states
-(SUBMITTED, PENDING, RUNNABLE, STARTING) are ignored.
+(SUBMITTED, PENDING, RUNNABLE, STARTING) are ignored. The event is parsed by
+:func:`heimdall.triggers.batch.parse_batch_state_change`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from heimdall.events import (
     FormatSummary,
     make_event,
 )
+from heimdall.triggers.batch import BatchJobDetail, parse_batch_state_change
 
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 _STATES = {"RUNNING": JobStatus.RUNNING, "SUCCEEDED": JobStatus.SUCCEEDED, "FAILED": JobStatus.FAILED}
@@ -54,12 +56,11 @@ class JobStateOutcome:
 
 def handle_batch_state_change(event: Mapping[str, Any], deps: JobStateDeps) -> JobStateOutcome:
     """Apply one "Batch Job State Change" event (as EventBridge delivers it)."""
-    detail = event.get("detail") if isinstance(event, Mapping) else None
-    if not isinstance(detail, Mapping):
+    detail = parse_batch_state_change(event)
+    if detail is None:
         return JobStateOutcome(status="foreign")
-    parameters = _mapping(detail.get("parameters"))
-    job_id = parameters.get("job_id") or job_id_from_batch_name(str(detail.get("jobName", "")))
-    target = _STATES.get(str(detail.get("status", "")))
+    job_id = detail.parameters.get("job_id") or job_id_from_batch_name(detail.job_name)
+    target = _STATES.get(detail.status)
     if not job_id:
         return JobStateOutcome(status="foreign")
     if target is None:
@@ -68,7 +69,7 @@ def handle_batch_state_change(event: Mapping[str, Any], deps: JobStateDeps) -> J
         job = deps.registry.get_export_job_any_owner(str(job_id))
     except RecordNotFound:
         return JobStateOutcome(status="foreign", job_id=str(job_id))
-    batch_job_id = str(detail.get("jobId") or job.batch_job_id or "")
+    batch_job_id = detail.job_id or job.batch_job_id or ""
     if target is JobStatus.RUNNING:
         updated = deps.registry.transition_export_job(
             job.job_id, target, updates={"attempts": job.attempts + 1}
@@ -103,10 +104,6 @@ def _job_fields(detail: type[EventDetail], job: ExportJob, deps: JobStateDeps) -
         "model_name": job.model_name,
         "version": job.version,
     }
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 def _read_result(job: ExportJob, deps: JobStateDeps) -> ConversionResult | None:
@@ -154,17 +151,16 @@ def _succeeded(job: ExportJob, batch_job_id: str, deps: JobStateDeps) -> ExportJ
 
 
 def _failed(
-    job: ExportJob, detail: Mapping[str, Any], batch_job_id: str, deps: JobStateDeps
+    job: ExportJob, detail: BatchJobDetail, batch_job_id: str, deps: JobStateDeps
 ) -> ExportJob | None:
     result = _read_result(job, deps)
-    container = _mapping(detail.get("container"))
-    exit_code = container.get("exitCode") if isinstance(container.get("exitCode"), int) else None
+    exit_code = detail.container.exit_code
     if result is not None and result.status == "FAILED":
         code, message = result.error_code or "CONVERSION_FAILED", result.error_message or "the job failed"
         exit_code = result.exit_code
     else:
         code = "BATCH_JOB_FAILED"
-        message = str(detail.get("statusReason") or "AWS Batch reported the job as failed")
+        message = detail.status_reason or "AWS Batch reported the job as failed"
     return _fail(job, batch_job_id, deps, code=code, message=message, exit_code=exit_code)
 
 

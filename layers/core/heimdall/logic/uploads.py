@@ -21,8 +21,8 @@ from heimdall.domain.registry import DEFAULT_PAGE_SIZE, Page, PendingUpload, Upl
 from heimdall.errors import IncompleteUpload, ObjectNotFound
 from heimdall.logic.api import ApiDeps, require_id
 from heimdall.logic.checkpoints import CheckpointDeps, announce_rejection, quarantine_upload
-from heimdall.notifications import ObjectCreated
 from heimdall.settings import DEFAULT_PAIR_TIMEOUT_S
+from heimdall.triggers.s3 import ObjectCreated
 
 __all__ = [
     "REJECTION_LEASE_S",
