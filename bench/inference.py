@@ -112,25 +112,17 @@ from heimdall.api.bodies import raw_body
 from heimdall.bundle.reader import parse_metadata
 from heimdall.bundle.structural import check_structure
 from heimdall.bundle.writer import write_bundle
-from heimdall.domain.deployments import (
-    RATE_LIMITS,
-    ApiKeyRecord,
-    Deployment,
-    DeploymentType,
-    InMemoryDeploymentStore,
-    Tier,
-    authorize_request,
-    generate_api_key,
-    hash_api_key,
-)
-from heimdall.domain.storage import InMemoryObjectStore
+from heimdall.domain.api_keys import authorize_request, generate_api_key, hash_api_key
+from heimdall.domain.deployments import RATE_LIMITS, ApiKeyRecord, Deployment, DeploymentType, Tier
 from heimdall.inference import app as serving
 from heimdall.inference.app import ServingDeps, use_serving_deps
 from heimdall.inference.engine import ModelCache, _check_file, _create_session, prepare_inputs, run
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.settings import get_settings
+from heimdall.testing.deployments import InMemoryDeploymentStore
 from heimdall.testing.samples import sample_bundle_metadata
+from heimdall.testing.storage import InMemoryObjectStore
 
 INPUT_CHW = (3, 128, 32)
 OUTPUT_NAMES = ("positions", "uncertainties")

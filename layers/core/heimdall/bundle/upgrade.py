@@ -44,8 +44,8 @@ from typing import Any
 
 from heimdall.bundle.models import SamplePrediction
 from heimdall.bundle.structural import StructuralReport, run_checking_worker
+from heimdall.contracts.jobs import OpsetUpgrade
 from heimdall.contracts.manifest import Tolerances
-from heimdall.domain.registry import OpsetUpgrade
 from heimdall.errors import BundleError, ConfigurationError
 from heimdall.settings import BundleLimits
 

@@ -53,6 +53,7 @@ from heimdall.api.bodies import raw_body, require_media_type
 from heimdall.api.openapi import DocumentSpec, build_document, render
 from heimdall.api.responses import JSON, error_response, handler_of, no_route_response
 from heimdall.api.schemas import METHOD_NOT_ALLOWED_NOTE, documented, json_request_body
+from heimdall.domain.api_keys import authorize_request
 from heimdall.domain.deployments import (
     RATE_LIMITS,
     Deployment,
@@ -60,9 +61,8 @@ from heimdall.domain.deployments import (
     DeploymentStore,
     DeploymentType,
     Tier,
-    authorize_request,
 )
-from heimdall.domain.registry import utcnow
+from heimdall.domain.records import utcnow
 from heimdall.domain.storage import ObjectStore
 from heimdall.errors import (
     DeploymentInactive,

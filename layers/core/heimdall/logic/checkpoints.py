@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from heimdall.adapters.batch import JobSubmitter
 from heimdall.contracts.jobs import JobSpec
 from heimdall.contracts.manifest import (
     EMBEDDED_MANIFEST_KEY,
@@ -40,18 +39,12 @@ from heimdall.contracts.manifest import (
     parse_manifest,
     read_manifest,
 )
-from heimdall.domain.registry import (
-    ExportJob,
-    JobStatus,
-    PendingUpload,
-    Registry,
-    UploadHalf,
-    UploadStatus,
-    half_ref,
-    upload_id_for,
-    utcnow,
-)
+from heimdall.domain.claims import IdempotencyClaims
+from heimdall.domain.records import ExportJob, JobStatus, PendingUpload, UploadHalf, UploadStatus, utcnow
+from heimdall.domain.registry import Registry
 from heimdall.domain.storage import ObjectInfo, ObjectStore
+from heimdall.domain.submitter import JobSubmitter
+from heimdall.domain.uploads import half_ref, upload_id_for
 from heimdall.errors import BundleError, ConflictError, InvalidManifest
 from heimdall.events import (
     CheckpointReceived,
@@ -77,6 +70,8 @@ _JOB_NAMESPACE = uuid.UUID("9a5b8f0e-2d7c-4c61-8f3e-5b1d6c0a7e21")
 @dataclass(frozen=True)
 class CheckpointDeps:
     registry: Registry
+    #: The idempotency claims (the registry's table in AWS: the same object as ``registry``).
+    claims: IdempotencyClaims
     store: ObjectStore
     events: EventSink
     jobs: JobSubmitter
@@ -100,7 +95,7 @@ def handle_checkpoint_object(
     """React to a checkpoint or manifest upload (``classified`` from :func:`classify_ingest_key`)."""
     claim = idempotency_key_for("checkpoint-object", obj.bucket, obj.key, obj.revision)
     return run_once(
-        deps.registry,
+        deps.claims,
         claim,
         lambda: _handle(obj, classified, deps, owner=owner),
         duplicate=CheckpointOutcome(status="duplicate"),
@@ -280,7 +275,7 @@ def _handle(
         return _start_job(deps, request)
 
     return run_once(
-        deps.registry,
+        deps.claims,
         pair,
         work,
         duplicate=CheckpointOutcome(status="duplicate", reason="the other half of the pair started the job"),
@@ -528,6 +523,7 @@ def _embedded_manifest(store: ObjectStore, uri: str) -> Manifest | None:
 def _bundle_deps(deps: CheckpointDeps) -> BundleDeps:
     return BundleDeps(
         registry=deps.registry,
+        claims=deps.claims,
         store=deps.store,
         events=deps.events,
         names=deps.names,

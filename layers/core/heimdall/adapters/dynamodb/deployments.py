@@ -64,24 +64,27 @@ from heimdall.adapters.dynamodb.registry import (
     _TransactionCancelled,
 )
 from heimdall.domain.deployments import (
-    RATE_LOG_GRACE_S,
-    RATE_WINDOW_S,
     ApiKeyRecord,
     Deployment,
     DeploymentAction,
     DeploymentEvent,
     DeploymentStatus,
-    RateDecision,
     UsageSummary,
     action_for,
-    admit_request,
     check_latency,
-    check_rate_limit,
     new_event_id,
-    rate_moment,
     same_status_conflict,
 )
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE, Page, chronological_key, utcnow
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
+from heimdall.domain.rate_limits import (
+    RATE_LOG_GRACE_S,
+    RATE_WINDOW_S,
+    RateDecision,
+    admit_request,
+    check_rate_limit,
+    rate_moment,
+)
+from heimdall.domain.records import chronological_key, utcnow
 from heimdall.errors import ConflictError, RecordNotFound
 
 if TYPE_CHECKING:

@@ -54,33 +54,29 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ValidationError
 
 from heimdall.adapters.aws import make_client
-from heimdall.domain.registry import (
+from heimdall.domain.claims import check_ttl, epoch_seconds
+from heimdall.domain.job_states import dump_job_field_json, plan_transition, sources_of, validate_job_updates
+from heimdall.domain.paging import (
     DEFAULT_PAGE_SIZE,
-    IMPORT_TERMINAL,
     MAX_PAGE_SIZE,
+    Page,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+)
+from heimdall.domain.records import (
+    IMPORT_TERMINAL,
     ExportJob,
     ImportRecord,
     ImportStatus,
     JobStatus,
     ModelRecord,
-    Page,
     PendingUpload,
     UploadStatus,
-    check_limit,
-    check_ttl,
     chronological_key,
-    decode_cursor,
-    dump_job_field_json,
-    encode_cursor,
-    epoch_seconds,
-    paired_with_job,
-    plan_await,
-    plan_pairing,
-    plan_transition,
-    sources_of,
     utcnow,
-    validate_job_updates,
 )
+from heimdall.domain.uploads import paired_with_job, plan_await, plan_pairing
 from heimdall.errors import (
     ConflictError,
     InvalidCursor,
