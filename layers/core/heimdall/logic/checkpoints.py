@@ -6,7 +6,7 @@ loads torch, so a ``.pt``/``.pth`` checkpoint's embedded manifest (inside its pi
 here: those need the sidecar ``heimdall.json``.
 
 A half that arrives alone (a manifest without its checkpoint, or the reverse) is recorded as AWAITING
-(:class:`~heimdall.domain.registry.PendingUpload`, one round per prefix); the half that completes the pair
+(:class:`~heimdall.domain.records.PendingUpload`, one round per prefix); the half that completes the pair
 settles it PAIRED before the job starts, and :mod:`heimdall.logic.uploads`'s sweep rejects a round
 still AWAITING after the timeout (``INCOMPLETE_UPLOAD``). The registry makes the pairing and the
 rejection exclusive: a half that was rejected never starts a job.
@@ -85,7 +85,7 @@ class CheckpointOutcome:
     status: Literal["submitted", "waiting", "rejected", "duplicate"]
     job_id: str | None = None
     reason: str | None = None
-    #: The half pair's round (:class:`~heimdall.domain.registry.PendingUpload`) a waiting half is recorded in.
+    #: The half pair's round (:class:`~heimdall.domain.records.PendingUpload`) a waiting half is recorded in.
     upload_id: str | None = None
 
 
