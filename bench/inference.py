@@ -9,7 +9,7 @@ batch 32; the full float repr would be 7.6 MB at batch 32, over the endpoint's 6
 For each ``--batch`` size (default 1 and 32) it measures:
 
 * ``bare_run_ms``: ``InferenceSession.run`` alone on the same model and input, with the session the
-  endpoint creates (``heimdall.inference.engine._create_session``: same options, same provider).
+  endpoint creates (``heimdall.inference.sessions.create_session``: same options, same provider).
 * ``inprocess_ms``: ``functions/infer/app.py``'s ``lambda_handler`` called in this process with the
   gateway's own API Gateway v2 event (:func:`heimdall.local.gateway.build_event`, built outside the
   timer), as the local stack calls it (:func:`heimdall.local.stack.invoker`, metrics disabled as
@@ -115,8 +115,9 @@ from heimdall.bundle.writer import write_bundle
 from heimdall.domain.api_keys import authorize_request, generate_api_key, hash_api_key
 from heimdall.domain.deployments import RATE_LIMITS, ApiKeyRecord, Deployment, DeploymentType, Tier
 from heimdall.inference import app as serving
-from heimdall.inference.app import ServingDeps, use_serving_deps
-from heimdall.inference.engine import ModelCache, _check_file, _create_session, prepare_inputs, run
+from heimdall.inference.deps import ServingDeps, use_serving_deps
+from heimdall.inference.inputs import prepare_inputs, read_payload
+from heimdall.inference.sessions import ModelCache, check_model_file, create_session, run
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.settings import get_settings
@@ -322,7 +323,7 @@ def _inprocess(
         np.testing.assert_allclose(np.asarray(answer["outputs"][name]), value, rtol=1e-6, atol=1e-6)
 
     proxy = APIGatewayProxyEventV2(event())
-    payload = serving._payload(raw_body(proxy, max_bytes=deps.max_request_bytes))
+    payload = read_payload(raw_body(proxy, max_bytes=deps.max_request_bytes))
     arrays = prepare_inputs(session.get_inputs(), payload)
     values = session.run(names, arrays)
     result = run(session, arrays)
@@ -350,7 +351,7 @@ def _inprocess(
     steps: dict[str, Callable[[], Any]] = {
         "key_and_deployment": key_and_deployment,
         "rate_limit": lambda: deps.deployments.consume_rate_limit(str(deployment.key_id), limit, deps.now()),
-        "body_and_json_decode": lambda: serving._payload(
+        "body_and_json_decode": lambda: read_payload(
             raw_body(APIGatewayProxyEventV2(ev), max_bytes=deps.max_request_bytes)
         ),
         "prepare_inputs": lambda: prepare_inputs(session.get_inputs(), payload),
@@ -510,12 +511,12 @@ def _cold_breakdown(
     uri = f"s3://{deps.names.artifacts_bucket}/{onnx_key}"
     steps: dict[str, float] = {}
     steps["fetch"] = _timed(lambda: deps.store.download(uri, path, max_bytes=deps.limits.max_onnx_bytes))
-    steps["sha256"] = _timed(lambda: _check_file(path, sha256, deps.limits))
+    steps["sha256"] = _timed(lambda: check_model_file(path, sha256, deps.limits))
     steps["structural_pass"] = _timed(
         lambda: check_structure(path, None, limits=deps.limits, expected_sha256=sha256)
     )
     holder: list[Any] = []
-    steps["session"] = _timed(lambda: holder.append(_create_session(path)))
+    steps["session"] = _timed(lambda: holder.append(create_session(path)))
     session = holder[0]
     steps["first_run"] = _timed(lambda: session.run(list(OUTPUT_NAMES), {"input": x}))
     steps["second_run"] = _timed(lambda: session.run(list(OUTPUT_NAMES), {"input": x}))

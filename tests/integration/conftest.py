@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from heimdall.adapters.dynamodb.registry import create_registry_table
+from heimdall.adapters.dynamodb.table import create_registry_table
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.unit.rate_arrivals import SEEN_BURSTS, arrivals, check_exact, thirds
 
-from heimdall.adapters.dynamodb.deployments import DynamoDeploymentStore, _rate_key, _rate_log_item
+from heimdall.adapters.dynamodb.counters import rate_key, rate_log_item
+from heimdall.adapters.dynamodb.deployments import DynamoDeploymentStore
 from heimdall.adapters.dynamodb.registry import DynamoRegistry
 from heimdall.bundle.models import NormalizationStats
 from heimdall.domain.api_keys import (
@@ -586,8 +587,8 @@ def test_the_largest_limit_fits_one_item(table_name: str, dynamodb: Any) -> None
     limit = MAX_RATE_LIMIT
     # A full log: ``limit`` times over the last minute (written directly: ``limit`` requests take long).
     times = tuple(rate_moment(T0) + n * 5_000 for n in range(limit))
-    dynamodb.put_item(TableName=table_name, Item=_rate_log_item(key_id, times, "v1"))
-    item = dynamodb.get_item(TableName=table_name, Key=_rate_key(key_id))["Item"]
+    dynamodb.put_item(TableName=table_name, Item=rate_log_item(key_id, times, "v1"))
+    item = dynamodb.get_item(TableName=table_name, Key=rate_key(key_id))["Item"]
     assert len(item["admitted"]["B"]) == 8 + 4 * limit < 400_000 // 4  # 40 kB
     refused = store.consume_rate_limit(key_id, limit, T0 + timedelta(seconds=50))
     assert (refused.allowed, refused.retry_after_s) == (False, 10)
@@ -640,10 +641,10 @@ def test_batch_reads_retry_unprocessed_keys_then_fall_back_to_single_reads(owner
     and after a few tries read one by one, so a request is never refused for the database's sake."""
     from botocore.stub import ANY, Stubber
 
-    from heimdall.adapters.dynamodb.deployments import _api_key_item, _deployment_item
+    from heimdall.adapters.dynamodb.deployments import api_key_item, deployment_item
 
     record, key_record, key = endpoint(owner)
-    items = {"key": _api_key_item(key_record), "deployment": _deployment_item(record)}
+    items = {"key": api_key_item(key_record), "deployment": deployment_item(record)}
     keys = {name: {"PK": item["PK"], "SK": item["SK"]} for name, item in items.items()}
     client = boto3.client(
         "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"

@@ -29,7 +29,7 @@ from tests.integration.conftest import load_handler
 
 from heimdall import wiring
 from heimdall.adapters.batch import batch_job_name
-from heimdall.adapters.dynamodb.registry import create_registry_table
+from heimdall.adapters.dynamodb.table import create_registry_table
 from heimdall.contracts.jobs import JobSpec
 from heimdall.domain.records import JobStatus
 from heimdall.events import DetailType, schema_file_name

@@ -16,7 +16,8 @@ import pytest
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.config import Config
 
-from heimdall.adapters.dynamodb.registry import DynamoRegistry, create_registry_table
+from heimdall.adapters.dynamodb.registry import DynamoRegistry
+from heimdall.adapters.dynamodb.table import create_registry_table
 from heimdall.adapters.s3 import S3ObjectStore
 from heimdall.domain.records import ModelRecord
 from heimdall.errors import RegistryUnavailable, StorageError

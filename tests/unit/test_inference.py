@@ -21,15 +21,9 @@ import pytest
 
 from heimdall.bundle.models import NormalizationStats
 from heimdall.errors import ChecksumMismatch, InvalidOnnx, ShapeMismatch, TooLarge
-from heimdall.inference import engine as inference
-from heimdall.inference.engine import (
-    InvalidInput,
-    LoadedModel,
-    ModelCache,
-    normalize,
-    prepare_inputs,
-    run,
-)
+from heimdall.inference import inputs as inference_inputs
+from heimdall.inference.inputs import InvalidInput, normalize, prepare_inputs
+from heimdall.inference.sessions import LoadedModel, ModelCache, run
 from heimdall.settings import BundleLimits
 from heimdall.testing.samples import localization_net_onnx, padded_onnx
 
@@ -295,7 +289,7 @@ def test_unknown_missing_and_too_many_elements(localization: Any, monkeypatch: p
     # With two inputs, ``input`` is not a shorthand.
     assert "unknown input 'input'" in refusal(two, {"input": [1.0]}).message
 
-    monkeypatch.setattr(inference, "MAX_INPUT_ELEMENTS", 3 * 128 * 32)
+    monkeypatch.setattr(inference_inputs, "MAX_INPUT_ELEMENTS", 3 * 128 * 32)
     prepare_inputs(localization.get_inputs(), {"input": x})
     too_many = refusal(localization.get_inputs(), {"input": as_lists(image(2))})
     assert "more than 12288 elements" in too_many.message

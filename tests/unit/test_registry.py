@@ -21,7 +21,8 @@ from botocore.stub import Stubber
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heimdall.adapters.dynamodb.registry import INDEXES, TTL_ATTRIBUTE, DynamoRegistry, table_definition
+from heimdall.adapters.dynamodb.registry import DynamoRegistry
+from heimdall.adapters.dynamodb.table import INDEXES, TTL_ATTRIBUTE, table_definition
 from heimdall.contracts.jobs import BenchmarkReport, ConversionResult, FormatOutcome, FormatStatus
 from heimdall.contracts.manifest import ExportFormat
 from heimdall.domain.job_states import ALLOWED, TERMINAL, plan_transition, sources_of, validate_job_updates

@@ -20,7 +20,7 @@ from heimdall.settings import get_settings
 
 if TYPE_CHECKING:  # each function imports only its own use case (cold-start time)
     from heimdall.domain.submitter import JobSubmitter
-    from heimdall.inference.app import ServingDeps
+    from heimdall.inference.deps import ServingDeps
     from heimdall.logic.api import ApiDeps
     from heimdall.logic.ingest import IngestDeps
     from heimdall.logic.job_state import JobStateDeps
@@ -136,7 +136,7 @@ def sweep_deps() -> SweepDeps:
 def serving_deps() -> ServingDeps:
     """What the inference function needs (its session cache lives as long as the container)."""
     from heimdall.adapters.dynamodb.deployments import DynamoDeploymentStore  # noqa: PLC0415
-    from heimdall.inference.app import ServingDeps  # noqa: PLC0415 - per-function imports
+    from heimdall.inference.deps import ServingDeps  # noqa: PLC0415 - per-function imports
 
     settings = get_settings()
     registry, store, _ = _adapters()

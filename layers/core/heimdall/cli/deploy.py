@@ -59,7 +59,7 @@ from heimdall.cli.remote import (
 from heimdall.domain.deployments import DeploymentType, Tier
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE
 from heimdall.errors import HeimdallError
-from heimdall.inference.engine import BINARY_TENSOR_KEYS
+from heimdall.inference.inputs import BINARY_TENSOR_KEYS
 from heimdall.settings import MIB, BundleLimits
 
 #: The largest input file ``infer`` sends: the API takes request bodies up to its inline limit.

@@ -1,1 +1,2 @@
-"""Serving models: the inference engine (ONNX Runtime sessions, inputs, runs) and the ``/v1`` HTTP app."""
+"""Serving models: ONNX Runtime sessions and runs (``sessions``), request inputs (``inputs``), the ``/v1``
+HTTP app (``app``) and how it gets its collaborators (``deps``)."""

@@ -14,11 +14,11 @@ A request to infer, in order:
    conditional write per admitted request, so it holds across instances (429 ``RATE_LIMITED`` with
    ``Retry-After``);
 3. the body: ``{"inputs": {name: value}}`` or ``{"input": value}``, each value a nested list or a
-   binary tensor ``{"dtype", "shape", "data_b64"}`` (see :func:`heimdall.inference.engine.prepare_inputs`;
+   binary tensor ``{"dtype", "shape", "data_b64"}`` (see :func:`heimdall.inference.inputs.prepare_inputs`;
    400 ``INVALID_JSON`` / ``INVALID_INPUT``; 413 over the request limit; 415 when its Content-Type is
    neither JSON nor absent);
 4. the model's ONNX Runtime session, created once per container and model version
-   (:class:`heimdall.inference.engine.ModelCache`: fetched from S3 to ``/tmp``, sha256 checked, structural
+   (:class:`heimdall.inference.sessions.ModelCache`: fetched from S3 to ``/tmp``, sha256 checked, structural
    pass, then the session);
 5. inputs checked against the model's declared names, dtypes and shapes (400 with the expected
    shape), the bundle's normalisation when the deployment applies it, ``session.run``;
@@ -36,15 +36,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, RootModel
@@ -54,68 +51,23 @@ from heimdall.api.openapi import DocumentSpec, build_document, render
 from heimdall.api.responses import JSON, error_response, handler_of, no_route_response
 from heimdall.api.schemas import METHOD_NOT_ALLOWED_NOTE, documented, json_request_body
 from heimdall.domain.api_keys import authorize_request
-from heimdall.domain.deployments import (
-    RATE_LIMITS,
-    Deployment,
-    DeploymentStatus,
-    DeploymentStore,
-    DeploymentType,
-    Tier,
-)
-from heimdall.domain.records import utcnow
-from heimdall.domain.storage import ObjectStore
+from heimdall.domain.deployments import RATE_LIMITS, Deployment, DeploymentStatus, DeploymentType, Tier
 from heimdall.errors import (
     DeploymentInactive,
     HeimdallError,
-    InvalidJson,
     NonFiniteOutput,
     NotReady,
     RateLimited,
 )
-from heimdall.inference.engine import InvalidInput, ModelCache, normalize, prepare_inputs, run
-from heimdall.settings import MIB, BundleLimits, ResourceNames
+from heimdall.inference.deps import ServingDeps, serving_deps
+from heimdall.inference.inputs import normalize, prepare_inputs, read_payload
+from heimdall.inference.sessions import run
 
-__all__ = ["ServingDeps", "app", "use_serving_deps"]
+__all__ = ["app"]
 
 logger = logging.getLogger(__name__)
 
-#: The largest request body (JSON) the endpoint reads: 4 MiB of float32 as text is about 1M values.
-MAX_REQUEST_BYTES = 6 * MIB
 INFER_PATH = "/v1/infer/<deployment_id>"
-
-
-@dataclass(frozen=True)
-class ServingDeps:
-    """What the inference function needs: deployments and keys, the model objects, the session cache."""
-
-    deployments: DeploymentStore
-    store: ObjectStore
-    names: ResourceNames
-    limits: BundleLimits
-    cache: ModelCache = field(default_factory=ModelCache)
-    #: Where model files are fetched to (``/tmp`` in Lambda, reused by the container's next requests).
-    workdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "heimdall-models")
-    now: Callable[[], datetime] = utcnow
-    max_request_bytes: int = MAX_REQUEST_BYTES
-
-
-_provider: Callable[[], ServingDeps] | None = None
-
-
-def use_serving_deps(provider: Callable[[], ServingDeps] | None) -> None:
-    """Serve with ``provider``'s collaborators (None: the wired ones)."""
-    global _provider  # noqa: PLW0603 - one process-wide choice (the local stack, tests, benchmarks)
-    _provider = provider
-
-
-def serving_deps() -> ServingDeps:
-    """The collaborators for this request (built once per container by the wiring)."""
-    if _provider is not None:
-        return _provider()
-    from heimdall.wiring import serving_deps as wired  # noqa: PLC0415 - boto3 adapters only when needed
-
-    return wired()
-
 
 app = APIGatewayHttpResolver()
 
@@ -123,7 +75,7 @@ OPENAPI_PATH = "/v1/openapi.json"
 TAGS = ["inference"]
 
 
-# --- bodies (for the OpenAPI document; the handler reads the body itself, see _payload) ---------------
+# --- bodies (for the OpenAPI document; the handler reads the body itself, see read_payload) ---------------
 
 
 class BinaryTensor(BaseModel):
@@ -300,7 +252,7 @@ def infer(deployment_id: str) -> Response[str]:
             limit=limit,
         )
     require_media_type(app.current_event, (JSON,))
-    payload = _payload(raw_body(app.current_event, max_bytes=deps.max_request_bytes))
+    payload = read_payload(raw_body(app.current_event, max_bytes=deps.max_request_bytes))
     loaded = deps.cache.load(
         deployment.model_id,
         str(deployment.onnx_sha256),
@@ -378,30 +330,6 @@ def _json(answer: BaseModel) -> Response[str]:
 
 
 # --- the body and the answer -------------------------------------------------------------------------
-
-
-def _payload(body: bytes) -> dict[str, Any]:
-    """``{"inputs": {...}}`` → the named inputs; ``{"input": x}`` → ``{"input": x}``."""
-    if not body.strip():
-        raise InvalidInput(
-            'the body is empty: send {"inputs": {name: values}} or {"input": values}', field="body"
-        )
-    try:
-        # orjson: strict (no NaN/Infinity, 64-bit integers, 1024 levels at most) and about four
-        # times faster than json on the nested number lists an inference body is made of.
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJson(f"the body is not valid JSON: {exc}", field="body") from None
-    if isinstance(document, dict) and set(document) == {"inputs"} and isinstance(document["inputs"], dict):
-        inputs: dict[str, Any] = document["inputs"]
-        if inputs:
-            return inputs
-    if isinstance(document, dict) and set(document) == {"input"}:
-        return document
-    raise InvalidInput(
-        'expected {"inputs": {name: values, ...}} or {"input": values} (nested lists of numbers)',
-        field="body",
-    )
 
 
 def _fetcher(deps: ServingDeps, onnx_key: str) -> Callable[[Path], None]:

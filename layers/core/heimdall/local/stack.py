@@ -346,7 +346,7 @@ class LocalStack:
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)  # type: ignore[call-overload]
 
     def _provision(self) -> None:
-        from heimdall.adapters.dynamodb.registry import create_registry_table  # noqa: PLC0415
+        from heimdall.adapters.dynamodb.table import create_registry_table  # noqa: PLC0415
 
         names = self.names
         assert names is not None

@@ -1,1 +1,1 @@
-"""The DynamoDB adapters: the registry and the deployment store, on one single-table design."""
+"""The DynamoDB adapters: the registry and the deployment store, on one single-table design (``table``)."""
