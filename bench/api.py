@@ -48,13 +48,14 @@ from heimdall import wiring
 from heimdall.api.deps import use_deps
 from heimdall.bundle.reader import parse_metadata
 from heimdall.bundle.writer import write_bundle
-from heimdall.domain.registry import InMemoryRegistry, ModelRecord, utcnow
-from heimdall.domain.storage import InMemoryObjectStore
+from heimdall.domain.records import ModelRecord, utcnow
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.logic.api import ApiDeps
 from heimdall.settings import MIB
+from heimdall.testing.registry import InMemoryRegistry
 from heimdall.testing.samples import padded_onnx, sample_bundle_metadata
+from heimdall.testing.storage import InMemoryObjectStore
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -126,7 +127,7 @@ def _in_memory_copy(owner: str, model_id: str) -> Callable[[], ApiDeps]:
         registry.put_model(record)
     bundle_uri = f"s3://{real.names.artifacts_bucket}/{real.registry.get_model(owner, model_id).bundle_key}"
     store.put_bytes(bundle_uri, real.store.get_bytes(bundle_uri, max_bytes=64 * MIB))
-    deps = replace(real, registry=registry, store=store)
+    deps = replace(real, registry=registry, claims=registry, store=store)
     return lambda: deps
 
 

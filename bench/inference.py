@@ -112,18 +112,8 @@ from heimdall.api.bodies import raw_body
 from heimdall.bundle.reader import parse_metadata
 from heimdall.bundle.structural import check_structure
 from heimdall.bundle.writer import write_bundle
-from heimdall.domain.deployments import (
-    RATE_LIMITS,
-    ApiKeyRecord,
-    Deployment,
-    DeploymentType,
-    InMemoryDeploymentStore,
-    Tier,
-    authorize_request,
-    generate_api_key,
-    hash_api_key,
-)
-from heimdall.domain.storage import InMemoryObjectStore
+from heimdall.domain.api_keys import authorize_request, generate_api_key, hash_api_key
+from heimdall.domain.deployments import RATE_LIMITS, ApiKeyRecord, Deployment, DeploymentType, Tier
 from heimdall.inference import app as serving
 from heimdall.inference.deps import ServingDeps, use_serving_deps
 from heimdall.inference.inputs import prepare_inputs, read_payload
@@ -131,7 +121,9 @@ from heimdall.inference.sessions import ModelCache, check_model_file, create_ses
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.settings import get_settings
+from heimdall.testing.deployments import InMemoryDeploymentStore
 from heimdall.testing.samples import sample_bundle_metadata
+from heimdall.testing.storage import InMemoryObjectStore
 
 INPUT_CHW = (3, 128, 32)
 OUTPUT_NAMES = ("positions", "uncertainties")

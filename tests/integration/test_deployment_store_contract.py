@@ -24,8 +24,15 @@ from heimdall.adapters.dynamodb.counters import rate_key, rate_log_item
 from heimdall.adapters.dynamodb.deployments import DynamoDeploymentStore
 from heimdall.adapters.dynamodb.registry import DynamoRegistry
 from heimdall.bundle.models import NormalizationStats
+from heimdall.domain.api_keys import (
+    authenticate_api_key,
+    authorize_request,
+    generate_api_key,
+    hash_api_key,
+    key_matches,
+    parse_key_id,
+)
 from heimdall.domain.deployments import (
-    MAX_RATE_LIMIT,
     RATE_LIMITS,
     ApiKeyRecord,
     Deployment,
@@ -34,19 +41,12 @@ from heimdall.domain.deployments import (
     DeploymentStatus,
     DeploymentStore,
     DeploymentType,
-    InMemoryDeploymentStore,
-    RateDecision,
     Tier,
-    authenticate_api_key,
-    authorize_request,
-    generate_api_key,
-    hash_api_key,
-    key_matches,
-    parse_key_id,
-    rate_moment,
 )
-from heimdall.domain.registry import ModelRecord
+from heimdall.domain.rate_limits import MAX_RATE_LIMIT, RateDecision, rate_moment
+from heimdall.domain.records import ModelRecord
 from heimdall.errors import ConflictError, InvalidCursor, RecordNotFound, Unauthorized
+from heimdall.testing.deployments import InMemoryDeploymentStore
 
 ACTIVE, INACTIVE = DeploymentStatus.ACTIVE, DeploymentStatus.INACTIVE
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -31,7 +31,7 @@ from heimdall import wiring
 from heimdall.adapters.batch import batch_job_name
 from heimdall.adapters.dynamodb.table import create_registry_table
 from heimdall.contracts.jobs import JobSpec
-from heimdall.domain.registry import JobStatus
+from heimdall.domain.records import JobStatus
 from heimdall.events import DetailType, schema_file_name
 from heimdall.settings import get_settings
 from heimdall_batch.architectures import resolve

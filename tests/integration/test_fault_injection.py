@@ -19,7 +19,7 @@ from botocore.config import Config
 from heimdall.adapters.dynamodb.registry import DynamoRegistry
 from heimdall.adapters.dynamodb.table import create_registry_table
 from heimdall.adapters.s3 import S3ObjectStore
-from heimdall.domain.registry import ModelRecord
+from heimdall.domain.records import ModelRecord
 from heimdall.errors import RegistryUnavailable, StorageError
 
 RETRYING = Config(retries={"max_attempts": 5, "mode": "standard"})

@@ -27,7 +27,8 @@ from tests.integration.test_event_path import (  # noqa: F401 - stack is a fixtu
 from tests.unit.test_checkpoint_ingest import RecordingSubmitter
 
 from heimdall import wiring
-from heimdall.domain.registry import UploadStatus, upload_id_for
+from heimdall.domain.records import UploadStatus
+from heimdall.domain.uploads import upload_id_for
 from heimdall.events import DetailType, schema_file_name
 from heimdall.logic.export_jobs import create_export_job
 from heimdall.logic.ingest import handle_ingest_record

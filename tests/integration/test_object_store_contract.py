@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from heimdall.adapters.s3 import S3ObjectStore
-from heimdall.domain.storage import InMemoryObjectStore, ObjectStore
+from heimdall.domain.storage import ObjectStore
 from heimdall.errors import ObjectNotFound, TooLarge
+from heimdall.testing.storage import InMemoryObjectStore
 
 
 @pytest.fixture(params=["s3", "memory"])

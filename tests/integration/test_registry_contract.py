@@ -21,24 +21,22 @@ from hypothesis import strategies as st
 
 from heimdall.adapters.dynamodb.registry import DynamoRegistry
 from heimdall.contracts.manifest import ExportFormat
-from heimdall.domain.registry import (
-    ALLOWED,
-    TERMINAL,
+from heimdall.domain.claims import IdempotencyClaims
+from heimdall.domain.job_states import ALLOWED, TERMINAL
+from heimdall.domain.records import (
     ExportJob,
     FormatSummary,
     ImportRecord,
     ImportStatus,
-    InMemoryRegistry,
     JobResultSummary,
     JobStatus,
     MetricsSummary,
     ModelRecord,
     PendingUpload,
-    Registry,
     UploadStatus,
-    half_ref,
-    upload_id_for,
 )
+from heimdall.domain.registry import Registry
+from heimdall.domain.uploads import half_ref, upload_id_for
 from heimdall.errors import (
     ConflictError,
     InvalidCursor,
@@ -47,6 +45,7 @@ from heimdall.errors import (
     RecordNotFound,
     RegistryUnavailable,
 )
+from heimdall.testing.registry import InMemoryRegistry
 
 S = JobStatus
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -85,6 +84,13 @@ def registry(request: pytest.FixtureRequest, clock: Clock) -> Iterator[Registry]
         yield DynamoRegistry(
             request.getfixturevalue("table_name"), request.getfixturevalue("dynamodb"), now=clock
         )
+
+
+@pytest.fixture
+def claims(registry: Registry) -> IdempotencyClaims:
+    """The same store as its idempotency claims: both implementations keep the two ports on one store."""
+    assert isinstance(registry, InMemoryRegistry | DynamoRegistry)
+    return registry
 
 
 @pytest.fixture
@@ -496,7 +502,9 @@ def test_import_records_are_owner_scoped_and_terminal_states_stick(registry: Reg
         registry.get_import(owner, "no-such-import")
 
 
-def test_the_first_upload_revision_claims_an_import_and_keeps_it(registry: Registry, owner: str) -> None:
+def test_the_first_upload_revision_claims_an_import_and_keeps_it(
+    registry: Registry, claims: IdempotencyClaims, owner: str
+) -> None:
     record = ImportRecord(
         owner=owner,
         import_id=_id("i"),
@@ -505,25 +513,27 @@ def test_the_first_upload_revision_claims_an_import_and_keeps_it(registry: Regis
         upload_max_bytes=4096,
     )
     registry.put_import(record)
-    claimed = registry.claim_import_upload(record.import_id, "etag-a")
+    claimed = claims.claim_import_upload(record.import_id, "etag-a")
     assert claimed is not None and claimed.upload_revision == "etag-a" and claimed.upload_max_bytes == 4096
-    assert registry.claim_import_upload(record.import_id, "etag-a") == claimed  # a redelivery
-    assert registry.claim_import_upload(record.import_id, "etag-b") is None  # a reused form
+    assert claims.claim_import_upload(record.import_id, "etag-a") == claimed  # a redelivery
+    assert claims.claim_import_upload(record.import_id, "etag-b") is None  # a reused form
     # Settling the import (a put of the claimed record) keeps the claim.
     registry.put_import(claimed.model_copy(update={"status": ImportStatus.INDEXED, "model_id": "m-1"}))
     assert registry.get_import(owner, record.import_id).upload_revision == "etag-a"
-    assert registry.claim_import_upload(record.import_id, "etag-b") is None
+    assert claims.claim_import_upload(record.import_id, "etag-b") is None
     with pytest.raises(RecordNotFound):
-        registry.claim_import_upload("no-such-import", "etag-a")
+        claims.claim_import_upload("no-such-import", "etag-a")
 
 
-def test_of_concurrent_upload_revisions_exactly_one_claims_the_import(registry: Registry, owner: str) -> None:
+def test_of_concurrent_upload_revisions_exactly_one_claims_the_import(
+    registry: Registry, claims: IdempotencyClaims, owner: str
+) -> None:
     record = ImportRecord(owner=owner, import_id=_id("i"), bucket="ingest", key="k")
     registry.put_import(record)
     results: dict[str, ImportRecord | None] = {}
 
     def claim(revision: str) -> None:
-        results[revision] = registry.claim_import_upload(record.import_id, revision)
+        results[revision] = claims.claim_import_upload(record.import_id, revision)
 
     threads = [threading.Thread(target=claim, args=(f"etag-{n}",)) for n in range(8)]
     for thread in threads:
@@ -562,28 +572,30 @@ def test_an_import_is_found_by_id_alone_with_its_component_selection(registry: R
 # --- idempotency -----------------------------------------------------------------------------------
 
 
-def test_claim_once_is_true_once_until_it_expires_or_is_released(registry: Registry, clock: Clock) -> None:
+def test_claim_once_is_true_once_until_it_expires_or_is_released(
+    claims: IdempotencyClaims, clock: Clock
+) -> None:
     key = f"s3://ingest/checkpoints/net/1.0.0/model.safetensors#{uuid.uuid4().hex}"
-    assert registry.claim_once(key, ttl_s=3600) is True
-    assert registry.claim_once(key, ttl_s=3600) is False
-    assert registry.claim_once(f"{key}-other", ttl_s=3600) is True
+    assert claims.claim_once(key, ttl_s=3600) is True
+    assert claims.claim_once(key, ttl_s=3600) is False
+    assert claims.claim_once(f"{key}-other", ttl_s=3600) is True
     clock.now += timedelta(seconds=3599)
-    assert registry.claim_once(key, ttl_s=3600) is False
+    assert claims.claim_once(key, ttl_s=3600) is False
     clock.now += timedelta(seconds=1)
-    assert registry.claim_once(key, ttl_s=60) is True, "an expired claim is free before TTL deletes it"
-    registry.release_claim(key)
-    assert registry.claim_once(key, ttl_s=60) is True
+    assert claims.claim_once(key, ttl_s=60) is True, "an expired claim is free before TTL deletes it"
+    claims.release_claim(key)
+    assert claims.claim_once(key, ttl_s=60) is True
     with pytest.raises(ValueError):
-        registry.claim_once(key, ttl_s=0)
+        claims.claim_once(key, ttl_s=0)
 
 
-def test_claim_once_long_keys(registry: Registry) -> None:
+def test_claim_once_long_keys(claims: IdempotencyClaims) -> None:
     key = "s3://ingest/" + "k%#/" * 700
-    assert registry.claim_once(key, ttl_s=60) is True
-    assert registry.claim_once(key, ttl_s=60) is False
+    assert claims.claim_once(key, ttl_s=60) is True
+    assert claims.claim_once(key, ttl_s=60) is False
 
 
-def test_concurrent_claims_have_exactly_one_winner(registry: Registry) -> None:
+def test_concurrent_claims_have_exactly_one_winner(claims: IdempotencyClaims) -> None:
     key = f"etag-{uuid.uuid4().hex}"
     barrier = threading.Barrier(8)
     results: list[bool] = []
@@ -591,7 +603,7 @@ def test_concurrent_claims_have_exactly_one_winner(registry: Registry) -> None:
 
     def claim() -> None:
         barrier.wait()
-        won = registry.claim_once(key, ttl_s=3600)
+        won = claims.claim_once(key, ttl_s=3600)
         with lock:
             results.append(won)
 
@@ -603,17 +615,17 @@ def test_concurrent_claims_have_exactly_one_winner(registry: Registry) -> None:
     assert sorted(results) == [False] * 7 + [True]
 
 
-def test_claim_request_keeps_the_first_fingerprint_for_ever(registry: Registry, clock: Clock) -> None:
+def test_claim_request_keeps_the_first_fingerprint_for_ever(claims: IdempotencyClaims, clock: Clock) -> None:
     key = f"api-export-job-request#{uuid.uuid4().hex}"
-    assert registry.claim_request(key, "a" * 64) == "a" * 64
-    assert registry.claim_request(key, "a" * 64) == "a" * 64
-    assert registry.claim_request(key, "b" * 64) == "a" * 64, "the first request's fingerprint stays"
+    assert claims.claim_request(key, "a" * 64) == "a" * 64
+    assert claims.claim_request(key, "a" * 64) == "a" * 64
+    assert claims.claim_request(key, "b" * 64) == "a" * 64, "the first request's fingerprint stays"
     clock.now += timedelta(days=400)  # not a lease: a key names its first request as long as its job lives
-    assert registry.claim_request(key, "b" * 64) == "a" * 64
-    assert registry.claim_request(f"{key}-other", "b" * 64) == "b" * 64
+    assert claims.claim_request(key, "b" * 64) == "a" * 64
+    assert claims.claim_request(f"{key}-other", "b" * 64) == "b" * 64
 
 
-def test_concurrent_request_claims_agree_on_one_fingerprint(registry: Registry) -> None:
+def test_concurrent_request_claims_agree_on_one_fingerprint(claims: IdempotencyClaims) -> None:
     key = f"api-export-job-request#{uuid.uuid4().hex}"
     barrier = threading.Barrier(8)
     seen: list[str] = []
@@ -621,7 +633,7 @@ def test_concurrent_request_claims_agree_on_one_fingerprint(registry: Registry) 
 
     def claim(n: int) -> None:
         barrier.wait()
-        stored = registry.claim_request(key, f"{n:064d}")
+        stored = claims.claim_request(key, f"{n:064d}")
         with lock:
             seen.append(stored)
 
@@ -633,16 +645,16 @@ def test_concurrent_request_claims_agree_on_one_fingerprint(registry: Registry) 
     assert len(set(seen)) == 1 and len(seen) == 8
 
 
-def test_is_claimed_reads_without_claiming(registry: Registry, clock: Clock) -> None:
+def test_is_claimed_reads_without_claiming(claims: IdempotencyClaims, clock: Clock) -> None:
     key = f"done#{uuid.uuid4().hex}"
-    assert registry.is_claimed(key) is False
-    assert registry.claim_once(key, ttl_s=60) is True  # looking did not claim it
-    assert registry.is_claimed(key) is True
+    assert claims.is_claimed(key) is False
+    assert claims.claim_once(key, ttl_s=60) is True  # looking did not claim it
+    assert claims.is_claimed(key) is True
     clock.now += timedelta(seconds=60)
-    assert registry.is_claimed(key) is False
-    registry.claim_once(key, ttl_s=60)
-    registry.release_claim(key)
-    assert registry.is_claimed(key) is False
+    assert claims.is_claimed(key) is False
+    claims.claim_once(key, ttl_s=60)
+    claims.release_claim(key)
+    assert claims.is_claimed(key) is False
 
 
 # --- half pairs (a checkpoint or manifest waiting for the other half) --------------------------------

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import strategies as st
 
-from heimdall.domain.deployments import RateDecision
+from heimdall.domain.rate_limits import RateDecision
 
 #: A minute boundary (12:00:00 UTC): offsets below are seconds from here.
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

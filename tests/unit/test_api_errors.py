@@ -145,7 +145,8 @@ class DownRegistry:
 
 
 def test_an_outage_is_503_with_retry_after(api: Api, deps: ApiDeps) -> None:
-    use_deps(lambda: replace(deps, registry=DownRegistry()))
+    down = DownRegistry()
+    use_deps(lambda: replace(deps, registry=down, claims=down))
     for path in ("/api/v1/models", "/api/v1/models/m-1", "/api/v1/export/jobs/j-1"):
         reply = api.get(path)
         assert reply.status == 503 and reply.error["code"] == "REGISTRY_UNAVAILABLE", path

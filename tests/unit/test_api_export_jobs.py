@@ -11,7 +11,7 @@ from tests.unit.test_api_logic import events_of
 from tests.unit.test_api_logic_jobs import CHECKPOINT, MANIFEST, PREFIX, safetensors_with_manifest
 from tests.unit.test_api_support import READ, Api, import_model, runner
 
-from heimdall.domain.registry import JobResultSummary, JobStatus, ModelRecord
+from heimdall.domain.records import JobResultSummary, JobStatus, ModelRecord
 from heimdall.events import DetailType
 from heimdall.logic.api import ApiDeps
 

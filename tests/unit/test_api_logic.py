@@ -15,8 +15,7 @@ import pytest
 from heimdall import wiring
 from heimdall.bundle import read_bundle
 from heimdall.bundle.models import Component, ComponentSelection
-from heimdall.domain.registry import ImportStatus, InMemoryRegistry
-from heimdall.domain.storage import InMemoryObjectStore
+from heimdall.domain.records import ImportStatus
 from heimdall.errors import (
     ChecksumMismatch,
     InvalidJson,
@@ -25,7 +24,7 @@ from heimdall.errors import (
     RequestInvalid,
     TooLarge,
 )
-from heimdall.events import DetailType, InMemoryEventSink
+from heimdall.events import DetailType
 from heimdall.logic.api import ApiDeps
 from heimdall.logic.capabilities import capabilities
 from heimdall.logic.imports import (
@@ -47,7 +46,11 @@ from heimdall.logic.models import (
     list_models,
 )
 from heimdall.settings import ApiLimits, BundleLimits, Settings, get_settings
+from heimdall.testing.deployments import InMemoryDeploymentStore
+from heimdall.testing.events import InMemoryEventSink
+from heimdall.testing.registry import InMemoryRegistry
 from heimdall.testing.samples import localization_net_onnx, sample_bundle, sample_bundle_metadata
+from heimdall.testing.storage import InMemoryObjectStore
 from heimdall.types import ExportFormat
 
 NAMES = Settings(ingest_bucket="ingest", artifacts_bucket="artifacts").resource_names()
@@ -71,8 +74,11 @@ def bundle_bytes(**overrides: Any) -> bytes:
 
 
 def make_deps(tmp_path: Path, **api: int) -> ApiDeps:
+    registry = InMemoryRegistry()
     return ApiDeps(
-        registry=InMemoryRegistry(),
+        registry=registry,
+        claims=registry,
+        deployments=InMemoryDeploymentStore(),
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
         jobs=NoJobs(),

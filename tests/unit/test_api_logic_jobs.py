@@ -17,8 +17,7 @@ from botocore.stub import Stubber
 
 from heimdall.adapters.batch import BatchJobSubmitter
 from heimdall.contracts.jobs import DEFAULT_BUNDLE_FORMATS, JobSpec
-from heimdall.domain.registry import ExportJob, InMemoryRegistry, JobResultSummary, JobStatus, ModelRecord
-from heimdall.domain.storage import InMemoryObjectStore
+from heimdall.domain.records import ExportJob, JobResultSummary, JobStatus, ModelRecord
 from heimdall.errors import (
     IdempotencyKeyReused,
     InvalidManifest,
@@ -30,7 +29,7 @@ from heimdall.errors import (
     RequestInvalid,
     StorageError,
 )
-from heimdall.events import DetailType, InMemoryEventSink
+from heimdall.events import DetailType
 from heimdall.local.stack import SubprocessJobRunner
 from heimdall.logic.api import ApiDeps
 from heimdall.logic.deployments import export_of_model
@@ -43,6 +42,10 @@ from heimdall.logic.export_jobs import (
     set_default_export,
 )
 from heimdall.settings import ApiLimits, BundleLimits, Settings
+from heimdall.testing.deployments import InMemoryDeploymentStore
+from heimdall.testing.events import InMemoryEventSink
+from heimdall.testing.registry import InMemoryRegistry
+from heimdall.testing.storage import InMemoryObjectStore
 from heimdall.types import ExportFormat
 
 NAMES = Settings(ingest_bucket="ingest", artifacts_bucket="artifacts").resource_names()
@@ -80,8 +83,11 @@ class RecordingRunner:
 
 @pytest.fixture
 def deps(tmp_path: Path) -> ApiDeps:
+    registry = InMemoryRegistry()
     return ApiDeps(
-        registry=InMemoryRegistry(),
+        registry=registry,
+        claims=registry,
+        deployments=InMemoryDeploymentStore(),
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
         jobs=RecordingRunner(),

@@ -12,7 +12,7 @@ from tests.unit.test_api_support import Api, bundle_bytes, import_model, model_p
 
 from heimdall.api.deps import use_deps
 from heimdall.bundle import read_bundle
-from heimdall.domain.registry import ModelRecord
+from heimdall.domain.records import ModelRecord
 from heimdall.logic.api import ApiDeps
 from heimdall.settings import ApiLimits
 

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from heimdall.contracts.jobs import JobSpec
-from heimdall.domain.registry import InMemoryRegistry, JobStatus
-from heimdall.domain.storage import InMemoryObjectStore
-from heimdall.events import DetailType, InMemoryEventSink
+from heimdall.domain.records import JobStatus
+from heimdall.events import DetailType
 from heimdall.logic.checkpoints import CheckpointDeps, CheckpointOutcome, handle_checkpoint_object
 from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.testing.events import InMemoryEventSink
+from heimdall.testing.registry import InMemoryRegistry
+from heimdall.testing.storage import InMemoryObjectStore
 from heimdall.triggers.keys import classify_ingest_key
 from heimdall.triggers.s3 import ObjectCreated
 
@@ -57,8 +59,10 @@ class RecordingSubmitter:
 
 @pytest.fixture
 def deps() -> CheckpointDeps:
+    registry = InMemoryRegistry()
     return CheckpointDeps(
-        registry=InMemoryRegistry(),
+        registry=registry,
+        claims=registry,
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
         jobs=RecordingSubmitter(),

@@ -32,7 +32,6 @@ from heimdall.events import (
     ExportJobFailed,
     ExportJobSubmitted,
     FormatSummary,
-    InMemoryEventSink,
     check_schemas,
     detail_schema,
     idempotency_key_for,
@@ -42,6 +41,7 @@ from heimdall.events import (
     schema_file_name,
     write_schemas,
 )
+from heimdall.testing.events import InMemoryEventSink
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVENTS_DIR = REPO_ROOT / "events"

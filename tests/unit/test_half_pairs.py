@@ -21,15 +21,19 @@ from tests.unit.test_checkpoint_ingest import (
     submitted,
 )
 
-from heimdall.domain.registry import InMemoryRegistry, UploadStatus, half_ref, upload_id_for
-from heimdall.domain.storage import InMemoryObjectStore
+from heimdall.domain.records import UploadStatus
+from heimdall.domain.uploads import half_ref, upload_id_for
 from heimdall.errors import IncompleteUpload, RegistryUnavailable
-from heimdall.events import CheckpointRejected, DetailType, InMemoryEventSink
+from heimdall.events import CheckpointRejected, DetailType
 from heimdall.logic.api import ApiDeps
 from heimdall.logic.checkpoints import CheckpointDeps
 from heimdall.logic.export_jobs import create_export_job
 from heimdall.logic.uploads import SweepDeps, sweep_incomplete_uploads
 from heimdall.settings import BundleLimits, Settings
+from heimdall.testing.deployments import InMemoryDeploymentStore
+from heimdall.testing.events import InMemoryEventSink
+from heimdall.testing.registry import InMemoryRegistry
+from heimdall.testing.storage import InMemoryObjectStore
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 DAY = 24 * 3600
@@ -56,8 +60,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def deps(clock: Clock) -> CheckpointDeps:
+    registry = InMemoryRegistry(now=clock)
     return CheckpointDeps(
-        registry=InMemoryRegistry(now=clock),
+        registry=registry,
+        claims=registry,
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
         jobs=RecordingSubmitter(),
@@ -263,11 +269,13 @@ def api(deps: CheckpointDeps) -> ApiDeps:
     """The API's use cases over the same registry, bucket, bus and runner as the drops."""
     return ApiDeps(
         registry=deps.registry,
+        claims=deps.claims,
         store=deps.store,
         events=deps.events,
         jobs=deps.jobs,
         names=deps.names,
         limits=deps.limits,
+        deployments=InMemoryDeploymentStore(),
         now=deps.now,
     )
 

@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 
 from heimdall.bundle import parse_metadata, read_bundle, write_bundle
-from heimdall.domain.registry import ExportJob, InMemoryRegistry
-from heimdall.domain.storage import InMemoryObjectStore
+from heimdall.domain.records import ExportJob
 from heimdall.errors import InvalidBundle, StorageError
-from heimdall.events import DetailType, EventPublishError, InMemoryEventSink
+from heimdall.events import DetailType, EventPublishError
 from heimdall.logic import bundles as bundles_logic
 from heimdall.logic.bundles import BundleDeps, index_bundle
 from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.testing.events import InMemoryEventSink
+from heimdall.testing.registry import InMemoryRegistry
 from heimdall.testing.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.testing.storage import InMemoryObjectStore
 from heimdall.triggers.s3 import ObjectCreated
 
 NAMES = ResourceNames(
@@ -41,8 +43,10 @@ def bundle_bytes(**kwargs: object) -> bytes:
 
 @pytest.fixture
 def deps(tmp_path: Path) -> BundleDeps:
+    registry = InMemoryRegistry()
     return BundleDeps(
-        registry=InMemoryRegistry(),
+        registry=registry,
+        claims=registry,
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
         names=NAMES,

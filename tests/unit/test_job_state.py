@@ -12,10 +12,12 @@ import pytest
 
 from heimdall.contracts.jobs import ConversionResult, FormatOutcome, FormatStatus
 from heimdall.contracts.manifest import ExportFormat
-from heimdall.domain.registry import ExportJob, InMemoryRegistry, JobStatus
-from heimdall.domain.storage import InMemoryObjectStore
-from heimdall.events import DetailType, InMemoryEventSink
+from heimdall.domain.records import ExportJob, JobStatus
+from heimdall.events import DetailType
 from heimdall.logic.job_state import JobStateDeps, handle_batch_state_change
+from heimdall.testing.events import InMemoryEventSink
+from heimdall.testing.registry import InMemoryRegistry
+from heimdall.testing.storage import InMemoryObjectStore
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 NOW = datetime(2026, 11, 25, tzinfo=UTC)

@@ -22,10 +22,7 @@ from heimdall.bundle.models import ComponentSelection
 from heimdall.bundle.upgrade import UPGRADE_OPSET, check_serving, checkable_samples
 from heimdall.bundle.verify import verify_bundle
 from heimdall.domain.deployments import DeploymentStatus, DeploymentType
-from heimdall.domain.registry import InMemoryRegistry
-from heimdall.domain.storage import InMemoryObjectStore
 from heimdall.errors import ModelNotServable
-from heimdall.events import InMemoryEventSink
 from heimdall.inference.deps import ServingDeps, use_serving_deps
 from heimdall.local.gateway import HttpRequest, build_event
 from heimdall.local.stack import invoker, load_function
@@ -39,6 +36,9 @@ from heimdall.logic.deployments import (
 from heimdall.logic.imports import import_inline
 from heimdall.logic.models import ExportOptions, delete_model, export_model
 from heimdall.settings import ApiLimits, BundleLimits, Settings
+from heimdall.testing.deployments import InMemoryDeploymentStore
+from heimdall.testing.events import InMemoryEventSink
+from heimdall.testing.registry import InMemoryRegistry
 from heimdall.testing.samples import (
     OLD_OPSET_BACKEND_MODELS,
     ReferenceModel,
@@ -49,6 +49,7 @@ from heimdall.testing.samples import (
     unconvertible_onnx,
     unloadable_after_upgrade_onnx,
 )
+from heimdall.testing.storage import InMemoryObjectStore
 
 NAMES = Settings(ingest_bucket="ingest", artifacts_bucket="artifacts").resource_names()
 #: What the reference outputs are compared with: the onnx backend tests' own rtol, and the project's
@@ -191,8 +192,11 @@ class NoJobs:
 
 @pytest.fixture
 def deps(tmp_path: Path) -> ApiDeps:
+    registry = InMemoryRegistry()
     return ApiDeps(
-        registry=InMemoryRegistry(),
+        registry=registry,
+        claims=registry,
+        deployments=InMemoryDeploymentStore(),
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
         jobs=NoJobs(),

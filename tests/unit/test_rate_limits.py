@@ -19,7 +19,8 @@ from tests.unit.rate_arrivals import (
     thirds,
 )
 
-from heimdall.domain.deployments import MAX_RATE_LIMIT, InMemoryDeploymentStore, check_rate_limit
+from heimdall.domain.rate_limits import MAX_RATE_LIMIT, check_rate_limit
+from heimdall.testing.deployments import InMemoryDeploymentStore
 
 
 def consume_on(store: InMemoryDeploymentStore, key_id: str, limit: int) -> Consume:

@@ -25,21 +25,15 @@ from heimdall.adapters.dynamodb.registry import DynamoRegistry
 from heimdall.adapters.dynamodb.table import INDEXES, TTL_ATTRIBUTE, table_definition
 from heimdall.contracts.jobs import BenchmarkReport, ConversionResult, FormatOutcome, FormatStatus
 from heimdall.contracts.manifest import ExportFormat
-from heimdall.domain.registry import (
-    ALLOWED,
-    TERMINAL,
+from heimdall.domain.job_states import ALLOWED, TERMINAL, plan_transition, sources_of, validate_job_updates
+from heimdall.domain.paging import decode_cursor, encode_cursor, paginate
+from heimdall.domain.records import (
     ExportJob,
     JobResultSummary,
     JobStatus,
     ModelRecord,
     chronological_key,
-    decode_cursor,
-    encode_cursor,
     imported_display_name,
-    paginate,
-    plan_transition,
-    sources_of,
-    validate_job_updates,
 )
 from heimdall.errors import (
     InvalidCursor,

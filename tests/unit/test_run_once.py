@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from heimdall.domain.registry import InMemoryRegistry
 from heimdall.logic.once import LEASE_S, run_once
+from heimdall.testing.registry import InMemoryRegistry
 
 
 class Clock:

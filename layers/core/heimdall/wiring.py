@@ -2,7 +2,8 @@
 
 Nothing connects at import time: the first call creates the adapters (whose boto3 clients are in turn
 created on first use). ``use_job_submitter`` lets the local stack run conversion jobs as subprocesses
-instead of submitting them to AWS Batch.
+instead of submitting them to AWS Batch. One ``DynamoRegistry`` serves as both the registry and the
+idempotency claims (two ports, one table).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from heimdall.domain.deployments import DeploymentStore, SerializedCounters
 from heimdall.settings import get_settings
 
 if TYPE_CHECKING:  # each function imports only its own use case (cold-start time)
-    from heimdall.adapters.batch import JobSubmitter
+    from heimdall.domain.submitter import JobSubmitter
     from heimdall.inference.deps import ServingDeps
     from heimdall.logic.api import ApiDeps
     from heimdall.logic.ingest import IngestDeps
@@ -64,10 +65,17 @@ def ingest_deps() -> IngestDeps:
     registry, store, events = _adapters()
     return IngestDeps(
         checkpoints=CheckpointDeps(
-            registry=registry, store=store, events=events, jobs=_jobs(), names=names, limits=limits
+            registry=registry,
+            claims=registry,
+            store=store,
+            events=events,
+            jobs=_jobs(),
+            names=names,
+            limits=limits,
         ),
         bundles=BundleDeps(
             registry=registry,
+            claims=registry,
             store=store,
             events=events,
             names=names,
@@ -95,6 +103,7 @@ def api_deps() -> ApiDeps:
     return ApiDeps(
         deployments=DynamoDeploymentStore.beside(registry),
         registry=registry,
+        claims=registry,
         store=store,
         events=events,
         jobs=_jobs(),

@@ -1,4 +1,4 @@
-"""AWS Batch: submitting a conversion job.
+"""AWS Batch: submitting a conversion job (the :class:`~heimdall.domain.submitter.JobSubmitter` of Lambda).
 
 The job spec travels as one JSON environment variable (``HEIMDALL_JOB_SPEC``), which the Batch entry
 point (``python -m heimdall_batch``) reads. The Batch job name is derived from the Heimdall job id, so
@@ -8,7 +8,7 @@ the job-state function can map Batch's state changes back to the export job.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -22,18 +22,6 @@ if TYPE_CHECKING:
 SPEC_VARIABLE = "HEIMDALL_JOB_SPEC"
 JOB_NAME_PREFIX = "heimdall-"
 _JOB_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-class JobSubmitter(Protocol):
-    """Starts a conversion job somewhere (AWS Batch, or a local subprocess runner)."""
-
-    def submit(self, spec: JobSpec) -> str:
-        """Start the job; returns the runner's own job id."""
-        ...
-
-    def cancel(self, runner_job_id: str, reason: str) -> None:
-        """Stop the job (queued or running). A job the runner no longer knows is not an error."""
-        ...
 
 
 def batch_job_name(job_id: str) -> str:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from heimdall.api.responses import JSON
 from heimdall.api.seed_names import seed_deployment, seed_export_job
-from heimdall.contracts.jobs import JobSource
+from heimdall.contracts.jobs import JobSource, OpsetUpgrade
 from heimdall.domain.deployments import (
     Deployment,
     DeploymentAction,
@@ -27,7 +27,7 @@ from heimdall.domain.deployments import (
     Tier,
     UsageSummary,
 )
-from heimdall.domain.registry import (
+from heimdall.domain.records import (
     ExportJob,
     ImportRecord,
     ImportStatus,
@@ -36,7 +36,6 @@ from heimdall.domain.registry import (
     MetricsSummary,
     ModelRecord,
     Name,
-    OpsetUpgrade,
     PendingUpload,
     RecordId,
     Sha256Hex,

@@ -30,7 +30,7 @@ Check: the bundle's sample predictions
     wrongly converted attribute does.
 
 A failed conversion, load or sample check leaves the model importable but not servable, with the
-reason recorded (:class:`heimdall.domain.registry.OpsetUpgrade`). The original ONNX is never changed.
+reason recorded (:class:`heimdall.contracts.jobs.OpsetUpgrade`). The original ONNX is never changed.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from typing import Any
 
 from heimdall.bundle.models import SamplePrediction
 from heimdall.bundle.structural import StructuralReport, run_checking_worker
+from heimdall.contracts.jobs import OpsetUpgrade
 from heimdall.contracts.manifest import Tolerances
-from heimdall.domain.registry import OpsetUpgrade
 from heimdall.errors import BundleError, ConfigurationError
 from heimdall.settings import BundleLimits
 

@@ -45,7 +45,8 @@ import httpx
 
 from heimdall import __version__
 from heimdall.bundle.reader import GZIP_MAGIC, ReadResult, read_bundle
-from heimdall.domain.registry import IMPORT_TERMINAL, TERMINAL, ImportStatus, JobStatus
+from heimdall.domain.job_states import TERMINAL
+from heimdall.domain.records import IMPORT_TERMINAL, ImportStatus, JobStatus
 from heimdall.errors import ChecksumMismatch, ConfigurationError, HeimdallError
 from heimdall.settings import MIB
 

@@ -57,7 +57,7 @@ from heimdall.cli.remote import (
     when_text,
 )
 from heimdall.domain.deployments import DeploymentType, Tier
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE
 from heimdall.errors import HeimdallError
 from heimdall.inference.inputs import BINARY_TENSOR_KEYS
 from heimdall.settings import MIB, BundleLimits

@@ -56,7 +56,9 @@ from heimdall.cli.api_client import (
     resolve_token,
 )
 from heimdall.cli.options import Description, NoConfig, NoMetrics, NoNormalization, NoSamples, NumSamples
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, TERMINAL, JobStatus
+from heimdall.domain.job_states import TERMINAL
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from heimdall.domain.records import JobStatus
 from heimdall.errors import ConfigurationError
 from heimdall.settings import MIB
 from heimdall.types import ExportFormat

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from heimdall.domain.deployments import DeploymentStore
-from heimdall.domain.registry import utcnow
+from heimdall.domain.records import utcnow
 from heimdall.domain.storage import ObjectStore
 from heimdall.inference.sessions import ModelCache
 from heimdall.settings import MIB, BundleLimits, ResourceNames

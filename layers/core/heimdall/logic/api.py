@@ -14,10 +14,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from heimdall.adapters.batch import JobSubmitter
-from heimdall.domain.deployments import DeploymentStore, InMemoryDeploymentStore
-from heimdall.domain.registry import Registry, utcnow
+from heimdall.domain.claims import IdempotencyClaims
+from heimdall.domain.deployments import DeploymentStore
+from heimdall.domain.records import utcnow
+from heimdall.domain.registry import Registry
 from heimdall.domain.storage import ObjectStore
+from heimdall.domain.submitter import JobSubmitter
 from heimdall.errors import RecordNotFound
 from heimdall.events import EventSink
 from heimdall.logic.bundles import BundleDeps
@@ -42,14 +44,16 @@ class ApiDeps:
     """The collaborators of the API's use cases (real adapters in Lambda, fakes in unit tests)."""
 
     registry: Registry
+    #: The idempotency claims (the registry's table in AWS: the same object as ``registry``).
+    claims: IdempotencyClaims
     store: ObjectStore
     events: EventSink
     jobs: JobSubmitter
     names: ResourceNames
     limits: BundleLimits
-    api: ApiLimits = field(default_factory=ApiLimits)
     #: Deployments, their keys, history and usage (the registry's table in AWS).
-    deployments: DeploymentStore = field(default_factory=InMemoryDeploymentStore)
+    deployments: DeploymentStore
+    api: ApiLimits = field(default_factory=ApiLimits)
     now: Callable[[], datetime] = utcnow
     #: Where bundles are assembled and validated (Lambda: /tmp; None: the system's temp dir).
     workdir: Path | None = None

@@ -31,7 +31,9 @@ from heimdall.bundle.models import ComponentSelection
 from heimdall.bundle.upgrade import check_serving, upgraded_key
 from heimdall.bundle.verify import verify_bundle
 from heimdall.bundle.writer import write_bundle
-from heimdall.domain.registry import MetricsSummary, ModelRecord, Registry, utcnow
+from heimdall.domain.claims import IdempotencyClaims
+from heimdall.domain.records import MetricsSummary, ModelRecord, utcnow
+from heimdall.domain.registry import Registry
 from heimdall.domain.storage import ObjectStore
 from heimdall.errors import BundleError, InvalidBundle, ObjectNotFound, RecordNotFound, TooLarge
 from heimdall.events import BundleIndexed, BundleRejected, EventSink, idempotency_key_for, make_event
@@ -56,6 +58,8 @@ class BundleDeps:
     """The collaborators of bundle indexing (ports: real adapters in Lambda, fakes in unit tests)."""
 
     registry: Registry
+    #: The idempotency claims (the registry's table in AWS: the same object as ``registry``).
+    claims: IdempotencyClaims
     store: ObjectStore
     events: EventSink
     names: ResourceNames
@@ -113,7 +117,7 @@ def index_bundle(
             settle(outcome)
         return outcome
 
-    return run_once(deps.registry, claim, work, duplicate=IndexOutcome(status="duplicate"))
+    return run_once(deps.claims, claim, work, duplicate=IndexOutcome(status="duplicate"))
 
 
 def index_claim(obj: ObjectCreated) -> str:

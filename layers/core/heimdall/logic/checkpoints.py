@@ -6,7 +6,7 @@ loads torch, so a ``.pt``/``.pth`` checkpoint's embedded manifest (inside its pi
 here: those need the sidecar ``heimdall.json``.
 
 A half that arrives alone (a manifest without its checkpoint, or the reverse) is recorded as AWAITING
-(:class:`~heimdall.domain.registry.PendingUpload`, one round per prefix); the half that completes the pair
+(:class:`~heimdall.domain.records.PendingUpload`, one round per prefix); the half that completes the pair
 settles it PAIRED before the job starts, and :mod:`heimdall.logic.uploads`'s sweep rejects a round
 still AWAITING after the timeout (``INCOMPLETE_UPLOAD``). The registry makes the pairing and the
 rejection exclusive: a half that was rejected never starts a job.
@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from heimdall.adapters.batch import JobSubmitter
 from heimdall.contracts.jobs import JobSpec
 from heimdall.contracts.manifest import (
     EMBEDDED_MANIFEST_KEY,
@@ -40,18 +39,12 @@ from heimdall.contracts.manifest import (
     parse_manifest,
     read_manifest,
 )
-from heimdall.domain.registry import (
-    ExportJob,
-    JobStatus,
-    PendingUpload,
-    Registry,
-    UploadHalf,
-    UploadStatus,
-    half_ref,
-    upload_id_for,
-    utcnow,
-)
+from heimdall.domain.claims import IdempotencyClaims
+from heimdall.domain.records import ExportJob, JobStatus, PendingUpload, UploadHalf, UploadStatus, utcnow
+from heimdall.domain.registry import Registry
 from heimdall.domain.storage import ObjectInfo, ObjectStore
+from heimdall.domain.submitter import JobSubmitter
+from heimdall.domain.uploads import half_ref, upload_id_for
 from heimdall.errors import BundleError, ConflictError, InvalidManifest
 from heimdall.events import (
     CheckpointReceived,
@@ -78,6 +71,8 @@ _JOB_NAMESPACE = uuid.UUID("9a5b8f0e-2d7c-4c61-8f3e-5b1d6c0a7e21")
 @dataclass(frozen=True)
 class CheckpointDeps:
     registry: Registry
+    #: The idempotency claims (the registry's table in AWS: the same object as ``registry``).
+    claims: IdempotencyClaims
     store: ObjectStore
     events: EventSink
     jobs: JobSubmitter
@@ -91,7 +86,7 @@ class CheckpointOutcome:
     status: Literal["submitted", "waiting", "rejected", "duplicate"]
     job_id: str | None = None
     reason: str | None = None
-    #: The half pair's round (:class:`~heimdall.domain.registry.PendingUpload`) a waiting half is recorded in.
+    #: The half pair's round (:class:`~heimdall.domain.records.PendingUpload`) a waiting half is recorded in.
     upload_id: str | None = None
 
 
@@ -101,7 +96,7 @@ def handle_checkpoint_object(
     """React to a checkpoint or manifest upload (``classified`` from :func:`classify_ingest_key`)."""
     claim = idempotency_key_for("checkpoint-object", obj.bucket, obj.key, obj.revision)
     return run_once(
-        deps.registry,
+        deps.claims,
         claim,
         lambda: _handle(obj, classified, deps, owner=owner),
         duplicate=CheckpointOutcome(status="duplicate"),
@@ -281,7 +276,7 @@ def _handle(
         return _start_job(deps, request)
 
     return run_once(
-        deps.registry,
+        deps.claims,
         pair,
         work,
         duplicate=CheckpointOutcome(status="duplicate", reason="the other half of the pair started the job"),
@@ -529,6 +524,7 @@ def _embedded_manifest(store: ObjectStore, uri: str) -> Manifest | None:
 def _bundle_deps(deps: CheckpointDeps) -> BundleDeps:
     return BundleDeps(
         registry=deps.registry,
+        claims=deps.claims,
         store=deps.store,
         events=deps.events,
         names=deps.names,

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from heimdall.bundle import read_bundle
 from heimdall.bundle.models import NormalizationStats
 from heimdall.contracts.jobs import FormatStatus
+from heimdall.domain.api_keys import generate_api_key, hash_api_key
 from heimdall.domain.deployments import (
     ApiKeyRecord,
     Deployment,
@@ -55,10 +56,9 @@ from heimdall.domain.deployments import (
     DeploymentType,
     Tier,
     UsageSummary,
-    generate_api_key,
-    hash_api_key,
 )
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE, ExportJob, JobStatus, ModelRecord, Page
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
+from heimdall.domain.records import ExportJob, JobStatus, ModelRecord
 from heimdall.domain.storage import Download, download_name
 from heimdall.errors import (
     DeploymentInactive,

@@ -21,7 +21,9 @@ from typing import Literal
 from pydantic import ValidationError
 
 from heimdall.contracts.jobs import DEFAULT_BUNDLE_FORMATS, RESULT_FILE_NAME, ConversionResult, JobSpec
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE, TERMINAL, ExportJob, JobStatus, ModelRecord, Page
+from heimdall.domain.job_states import TERMINAL
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
+from heimdall.domain.records import ExportJob, JobStatus, ModelRecord
 from heimdall.domain.storage import Download
 from heimdall.errors import (
     ConflictError,
@@ -149,7 +151,7 @@ def create_export_job(
         # Recorded before anything is started, so that two different requests racing with one key
         # cannot both start: the first recorded wins, the other is refused.
         claim = idempotency_key_for("api-export-job-request", job_id)
-        first = deps.registry.claim_request(claim, fingerprint)
+        first = deps.claims.claim_request(claim, fingerprint)
         if first != fingerprint:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with another request; use a new key for a new request",
@@ -160,7 +162,7 @@ def create_export_job(
             return existing  # a PENDING one's submission failed: it is submitted again below
         # Two concurrent repeats: one starts the job, the other returns it as it is then.
         claim = idempotency_key_for("api-export-job", job_id)
-        started = run_once(deps.registry, claim, create, duplicate=None)
+        started = run_once(deps.claims, claim, create, duplicate=None)
         found = started or _find_job(deps, owner, job_id)
         if found is None:
             raise ConflictError(

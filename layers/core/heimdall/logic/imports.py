@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from heimdall.bundle.models import Component, ComponentSelection
-from heimdall.domain.registry import IMPORT_TERMINAL, ImportRecord, ImportStatus, ModelRecord
+from heimdall.domain.records import IMPORT_TERMINAL, ImportRecord, ImportStatus, ModelRecord
 from heimdall.errors import (
     BundleError,
     InvalidBundle,
@@ -149,7 +149,7 @@ def index_import(obj: ObjectCreated, deps: BundleDeps) -> IndexOutcome:
     if record is None:
         return index_bundle(obj, deps, owner=deps.drop_owner)
     # One import, one upload: the first revision to arrive claims it; any other is refused unread.
-    claimed = deps.registry.claim_import_upload(record.import_id, obj.revision)
+    claimed = deps.claims.claim_import_upload(record.import_id, obj.revision)
     if claimed is None:
         return _refuse_reuse(obj, deps, record)
     outcome = index_bundle(
@@ -177,7 +177,7 @@ def _refuse_reuse(obj: ObjectCreated, deps: BundleDeps, record: ImportRecord) ->
             obj, deps, owner=record.owner, job_id=None, code=UploadReused.code, message=message
         )
 
-    return run_once(deps.registry, index_claim(obj), refuse, duplicate=IndexOutcome(status="duplicate"))
+    return run_once(deps.claims, index_claim(obj), refuse, duplicate=IndexOutcome(status="duplicate"))
 
 
 def _settle_if_replaced(obj: ObjectCreated, record: ImportRecord, deps: BundleDeps) -> None:

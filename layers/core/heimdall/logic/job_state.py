@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from heimdall.adapters.batch import job_id_from_batch_name
 from heimdall.adapters.s3 import parse_s3_uri
 from heimdall.contracts.jobs import PACKAGE_FILE_NAME, RESULT_FILE_NAME, ConversionResult
-from heimdall.domain.registry import ExportJob, JobResultSummary, JobStatus, Registry, utcnow
+from heimdall.domain.records import ExportJob, JobResultSummary, JobStatus, utcnow
+from heimdall.domain.registry import Registry
 from heimdall.domain.storage import ObjectStore
 from heimdall.errors import ObjectNotFound, RecordNotFound, TooLarge
 from heimdall.events import (

@@ -20,7 +20,8 @@ from heimdall import __version__
 from heimdall.bundle.models import BundleMetadata, ComponentSelection
 from heimdall.bundle.reader import read_bundle
 from heimdall.bundle.writer import write_bundle
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE, ModelRecord, Page
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
+from heimdall.domain.records import ModelRecord
 from heimdall.domain.storage import download_name
 from heimdall.errors import ChecksumMismatch, ConflictError, NotReady, RequestInvalid
 from heimdall.logic.api import ApiDeps, require_id

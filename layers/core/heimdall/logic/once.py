@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from heimdall.domain.registry import Registry
+from heimdall.domain.claims import IdempotencyClaims
 
 T = TypeVar("T")
 
@@ -22,15 +22,15 @@ LEASE_S = 20 * 60
 DONE_TTL_S = 14 * 24 * 3600
 
 
-def run_once(registry: Registry, key: str, work: Callable[[], T], *, duplicate: T) -> T:
+def run_once(claims: IdempotencyClaims, key: str, work: Callable[[], T], *, duplicate: T) -> T:
     """Run ``work`` unless ``key`` was already processed or is being processed; else ``duplicate``."""
     done = f"{key}#done"
-    if registry.is_claimed(done) or not registry.claim_once(key, LEASE_S):
+    if claims.is_claimed(done) or not claims.claim_once(key, LEASE_S):
         return duplicate
     try:
         result = work()
     except BaseException:
-        registry.release_claim(key)  # failed: the next delivery tries again at once
+        claims.release_claim(key)  # failed: the next delivery tries again at once
         raise
-    registry.claim_once(done, DONE_TTL_S)
+    claims.claim_once(done, DONE_TTL_S)
     return result

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE, Page, PendingUpload, UploadStatus
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
+from heimdall.domain.records import PendingUpload, UploadStatus
 from heimdall.errors import IncompleteUpload, ObjectNotFound
 from heimdall.logic.api import ApiDeps, require_id
 from heimdall.logic.checkpoints import CheckpointDeps, announce_rejection, quarantine_upload

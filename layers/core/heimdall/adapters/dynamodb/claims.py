@@ -15,7 +15,7 @@ import hashlib
 from typing import Any
 
 from heimdall.adapters.dynamodb.table import TTL_ATTRIBUTE, ConditionFailed, Table, call
-from heimdall.domain.registry import check_ttl, epoch_seconds
+from heimdall.domain.claims import check_ttl, epoch_seconds
 from heimdall.errors import RegistryError
 
 __all__ = ["IdempotencyClaims"]

@@ -44,13 +44,12 @@ from heimdall.adapters.dynamodb.table import (
     key_part,
     time_attribute,
 )
-from heimdall.domain.deployments import (
+from heimdall.domain.deployments import UsageSummary, check_latency
+from heimdall.domain.rate_limits import (
     RATE_LOG_GRACE_S,
     RATE_WINDOW_S,
     RateDecision,
-    UsageSummary,
     admit_request,
-    check_latency,
     check_rate_limit,
     rate_moment,
 )

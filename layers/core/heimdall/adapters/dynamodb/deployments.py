@@ -53,7 +53,8 @@ from heimdall.domain.deployments import (
     new_event_id,
     same_status_conflict,
 )
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE, Page, chronological_key, utcnow
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
+from heimdall.domain.records import chronological_key, utcnow
 from heimdall.errors import ConflictError, RecordNotFound
 
 if TYPE_CHECKING:

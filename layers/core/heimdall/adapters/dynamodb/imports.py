@@ -19,7 +19,7 @@ from heimdall.adapters.dynamodb.table import (
     key_part,
     record_attributes,
 )
-from heimdall.domain.registry import IMPORT_TERMINAL, ImportRecord, ImportStatus
+from heimdall.domain.records import IMPORT_TERMINAL, ImportRecord, ImportStatus
 from heimdall.errors import ConflictError, RecordNotFound
 
 __all__ = ["ImportRecords"]

@@ -70,19 +70,9 @@ from heimdall.adapters.dynamodb.table import (
     to_attribute,
 )
 from heimdall.adapters.dynamodb.uploads import UploadRounds
-from heimdall.domain.registry import (
-    DEFAULT_PAGE_SIZE,
-    ExportJob,
-    JobStatus,
-    ModelRecord,
-    Page,
-    chronological_key,
-    dump_job_field_json,
-    plan_transition,
-    sources_of,
-    utcnow,
-    validate_job_updates,
-)
+from heimdall.domain.job_states import dump_job_field_json, plan_transition, sources_of, validate_job_updates
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
+from heimdall.domain.records import ExportJob, JobStatus, ModelRecord, chronological_key, utcnow
 from heimdall.errors import ConflictError, RecordNotFound, RegistryError
 
 if TYPE_CHECKING:

@@ -33,7 +33,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from heimdall.adapters.aws import make_client
-from heimdall.domain.registry import MAX_PAGE_SIZE, check_limit, decode_cursor, encode_cursor, utcnow
+from heimdall.domain.paging import MAX_PAGE_SIZE, check_limit, decode_cursor, encode_cursor
+from heimdall.domain.records import utcnow
 from heimdall.errors import InvalidCursor, RegistryError, RegistryUnavailable
 
 if TYPE_CHECKING:

@@ -35,17 +35,9 @@ from heimdall.adapters.dynamodb.table import (
     time_attribute,
     to_attribute,
 )
-from heimdall.domain.registry import (
-    DEFAULT_PAGE_SIZE,
-    Page,
-    PendingUpload,
-    UploadStatus,
-    check_limit,
-    chronological_key,
-    paired_with_job,
-    plan_await,
-    plan_pairing,
-)
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page, check_limit
+from heimdall.domain.records import PendingUpload, UploadStatus, chronological_key
+from heimdall.domain.uploads import paired_with_job, plan_await, plan_pairing
 from heimdall.errors import ConflictError, RecordNotFound, RegistryUnavailable
 
 __all__ = ["UploadRounds"]

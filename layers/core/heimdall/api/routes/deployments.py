@@ -27,7 +27,8 @@ from heimdall.api.schemas import (
 )
 from heimdall.api.seed_names import option_field_as_sent
 from heimdall.domain.deployments import Deployment
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE, RecordId
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE
+from heimdall.domain.records import RecordId
 from heimdall.domain.storage import Download
 from heimdall.errors import RequestInvalid
 from heimdall.logic import deployments as logic

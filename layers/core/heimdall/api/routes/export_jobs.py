@@ -20,7 +20,7 @@ from heimdall.api.schemas import (
     documented,
     json_request_body,
 )
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE
 from heimdall.domain.storage import Download
 from heimdall.logic import export_jobs as logic
 

@@ -14,7 +14,7 @@ from heimdall.api.params import Cursor, Limit, path_id
 from heimdall.api.responses import JSON
 from heimdall.api.schemas import ExportRedirectOut, ModelOut, ModelPage, documented
 from heimdall.bundle.models import ComponentSelection
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE
 from heimdall.domain.storage import content_disposition
 from heimdall.logic import models as logic
 from heimdall.logic.models import ExportedBundle, ExportOptions

@@ -11,7 +11,8 @@ from heimdall.api.auth import current_caller
 from heimdall.api.deps import api_deps
 from heimdall.api.params import Cursor, Limit, path_id
 from heimdall.api.schemas import UploadOut, UploadPage, documented
-from heimdall.domain.registry import DEFAULT_PAGE_SIZE, PendingUpload, UploadStatus
+from heimdall.domain.paging import DEFAULT_PAGE_SIZE
+from heimdall.domain.records import PendingUpload, UploadStatus
 from heimdall.logic import uploads as logic
 from heimdall.logic.api import ApiDeps
 
