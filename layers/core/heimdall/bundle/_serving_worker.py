@@ -114,7 +114,7 @@ def _load(ort: Any, data: bytes) -> Exception | None:
 
 
 def _session(ort: Any, data: bytes) -> Any:
-    # The graph optimisations serving uses (heimdall.inference.engine), so that a model this loads, serving
+    # The graph optimisations serving uses (heimdall.inference.sessions), so that a model this loads, serving
     # loads too; one thread each, which keeps the child's address space small.
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

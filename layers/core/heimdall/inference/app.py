@@ -2,14 +2,14 @@
 
 The resolver the inference function (``functions/infer/app.py``) serves. Its callers are not the API's
 users but holders of a deployment's API key: every route takes ``Authorization: Bearer hdk_…`` and
-checks it against the stored hash in constant time (:func:`heimdall.domain.deployments.authenticate_api_key`);
+checks it against the stored hash in constant time (:func:`heimdall.domain.api_keys.authenticate_api_key`);
 a missing, malformed, unknown, rotated or revoked key, and another deployment's key, are the same 401.
 
 A request to infer, in order:
 
 1. the key (401), then the deployment: a platform endpoint that is ``ACTIVE`` (409
    ``DEPLOYMENT_INACTIVE`` otherwise, ``NOT_READY`` for another type);
-2. the key's rate limit, exact over every 60 s (:func:`heimdall.domain.deployments.admit_request`): a sliding
+2. the key's rate limit, exact over every 60 s (:func:`heimdall.domain.rate_limits.admit_request`): a sliding
    log of its last admitted requests in the registry table, read with the key and written with one
    conditional write per admitted request, so it holds across instances (429 ``RATE_LIMITED`` with
    ``Retry-After``);

@@ -18,7 +18,7 @@ from heimdall.adapters.dynamodb.table import TTL_ATTRIBUTE, ConditionFailed, Tab
 from heimdall.domain.claims import check_ttl, epoch_seconds
 from heimdall.errors import RegistryError
 
-__all__ = ["IdempotencyClaims"]
+__all__ = ["ClaimItems"]
 
 
 def _claim_key(key: str) -> dict[str, Any]:
@@ -26,8 +26,9 @@ def _claim_key(key: str) -> dict[str, Any]:
     return {"PK": {"S": f"IDEMPOTENCY#{hashlib.sha256(key.encode()).hexdigest()}"}, "SK": {"S": "CLAIM"}}
 
 
-class IdempotencyClaims:
-    """The claim methods of :class:`~heimdall.adapters.dynamodb.registry.DynamoRegistry`."""
+class ClaimItems:
+    """The claim methods of :class:`~heimdall.adapters.dynamodb.registry.DynamoRegistry`: the
+    :class:`~heimdall.domain.claims.IdempotencyClaims` port on the table."""
 
     table: Table
 

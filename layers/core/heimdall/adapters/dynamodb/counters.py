@@ -6,7 +6,7 @@
     usage           PK USAGE#{deployment_id}    SK TOTAL             (request_count, total_inference_ms,
                                                                       last_request_at)
 
-A key's rate limit is a sliding log (:func:`heimdall.domain.deployments.admit_request`) in one item:
+A key's rate limit is a sliding log (:func:`heimdall.domain.rate_limits.admit_request`) in one item:
 ``admitted`` is the log as bytes (the newest time, 8 bytes, then each time's distance behind it in
 microseconds, 4 bytes each, ascending: 4 kB for an enterprise key's 1000, far under the 400 kB item
 limit; a number list would take twice that, and its write units, and far longer to parse), ``version`` a

@@ -1,7 +1,7 @@
 """Deployments, their history and API keys on the registry's DynamoDB table (same single table).
 
 Item layout, in the conventions of :mod:`heimdall.adapters.dynamodb.table` (escaped key components,
-``{t}`` = :func:`heimdall.domain.registry.chronological_key`)::
+``{t}`` = :func:`heimdall.domain.records.chronological_key`)::
 
     deployment      PK DEPLOYMENT#{id}          SK META
                     GSI1 OWNER#{o}#MODEL#{m} / DEPLOYMENT#{t}        (by owner and model)

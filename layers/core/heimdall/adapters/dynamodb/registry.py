@@ -17,7 +17,7 @@ owners or names cannot forge another partition: ``%`` → ``%25``, ``#`` → ``%
     default export  PK DEFAULT#{o}#{n}#{v}     SK EXPORT          (attribute job_id)
     claim           PK IDEMPOTENCY#{sha256}    SK CLAIM           (expires_at: the table's TTL attribute)
 
-``{t}`` is :func:`heimdall.domain.registry.chronological_key`'s fixed-width UTC time, so sort keys order by
+``{t}`` is :func:`heimdall.domain.records.chronological_key`'s fixed-width UTC time, so sort keys order by
 creation; listings query with ``ScanIndexForward=False`` (newest first). Models and jobs are looked up
 by id alone (``PK``), which is what the job-state Lambda needs: Batch events carry no owner. Owner
 scoping of reads is a check of the ``owner`` attribute (``get``) or the owner in the partition key of
@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from heimdall.adapters.dynamodb.claims import IdempotencyClaims
+from heimdall.adapters.dynamodb.claims import ClaimItems
 from heimdall.adapters.dynamodb.imports import ImportRecords
 from heimdall.adapters.dynamodb.table import (
     MAX_RACES,
@@ -155,12 +155,12 @@ def _job_item(job: ExportJob) -> dict[str, Any]:
 # The repository
 
 
-class DynamoRegistry(UploadRounds, ImportRecords, IdempotencyClaims):
+class DynamoRegistry(UploadRounds, ImportRecords, ClaimItems):
     """:class:`heimdall.domain.registry.Registry` on one DynamoDB table.
 
     Models, export jobs and default exports here; imports, claims and half pairs come from
     :class:`~heimdall.adapters.dynamodb.imports.ImportRecords`,
-    :class:`~heimdall.adapters.dynamodb.claims.IdempotencyClaims` and
+    :class:`~heimdall.adapters.dynamodb.claims.ClaimItems` and
     :class:`~heimdall.adapters.dynamodb.uploads.UploadRounds`, all on the same :class:`Table`.
     No client is created at import or construction time (see :class:`Table`). ``now`` is the clock
     (``updated_at``, claim expiry).
