@@ -24,7 +24,7 @@ from heimdall.bundle.verify import verify_bundle
 from heimdall.domain.deployments import DeploymentStatus, DeploymentType
 from heimdall.errors import ModelNotServable
 from heimdall.inference.deps import ServingDeps, use_serving_deps
-from heimdall.local.gateway import HttpRequest, build_event
+from heimdall.local.payload_format import HttpRequest, build_event
 from heimdall.local.stack import invoker, load_function
 from heimdall.logic.api import ApiDeps
 from heimdall.logic.deployments import (
