@@ -56,10 +56,11 @@ from heimdall.cli.remote import (
     transfer_progress,
     when_text,
 )
-from heimdall.domain.deployments import DeploymentType, Tier
+from heimdall.domain.deployments import RATE_LIMITS, DeploymentType, Tier
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE
 from heimdall.errors import HeimdallError
 from heimdall.inference.inputs import BINARY_TENSOR_KEYS
+from heimdall.logic.deployment_requests import DownloadFile, EdgePrecision
 from heimdall.settings import MIB, BundleLimits
 
 #: The largest input file ``infer`` sends: the API takes request bodies up to its inline limit.
@@ -94,23 +95,6 @@ Key = Annotated[
 ]
 
 
-class DownloadFile(enum.StrEnum):
-    """What a ``download`` deployment links to (an imported model has no package: bundle or onnx)."""
-
-    PACKAGE = "package"
-    BUNDLE = "bundle"
-    ONNX = "onnx"
-
-
-class EdgePrecision(enum.StrEnum):
-    """The numeric precision of an edge package's model (``auto``: the best the export has)."""
-
-    AUTO = "auto"
-    INT8 = "int8"
-    FP16 = "fp16"
-    FP32 = "fp32"
-
-
 # --- heimdall deploy create ------------------------------------------------------------------------
 
 
@@ -132,7 +116,9 @@ def deploy_create(
         Tier | None,
         typer.Option(
             "--tier",
-            help="platform_endpoint: requests per minute per key (free 10, pro 100, enterprise 1000).",
+            help="platform_endpoint: requests per minute per key ("
+            + ", ".join(f"{tier} {limit}" for tier, limit in RATE_LIMITS.items())
+            + ").",
         ),
     ] = None,
     normalize: Annotated[
