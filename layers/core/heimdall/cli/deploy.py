@@ -50,8 +50,9 @@ from heimdall.cli.render import (
     transfer_progress,
     when_text,
 )
-from heimdall.domain.deployments import DeploymentType, Tier
+from heimdall.domain.deployments import RATE_LIMITS, DeploymentType, Tier
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE
+from heimdall.logic.deployment_requests import DownloadFile, EdgePrecision
 
 deploy_app = typer.Typer(
     name="deploy",
@@ -63,23 +64,6 @@ deploy_app = typer.Typer(
     no_args_is_help=True,
 )
 DeployId = Annotated[str, typer.Argument(metavar="DEPLOYMENT_ID", help="The deployment.")]
-
-
-class DownloadFile(enum.StrEnum):
-    """What a ``download`` deployment links to (an imported model has no package: bundle or onnx)."""
-
-    PACKAGE = "package"
-    BUNDLE = "bundle"
-    ONNX = "onnx"
-
-
-class EdgePrecision(enum.StrEnum):
-    """The numeric precision of an edge package's model (``auto``: the best the export has)."""
-
-    AUTO = "auto"
-    INT8 = "int8"
-    FP16 = "fp16"
-    FP32 = "fp32"
 
 
 # --- heimdall deploy create ------------------------------------------------------------------------
@@ -103,7 +87,9 @@ def deploy_create(
         Tier | None,
         typer.Option(
             "--tier",
-            help="platform_endpoint: requests per minute per key (free 10, pro 100, enterprise 1000).",
+            help="platform_endpoint: requests per minute per key ("
+            + ", ".join(f"{tier} {limit}" for tier, limit in RATE_LIMITS.items())
+            + ").",
         ),
     ] = None,
     normalize: Annotated[
