@@ -39,6 +39,7 @@ from tests.unit.test_package import _graph_io
 from tests.unit.test_package import parse_pbtxt as reference_parse_pbtxt
 
 from heimdall.bundle.structural import TensorSpec
+from heimdall.domain.deployments import MAX_IMAGE_REFERENCE
 from heimdall.errors import PackageInconsistent, RequestInvalid
 from heimdall.export_package.archive import ZIP_TIMESTAMP
 from heimdall.export_package.container import (
@@ -437,7 +438,7 @@ def test_pinned_image_references_are_accepted(image: str) -> None:
         ("triton@sha256:abc", "not a Docker image reference"),
         ("../triton:1", "not a Docker image reference"),
         ("$(reboot):1", "not a Docker image reference"),
-        ("a" * 400 + ":1", "at most 300 characters"),
+        ("a" * 400 + ":1", f"at most {MAX_IMAGE_REFERENCE} characters"),
     ],
 )
 def test_other_image_references_are_refused(

@@ -17,8 +17,7 @@ from heimdall import __version__
 from heimdall.api.__main__ import main
 from heimdall.api.app import openapi_text
 from heimdall.api.openapi import committed_text
-from heimdall.domain.deployments import RATE_LIMITS, DeploymentType
-from heimdall.logic.deployment_requests import MAX_IMAGE_REFERENCE
+from heimdall.domain.deployments import MAX_IMAGE_REFERENCE, RATE_LIMITS, DeploymentType
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = REPO_ROOT / "layers" / "core" / "heimdall" / "api" / "openapi.json"

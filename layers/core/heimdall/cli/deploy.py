@@ -50,9 +50,9 @@ from heimdall.cli.render import (
     transfer_progress,
     when_text,
 )
-from heimdall.domain.deployments import RATE_LIMITS, DeploymentType, Tier
+from heimdall.domain.deployments import RATE_LIMITS, DeploymentType, EdgePrecision, Tier
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE
-from heimdall.logic.deployment_requests import DownloadFile, EdgePrecision
+from heimdall.logic.deployment_requests import DownloadFile
 
 deploy_app = typer.Typer(
     name="deploy",

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -85,6 +85,13 @@ class Tier(enum.StrEnum):
 
 #: Requests per minute per API key, by tier.
 RATE_LIMITS: Mapping[Tier, int] = MappingProxyType({Tier.FREE: 10, Tier.PRO: 100, Tier.ENTERPRISE: 1000})
+
+#: The model builds a deployment can use: FP32 (the model itself) or the FP16 / INT8 build of its export.
+ModelPrecision = Literal["fp32", "fp16", "int8"]
+#: What an edge package ships: ``auto`` takes INT8 when it was built, else FP16, else FP32.
+EdgePrecision = Literal["auto", "int8", "fp16", "fp32"]
+#: The longest Triton image reference a ``container`` deployment takes.
+MAX_IMAGE_REFERENCE = 256
 
 
 class DeploymentAction(enum.StrEnum):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from heimdall import __version__
+from heimdall.domain.deployments import MAX_IMAGE_REFERENCE
 from heimdall.errors import PackageInconsistent, RequestInvalid
 from heimdall.export_package.archive import ZipEntry, json_bytes
 from heimdall.export_package.deployment import (
@@ -66,7 +67,6 @@ _IMAGE_REFERENCE: Final = re.compile(
     r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?",
     re.ASCII,
 )
-_MAX_IMAGE_REFERENCE: Final = 300
 
 
 def build_container_package(
@@ -147,9 +147,9 @@ def build_container_package(
 def check_triton_image(reference: Any) -> str:
     """``reference`` if it is a pinned Docker image reference (``[registry/]path:tag`` or
     ``...@sha256:digest``), else :class:`RequestInvalid` on ``options.triton_image``."""
-    if not isinstance(reference, str) or len(reference) > _MAX_IMAGE_REFERENCE:
+    if not isinstance(reference, str) or len(reference) > MAX_IMAGE_REFERENCE:
         raise RequestInvalid(
-            f"triton_image must be an image reference of at most {_MAX_IMAGE_REFERENCE} characters",
+            f"triton_image must be an image reference of at most {MAX_IMAGE_REFERENCE} characters",
             field="options.triton_image",
         )
     match = _IMAGE_REFERENCE.fullmatch(reference)

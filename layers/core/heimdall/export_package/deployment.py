@@ -18,14 +18,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from heimdall.domain.deployments import ModelPrecision
 from heimdall.errors import RequestInvalid
 from heimdall.export_package.archive import ZipEntry, file_chunks, write_zip
 from heimdall.export_package.metadata import FileRecord, PackageMetadata, shape_text
 from heimdall.export_package.reader import ExportPackage
-
-ModelPrecision = Literal["int8", "fp16", "fp32"]
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, get_args
 
 from heimdall import __version__
+from heimdall.domain.deployments import EdgePrecision, ModelPrecision
 from heimdall.errors import PackageInconsistent, RequestInvalid
 from heimdall.export_package.archive import ZipEntry, json_bytes, shown
 from heimdall.export_package.deployment import (
     BuiltPackage,
-    ModelPrecision,
     copied,
     file_records,
     io_table,
@@ -39,7 +39,6 @@ from heimdall.export_package.layout import (
 from heimdall.export_package.metadata import PackageMetadata, cell, example_shape
 from heimdall.export_package.reader import MAX_PACKAGE_BYTES, ExportPackage, open_export_package
 
-EdgePrecision = Literal["auto", "int8", "fp16", "fp32"]
 #: What ``auto`` prefers, best first, and the export format (``metadata.json``'s ``validation`` key)
 #: that holds each precision.
 EDGE_PRECISION_ORDER: Final[tuple[ModelPrecision, ...]] = ("int8", "fp16", "fp32")

@@ -31,12 +31,18 @@ from pydantic import (
     model_validator,
 )
 
-from heimdall.domain.deployments import RATE_LIMITS, DeploymentType, Tier
+from heimdall.domain.deployments import (
+    MAX_IMAGE_REFERENCE,
+    RATE_LIMITS,
+    DeploymentType,
+    EdgePrecision,
+    ModelPrecision,
+    Tier,
+)
 from heimdall.domain.records import Name, RecordId
 from heimdall.errors import RequestInvalid
 
 __all__ = [
-    "MAX_IMAGE_REFERENCE",
     "ContainerOptions",
     "ContainerRequest",
     "CreateDeploymentRequest",
@@ -46,22 +52,14 @@ __all__ = [
     "DownloadOptions",
     "DownloadRequest",
     "EdgeOptions",
-    "EdgePrecision",
     "EdgeRequest",
     "EndpointOptions",
     "EndpointRequest",
-    "ModelPrecision",
     "option_field_as_sent",
 ]
 
 #: What a ``download`` links to: the export package, the bundle, or the ONNX model.
 DownloadFile = Literal["package", "bundle", "onnx"]
-#: The models a platform endpoint can serve: FP32 (the model itself) or an export's FP16 / INT8 build.
-ModelPrecision = Literal["fp32", "fp16", "int8"]
-#: The model an edge package ships: ``auto`` takes INT8 when it was built, else FP16, else FP32.
-EdgePrecision = Literal["auto", "int8", "fp16", "fp32"]
-#: The longest Triton image reference a ``container`` takes.
-MAX_IMAGE_REFERENCE = 256
 
 _SEED_TYPE = "deployment_type"
 _SEED_OPTIONS = "deployment_config"
