@@ -44,7 +44,7 @@ from typing import IO, Any, Final, Literal
 
 import torch
 
-from heimdall.bundle.reader import parse_json
+from heimdall.bundle.strict_json import parse_json
 from heimdall.contracts.manifest import EMBEDDED_MANIFEST_KEY
 from heimdall.errors import (
     BundleError,
