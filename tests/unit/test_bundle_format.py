@@ -28,13 +28,13 @@ from heimdall.errors import (
     UnsupportedVersion,
 )
 from heimdall.settings import BundleLimits
-from heimdall.testing.samples import (
+from heimdall.testing.sample_bundles import (
     SEED_FALLBACKS,
     legacy_bundle_metadata,
-    localization_net_onnx,
     sample_bundle,
     sample_bundle_metadata,
 )
+from heimdall.testing.sample_models import localization_net_onnx
 
 ONNX = bytes(range(256)) * 40 + b"tail"  # the integrity pass does not parse ONNX; any bytes will do
 

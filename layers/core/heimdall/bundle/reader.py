@@ -183,5 +183,4 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "number")
 
 
-
 __all__ = ["ReadResult", "looks_like_bundle", "parse_metadata", "read_bundle"]

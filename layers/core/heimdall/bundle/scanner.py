@@ -48,7 +48,6 @@ class OnnxSink(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
 
-
 class _Frame:
     """An object whose keys we follow: the top-level object, and the ``model`` object in it."""
 

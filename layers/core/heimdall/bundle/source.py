@@ -113,7 +113,6 @@ def _gzip_read(gz: gzip.GzipFile) -> Callable[[int], bytes]:
     return read
 
 
-
 def fmt_bytes(n: int) -> str:
     """A size as the limits' messages show it: bytes, or MiB with one decimal from 1 MiB up."""
     return f"{n / MIB:.1f} MiB" if n >= MIB else f"{n} bytes"
