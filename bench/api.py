@@ -49,7 +49,7 @@ from heimdall.api.deps import use_deps
 from heimdall.bundle.reader import parse_metadata
 from heimdall.bundle.writer import write_bundle
 from heimdall.domain.records import ModelRecord, utcnow
-from heimdall.local.gateway import HttpRequest, build_event
+from heimdall.local.payload_format import HttpRequest, build_event
 from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.logic.api import ApiDeps
 from heimdall.settings import MIB
@@ -172,7 +172,7 @@ def _load(
 
 def _inprocess(handler: Callable[..., Any], target: str, token_sub: str, runs: int) -> list[float]:
     """The handler called with the gateway's own event for ``GET target``, ``runs`` times (ms each)."""
-    from heimdall.local.gateway import ApiIdentity
+    from heimdall.local.api_tokens import ApiIdentity
 
     identity = ApiIdentity(sub=token_sub, scopes=("heimdall/read", "heimdall/write"))
     request = HttpRequest(

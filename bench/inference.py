@@ -11,7 +11,7 @@ For each ``--batch`` size (default 1 and 32) it measures:
 * ``bare_run_ms``: ``InferenceSession.run`` alone on the same model and input, with the session the
   endpoint creates (``heimdall.inference.sessions.create_session``: same options, same provider).
 * ``inprocess_ms``: ``functions/infer/app.py``'s ``lambda_handler`` called in this process with the
-  gateway's own API Gateway v2 event (:func:`heimdall.local.gateway.build_event`, built outside the
+  gateway's own API Gateway v2 event (:func:`heimdall.local.payload_format.build_event`, built outside the
   timer), as the local stack calls it (:func:`heimdall.local.stack.invoker`, metrics disabled as
   there). Its collaborators (``use_serving_deps``) are an ``InMemoryDeploymentStore`` holding one
   enterprise platform endpoint and its key, and an ``InMemoryObjectStore`` holding the model: the
@@ -118,7 +118,7 @@ from heimdall.inference import app as serving
 from heimdall.inference.deps import ServingDeps, use_serving_deps
 from heimdall.inference.inputs import prepare_inputs, read_payload
 from heimdall.inference.sessions import ModelCache, check_model_file, create_session, run
-from heimdall.local.gateway import HttpRequest, build_event
+from heimdall.local.payload_format import HttpRequest, build_event
 from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.settings import get_settings
 from heimdall.testing.deployments import InMemoryDeploymentStore

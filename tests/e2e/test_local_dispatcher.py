@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.api_fixtures import make_bundle, wait_for
 
 from heimdall.local import stack as stack_module
-from heimdall.local.gateway import DEFAULT_SUB
+from heimdall.local.api_tokens import DEFAULT_SUB
 from heimdall.local.stack import MAX_RECEIVE_COUNT, LocalStack
 
 POISON = "poison"

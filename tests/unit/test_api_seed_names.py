@@ -13,10 +13,11 @@ from tests.unit.test_api_export_jobs import JOBS, put_checkpoint
 from tests.unit.test_api_logic_jobs import CHECKPOINT
 from tests.unit.test_api_support import Api, bundle_bytes, import_model, multipart, runner
 
-from heimdall.api.schemas import CreateDeploymentRequest, CreateExportJobRequest
+from heimdall.api.schemas import CreateExportJobRequest
 from heimdall.domain.deployments import DeploymentType
 from heimdall.errors import RequestInvalid
 from heimdall.logic.api import ApiDeps
+from heimdall.logic.deployment_requests import CreateDeploymentRequest, EndpointOptions
 from heimdall.types import ExportFormat
 
 IMPORT = "/api/v1/models/import"
@@ -115,15 +116,15 @@ def deployment_request(**body: Any) -> CreateDeploymentRequest:
 
 
 def test_seed_deployment_names_are_aliases() -> None:
-    seed = deployment_request(deployment_type="platform_endpoint", deployment_config={"tier": "pro"})
-    ours = deployment_request(type="platform_endpoint", options={"tier": "pro"})
+    seed = deployment_request(deployment_type="platform_endpoint", deployment_config={"tier": "pro"}).root
+    ours = deployment_request(type="platform_endpoint", options={"tier": "pro"}).root
     assert (
         (seed.type, seed.options)
         == (ours.type, ours.options)
-        == (DeploymentType.PLATFORM_ENDPOINT, {"tier": "pro"})
+        == (DeploymentType.PLATFORM_ENDPOINT, EndpointOptions.model_validate({"tier": "pro"}))
     )
     both = deployment_request(type="download", deployment_type="download", options={}, deployment_config={})
-    assert both.type is DeploymentType.DOWNLOAD
+    assert both.root.type is DeploymentType.DOWNLOAD
 
 
 @pytest.mark.parametrize(

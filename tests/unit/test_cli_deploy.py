@@ -343,7 +343,7 @@ def test_infer_refuses_a_missing_or_oversized_file_and_a_missing_key(
 ) -> None:
     missing = infer_run(api, "infer", "d1", "--key", API_KEY, "--input", "nope.json")
     assert missing.exit_code == 2 and "nope.json is not a file" in missing.stderr
-    monkeypatch.setattr("heimdall.cli.deploy.INPUT_MAX_BYTES", 64)
+    monkeypatch.setattr("heimdall.cli.endpoint.INPUT_MAX_BYTES", 64)
     (tmp_path / "big.json").write_text(json.dumps({"input": list(range(100))}))
     big = infer_run(api, "infer", "d1", "--key", API_KEY, "--input", "big.json")
     assert big.exit_code == 2 and "larger than the API takes" in big.stderr

@@ -17,14 +17,8 @@ from typing import Any
 
 import pytest
 
-from heimdall.local.gateway import (
-    DEFAULT_SCOPES,
-    MAX_RESPONSE_BYTES,
-    ApiIdentity,
-    Integration,
-    LocalGateway,
-    load_api_tokens,
-)
+from heimdall.local.api_tokens import DEFAULT_SCOPES, ApiIdentity, load_api_tokens
+from heimdall.local.gateway import MAX_RESPONSE_BYTES, Integration, LocalGateway
 
 ADMIN = "admin-token-0123456789"
 READER = "reader-token-9876543210"

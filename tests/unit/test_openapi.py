@@ -17,6 +17,8 @@ from heimdall import __version__
 from heimdall.api.__main__ import main
 from heimdall.api.app import openapi_text
 from heimdall.api.openapi import committed_text
+from heimdall.domain.deployments import RATE_LIMITS, DeploymentType
+from heimdall.logic.deployment_requests import MAX_IMAGE_REFERENCE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = REPO_ROOT / "layers" / "core" / "heimdall" / "api" / "openapi.json"
@@ -140,15 +142,40 @@ def test_the_seed_names_and_the_legacy_import_answer_are_documented(document: di
     assert {"export_format", "export_config", "optimization_config"} <= set(
         schemas["CreateExportJobRequest"]["properties"]
     )
-    deployment = schemas["CreateDeploymentRequest"]
-    assert {"deployment_type", "deployment_config"} <= set(deployment["properties"])
-    assert "type" not in deployment["required"]
-    assert deployment["anyOf"] == [{"required": ["type"]}, {"required": ["deployment_type"]}]
+    for deployment in deployment_requests(schemas).values():
+        assert {"deployment_type", "deployment_config"} <= set(deployment["properties"])
+        assert "type" not in deployment["required"]
+        assert deployment["anyOf"] == [{"required": ["type"]}, {"required": ["deployment_type"]}]
     legacy = document["paths"]["/api/v1/training/models/import"]["post"]["responses"]["201"]
     answer = legacy["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
     assert {"model_id", "message", "onnx_path", "import", "model"} <= set(schemas[answer]["properties"])
     current = document["paths"]["/api/v1/models/import"]["post"]["responses"]["201"]
     assert current["content"]["application/json"]["schema"]["$ref"].endswith("/ImportedOut")
+
+
+def deployment_requests(schemas: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The deployment request of each type, as the document describes it (by its ``type``)."""
+    body = schemas["CreateDeploymentRequest"]
+    refs = [choice["$ref"] for choice in body["oneOf"]]
+    assert sorted(body["discriminator"]["mapping"].values()) == sorted(refs)
+    return {kind: schemas[ref.rsplit("/", 1)[1]] for kind, ref in body["discriminator"]["mapping"].items()}
+
+
+def test_each_deployment_type_documents_its_options(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    requests = deployment_requests(schemas)
+    assert set(requests) == {kind.value for kind in DeploymentType}
+    for kind, request in requests.items():
+        properties = request["properties"]
+        assert properties["type"]["const"] == kind
+        options = schemas[properties["options"]["$ref"].rsplit("/", 1)[1]]
+        assert options["additionalProperties"] is False
+        assert {"$ref": properties["options"]["$ref"]} in properties["deployment_config"]["anyOf"]
+    endpoint = schemas["EndpointOptions"]["properties"]
+    assert set(endpoint) == {"tier", "apply_normalization", "precision"}
+    assert all(f"{tier} {limit}" in endpoint["tier"]["description"] for tier, limit in RATE_LIMITS.items())
+    image = schemas["ContainerOptions"]["properties"]["triton_image"]["anyOf"][0]
+    assert image["maxLength"] == MAX_IMAGE_REFERENCE
 
 
 def test_the_export_documents_both_answers_and_their_headers(document: dict[str, Any]) -> None:

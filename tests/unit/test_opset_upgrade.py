@@ -24,15 +24,11 @@ from heimdall.bundle.verify import verify_bundle
 from heimdall.domain.deployments import DeploymentStatus, DeploymentType
 from heimdall.errors import ModelNotServable
 from heimdall.inference.deps import ServingDeps, use_serving_deps
-from heimdall.local.gateway import HttpRequest, build_event
+from heimdall.local.payload_format import HttpRequest, build_event
 from heimdall.local.stack import invoker, load_function
 from heimdall.logic.api import ApiDeps
-from heimdall.logic.deployments import (
-    CreateDeployment,
-    activate_deployment,
-    create_deployment,
-    deactivate_deployment,
-)
+from heimdall.logic.deployment_requests import DownloadOptions, DownloadRequest, EndpointRequest
+from heimdall.logic.deployments import activate_deployment, create_deployment, deactivate_deployment
 from heimdall.logic.imports import import_inline
 from heimdall.logic.models import ExportOptions, delete_model, export_model
 from heimdall.settings import ApiLimits, BundleLimits, Settings
@@ -212,8 +208,8 @@ def stored(deps: ApiDeps, key: str | None) -> bytes:
     return deps.store.objects[("artifacts", key)]
 
 
-def endpoint(model_id: str, **fields: Any) -> CreateDeployment:
-    return CreateDeployment(type=DeploymentType.PLATFORM_ENDPOINT, name="ep", model_id=model_id, **fields)
+def endpoint(model_id: str) -> EndpointRequest:
+    return EndpointRequest(type=DeploymentType.PLATFORM_ENDPOINT, name="ep", model_id=model_id)
 
 
 def test_an_old_opset_import_keeps_the_original_and_serves_an_upgraded_copy(deps: ApiDeps) -> None:
@@ -266,8 +262,11 @@ def test_a_model_that_cannot_serve_is_imported_and_refused_as_an_endpoint(
     download = create_deployment(
         deps,
         "alice",
-        CreateDeployment(
-            type=DeploymentType.DOWNLOAD, name="dl", model_id=record.model_id, options={"file": "onnx"}
+        DownloadRequest(
+            type=DeploymentType.DOWNLOAD,
+            name="dl",
+            model_id=record.model_id,
+            options=DownloadOptions(file="onnx"),
         ),
     )
     assert download.deployment.artifact is not None and download.deployment.artifact.key == record.onnx_key

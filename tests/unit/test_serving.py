@@ -22,7 +22,7 @@ from tests.unit.test_api_support import FakeLambdaContext
 from heimdall.domain.api_keys import generate_api_key, hash_api_key
 from heimdall.domain.deployments import ApiKeyRecord, Deployment, DeploymentStatus, DeploymentType, Tier
 from heimdall.inference.deps import ServingDeps, use_serving_deps
-from heimdall.local.gateway import HttpRequest, build_event
+from heimdall.local.payload_format import HttpRequest, build_event
 from heimdall.local.stack import invoker, load_function
 from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.testing.deployments import InMemoryDeploymentStore

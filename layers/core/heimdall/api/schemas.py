@@ -16,7 +16,7 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from heimdall.api.responses import JSON
-from heimdall.api.seed_names import seed_deployment, seed_export_job
+from heimdall.api.seed_names import seed_export_job
 from heimdall.contracts.jobs import JobSource, OpsetUpgrade
 from heimdall.domain.deployments import (
     Deployment,
@@ -43,6 +43,7 @@ from heimdall.domain.records import (
     UploadStatus,
 )
 from heimdall.domain.storage import Download
+from heimdall.logic.deployment_requests import CreateDeploymentRequest
 from heimdall.types import ExportFormat, Shape
 
 SCHEMAS = "#/components/schemas/"
@@ -356,47 +357,6 @@ class CreateExportJobRequest(BaseModel):
 
 # --------------------------------------------------------------------------------------------------
 # Deployments
-
-
-def _type_or_seed_type(schema: dict[str, Any]) -> None:
-    """``type`` or its seed alias ``deployment_type``: one of them is required, not ``type`` itself."""
-    schema["required"] = [name for name in schema.get("required", []) if name != "type"]
-    schema["anyOf"] = [{"required": ["type"]}, {"required": ["deployment_type"]}]
-
-
-class CreateDeploymentRequest(BaseModel):
-    """A deployment of a model (``model_id``) or of an export job (``export_job_id``): exactly one.
-
-    ``options`` depend on ``type``: download ``{file: package|bundle|onnx}``; platform_endpoint
-    ``{tier: free|pro|enterprise, apply_normalization: bool, precision: fp32|fp16|int8}``; edge_package
-    ``{precision: auto|int8|fp16|fp32}``; container ``{triton_image: str}``.
-    """
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_type_or_seed_type)
-
-    type: DeploymentType
-    name: Name
-    model_id: RecordId | None = None
-    export_job_id: RecordId | None = None
-    options: dict[str, Any] = Field(default_factory=dict, description="The type's options (see above).")
-    deployment_type: DeploymentType | None = Field(
-        default=None, description="The original Heimdall's name of type (with type too, they must agree)."
-    )
-    deployment_config: dict[str, Any] | None = Field(
-        default=None,
-        description="The original Heimdall's name of options (with options too, they must agree).",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _seed_names(cls, data: Any) -> Any:
-        return seed_deployment(data)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> CreateDeploymentRequest:
-        if (self.model_id is None) == (self.export_job_id is None):
-            raise ValueError("give exactly one of model_id and export_job_id")
-        return self
 
 
 class DeploymentOut(_Out):

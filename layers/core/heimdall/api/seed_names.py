@@ -1,13 +1,13 @@
 """The request names of the original Heimdall's clients (the seeds), read as aliases of this API's.
 
-The request models (:mod:`heimdall.api.schemas`) call these before their own validation, on the
+The export job request (:mod:`heimdall.api.schemas`) calls these before its own validation, on the
 decoded JSON object, so that a seed request becomes the request this API already understands:
-
-* ``POST /api/v1/deployments``: ``deployment_type`` is ``type``, ``deployment_config`` is ``options``;
-* ``POST /api/v1/export/jobs``: ``export_format`` (one format) is ``formats: [export_format]``;
-  ``export_config`` may name the format(s) (``format``, ``formats``); ``optimization_config`` asks for
-  the optimised builds a job makes (``quantization: int8|fp16|none``, ``int8``, ``fp16``,
-  ``tensorrt``: booleans), added to the requested format, else to ``onnx`` (they derive from it).
+``POST /api/v1/export/jobs``: ``export_format`` (one format) is ``formats: [export_format]``;
+``export_config`` may name the format(s) (``format``, ``formats``); ``optimization_config`` asks for
+the optimised builds a job makes (``quantization: int8|fp16|none``, ``int8``, ``fp16``, ``tensorrt``:
+booleans), added to the requested format, else to ``onnx`` (they derive from it). The deployment
+request's seed names (``deployment_type``, ``deployment_config``) are part of its own model
+(:mod:`heimdall.logic.deployment_requests`), which the use case shares.
 
 Nothing is dropped: any other key of ``export_config`` / ``optimization_config`` (the opset, dynamic
 axes, pruning, ...: the manifest or the imported model fixes those) and any alias that disagrees with
@@ -23,7 +23,7 @@ from typing import Any
 from heimdall.errors import RequestInvalid
 from heimdall.types import ExportFormat
 
-__all__ = ["option_field_as_sent", "seed_deployment", "seed_export_job"]
+__all__ = ["seed_export_job"]
 
 _FORMATS = [f.value for f in ExportFormat]
 #: optimization_config's boolean switches, and the format each asks for.
@@ -40,22 +40,6 @@ _QUANTIZATION: dict[str | None, ExportFormat | None] = {
     "none": None,
     None: None,
 }
-
-
-def seed_deployment(data: Any) -> Any:
-    """A deployment request with ``deployment_type`` / ``deployment_config`` as ``type`` / ``options``."""
-    if not isinstance(data, dict):
-        return data
-    data = _alias(data, alias="deployment_type", name="type")
-    return _alias(data, alias="deployment_config", name="options")
-
-
-def option_field_as_sent(field: str | None, *, seed_name: bool) -> str | None:
-    """A refused option's field (``options.tier``) as the caller named it: ``deployment_config.tier``
-    when the options came under the seed name."""
-    if seed_name and field is not None and field.split(".")[0] == "options":
-        return "deployment_config" + field.removeprefix("options")
-    return field
 
 
 def seed_export_job(data: Any) -> Any:
@@ -89,18 +73,6 @@ def seed_export_job(data: Any) -> Any:
     if formats is not None:
         data["formats"] = formats
     return data
-
-
-def _alias(data: dict[str, Any], *, alias: str, name: str) -> dict[str, Any]:
-    if alias not in data:
-        return data
-    value = data[alias]
-    if name in data and data[name] != value:
-        raise RequestInvalid(
-            f"{alias} and {name} name the same thing and differ; send one of them", field=alias
-        )
-    # The alias stays set too: the route can then name a refused option as the caller sent it.
-    return {**data, name: value}
 
 
 def _as_formats(value: Any, *, field: str) -> list[str] | None:

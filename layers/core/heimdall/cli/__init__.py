@@ -33,9 +33,12 @@ from heimdall import __version__
 from heimdall.cli import bundle_demo  # noqa: F401 - registers `heimdall bundle demo`
 from heimdall.cli.bundle import bundle_app
 from heimdall.cli.convert import convert
-from heimdall.cli.deploy import deploy_app, infer
+from heimdall.cli.deploy import deploy_app
+from heimdall.cli.endpoint import infer  # also registers `heimdall deploy usage|health`
+from heimdall.cli.jobs import jobs_app
 from heimdall.cli.local import demo, local_app
-from heimdall.cli.remote import jobs_app, model_export, model_import, models_list, uploads_app
+from heimdall.cli.models import model_export, model_import, models_list
+from heimdall.cli.uploads import uploads_app
 from heimdall.errors import HeimdallError
 
 #: Set to 1 to see the traceback of an unexpected error.

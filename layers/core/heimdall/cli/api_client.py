@@ -1,9 +1,10 @@
 """A client for the Heimdall HTTP API (DESIGN §7): one method per route, typed errors, streamed files.
 
-Used by the remote commands (:mod:`heimdall.cli.remote`) and by ``bench/api.py``. It knows the routes
-and JSON shapes of the API and nothing of how they are served, so it works the same against
-``heimdall local up`` and against API Gateway. Resources come back as the API's JSON objects
-(``dict``), unchanged.
+Used by the API commands (:mod:`heimdall.cli.models`, :mod:`~heimdall.cli.jobs`,
+:mod:`~heimdall.cli.uploads`, :mod:`~heimdall.cli.deploy`, :mod:`~heimdall.cli.endpoint`) and by
+``bench/api.py``. It knows the routes and JSON shapes of the API and nothing of how they are served,
+so it works the same against ``heimdall local up`` and against API Gateway. Resources come back as
+the API's JSON objects (``dict``), unchanged.
 
 What it takes care of:
 

@@ -46,7 +46,8 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from heimdall import wiring
 from heimdall.adapters.batch import batch_job_name
 from heimdall.contracts.jobs import JobSpec
-from heimdall.local.gateway import DEFAULT_SUB, ApiTokens, Integration, LocalGateway, load_api_tokens
+from heimdall.local.api_tokens import DEFAULT_SUB, ApiTokens, load_api_tokens
+from heimdall.local.gateway import Integration, LocalGateway
 from heimdall.settings import ResourceNames, get_settings
 
 logger = logging.getLogger(__name__)

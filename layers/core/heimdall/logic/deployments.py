@@ -1,10 +1,11 @@
 """Use cases: deployments through the API — create (four types), read, list, (de)activate, delete,
 history, key rotation, and the download of what a deployment delivers (DESIGN §7).
 
-A deployment is made from an export job or directly from a model. An imported model has no export
-package until an export job converts its bundle (:mod:`heimdall.logic.export_jobs`); until then it
-can be a ``platform_endpoint`` or a ``download`` of its bundle or its ONNX model, and the package types
-answer 409 ``NO_EXPORT_PACKAGE``. Deployed from a model, the package types use the job that exported
+A deployment is made from an export job or directly from a model, as the request says (one model per
+type, with that type's options: :mod:`heimdall.logic.deployment_requests`). An imported model has no
+export package until an export job converts its bundle (:mod:`heimdall.logic.export_jobs`); until then
+it can be a ``platform_endpoint`` or a ``download`` of its bundle or its ONNX model, and the package
+types answer 409 ``NO_EXPORT_PACKAGE``. Deployed from a model, the package types use the job that exported
 it, or for an imported model its default export job, else its newest succeeded one.
 
 ``download``
@@ -41,8 +42,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from heimdall.bundle import read_bundle
 from heimdall.bundle.models import NormalizationStats
 from heimdall.contracts.jobs import FormatStatus
@@ -54,7 +53,6 @@ from heimdall.domain.deployments import (
     DeploymentEvent,
     DeploymentStatus,
     DeploymentType,
-    Tier,
     UsageSummary,
 )
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
@@ -70,11 +68,18 @@ from heimdall.errors import (
 )
 from heimdall.events import DeploymentActivated, DeploymentDeactivated, idempotency_key_for, make_event
 from heimdall.logic.api import ApiDeps, require_id
+from heimdall.logic.deployment_requests import (
+    ContainerOptions,
+    DeploymentOptions,
+    DeploymentRequest,
+    DownloadOptions,
+    EdgeOptions,
+    EndpointOptions,
+)
 from heimdall.logic.export_jobs import read_job_result
 from heimdall.types import ExportFormat
 
 __all__ = [
-    "CreateDeployment",
     "CreatedDeployment",
     "activate_deployment",
     "create_deployment",
@@ -98,57 +103,7 @@ _PACKAGE_FILE = "package.zip"
 _ZIP = "application/zip"
 
 
-# --- requests --------------------------------------------------------------------------------------
-
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DownloadOptions(_Options):
-    """``download``: what the link fetches: the export package, the bundle, or the ONNX model."""
-
-    file: Literal["package", "bundle", "onnx"] = "package"
-
-
-class EndpointOptions(_Options):
-    """``platform_endpoint``: the key's tier, whether inputs get the bundle's normalisation, and which
-    model it runs: the FP32 ONNX model (the default) or the FP16 / INT8 model its export job built."""
-
-    tier: Tier = Tier.FREE
-    apply_normalization: bool = False
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
-
-
-class EdgeOptions(_Options):
-    """``edge_package``: the model precision shipped (``auto``: INT8, else FP16, else FP32)."""
-
-    precision: Literal["auto", "int8", "fp16", "fp32"] = "auto"
-
-
-class ContainerOptions(_Options):
-    """``container``: the Triton server image the Dockerfile builds on (default: the pinned one)."""
-
-    triton_image: str | None = Field(default=None, min_length=1, max_length=256)
-
-
-OPTIONS_MODELS: dict[DeploymentType, type[_Options]] = {
-    DeploymentType.DOWNLOAD: DownloadOptions,
-    DeploymentType.PLATFORM_ENDPOINT: EndpointOptions,
-    DeploymentType.EDGE_PACKAGE: EdgeOptions,
-    DeploymentType.CONTAINER: ContainerOptions,
-}
-
-
-@dataclass(frozen=True)
-class CreateDeployment:
-    """What a caller asks for: a type, a name, the source (a model or an export job) and options."""
-
-    type: DeploymentType
-    name: str
-    model_id: str | None = None
-    export_job_id: str | None = None
-    options: dict[str, Any] | None = None
+# --- create ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -160,34 +115,16 @@ class CreatedDeployment:
     download: Download | None = None
 
 
-def parse_options(kind: DeploymentType, raw: dict[str, Any] | None) -> _Options:
-    """The type's options, validated; RequestInvalid naming ``options.<field>`` otherwise."""
-    try:
-        return OPTIONS_MODELS[kind].model_validate(raw or {})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        field = f"options.{where}" if where else "options"
-        raise RequestInvalid(
-            f"{field}: {first.get('msg', 'invalid')} (a {kind} deployment takes "
-            f"{', '.join(OPTIONS_MODELS[kind].model_fields) or 'no options'})",
-            field=field,
-        ) from None
-
-
-# --- create ----------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class _Source:
     model: ModelRecord | None
     job: ExportJob | None
 
 
-def create_deployment(deps: ApiDeps, owner: str, request: CreateDeployment) -> CreatedDeployment:
+def create_deployment(deps: ApiDeps, owner: str, request: DeploymentRequest) -> CreatedDeployment:
     """Create a deployment of the owner's model or export job (see the module docstring)."""
-    kind = DeploymentType(request.type)
-    options = parse_options(kind, request.options)
+    kind = request.type
+    options = request.options
     source = _source(deps, owner, request)
     deployment_id = str(uuid.uuid4())
     now = deps.now()
@@ -244,9 +181,7 @@ def create_deployment(deps: ApiDeps, owner: str, request: CreateDeployment) -> C
     return CreatedDeployment(deployment=deployment, api_key=api_key, download=download)
 
 
-def _source(deps: ApiDeps, owner: str, request: CreateDeployment) -> _Source:
-    if (request.model_id is None) == (request.export_job_id is None):
-        raise RequestInvalid("give exactly one of model_id and export_job_id", field="model_id")
+def _source(deps: ApiDeps, owner: str, request: DeploymentRequest) -> _Source:
     if request.export_job_id is not None:
         require_id(request.export_job_id, what="export job", field="export_job_id")
         source_job = deps.registry.get_export_job(owner, request.export_job_id)
@@ -430,7 +365,7 @@ def _download_artifact(
 
 
 def _built_artifact(
-    deps: ApiDeps, deployment_id: str, name: str, job: ExportJob, options: _Options
+    deps: ApiDeps, deployment_id: str, name: str, job: ExportJob, options: DeploymentOptions
 ) -> DeploymentArtifact:
     """An edge or container zip built from the job's export package, stored under ``deployments/``."""
     from heimdall.export_package import container, edge, reader  # noqa: PLC0415 - only the package types need it

@@ -16,7 +16,6 @@ from heimdall.api.params import Cursor, Limit, path_id
 from heimdall.api.responses import JSON
 from heimdall.api.schemas import (
     CreatedDeploymentOut,
-    CreateDeploymentRequest,
     DeploymentEventOut,
     DeploymentHistoryOut,
     DeploymentOut,
@@ -25,13 +24,13 @@ from heimdall.api.schemas import (
     documented,
     json_request_body,
 )
-from heimdall.api.seed_names import option_field_as_sent
 from heimdall.domain.deployments import Deployment
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE
 from heimdall.domain.records import RecordId
 from heimdall.domain.storage import Download
 from heimdall.errors import RequestInvalid
 from heimdall.logic import deployments as logic
+from heimdall.logic.deployment_requests import CreateDeploymentRequest, option_field_as_sent
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated
 
@@ -74,19 +73,9 @@ def create_deployment() -> CreatedDeploymentOut:
         raw_body(router.current_event, max_bytes=deps.api.max_inline_bytes), CreateDeploymentRequest
     )
     try:
-        created = logic.create_deployment(
-            deps,
-            current_caller(router).sub,
-            logic.CreateDeployment(
-                type=request.type,
-                name=request.name,
-                model_id=request.model_id,
-                export_job_id=request.export_job_id,
-                options=request.options,
-            ),
-        )
+        created = logic.create_deployment(deps, current_caller(router).sub, request.root)
     except RequestInvalid as exc:
-        exc.field = option_field_as_sent(exc.field, seed_name=request.deployment_config is not None)
+        exc.field = option_field_as_sent(exc.field, request.root)
         raise
     return CreatedDeploymentOut(
         deployment=_out(created.deployment), api_key=created.api_key, download=created.download
