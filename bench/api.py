@@ -4,7 +4,7 @@ Starts :class:`heimdall.local.stack.LocalStack` in this process (moto's server, 
 free port calling ``functions/api/app.py``), then:
 
 * registers ``--models`` models (default 100): one real bundle around a ``--onnx-mb`` MiB ONNX model
-  (:func:`heimdall.testing.samples.padded_onnx`, default 1 MiB) imported through
+  (:func:`heimdall.testing.sample_models.padded_onnx`, default 1 MiB) imported through
   ``POST /api/v1/models/import``,
   and the rest as registry records written through the registry adapter (what indexing writes);
 * ``list``: ``GET /api/v1/models`` (the first page at the default page size, 50 models) through real
@@ -54,7 +54,8 @@ from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.logic.api import ApiDeps
 from heimdall.settings import MIB
 from heimdall.testing.registry import InMemoryRegistry
-from heimdall.testing.samples import padded_onnx, sample_bundle_metadata
+from heimdall.testing.sample_bundles import sample_bundle_metadata
+from heimdall.testing.sample_models import padded_onnx
 from heimdall.testing.storage import InMemoryObjectStore
 
 

@@ -40,7 +40,8 @@ import pybase64
 from heimdall.bundle.reader import parse_metadata, read_bundle
 from heimdall.bundle.writer import write_bundle
 from heimdall.settings import MIB, BundleLimits
-from heimdall.testing.samples import padded_onnx, sample_bundle_metadata
+from heimdall.testing.sample_bundles import sample_bundle_metadata
+from heimdall.testing.sample_models import padded_onnx
 
 #: The issue's targets, stated for a 100 MB model.
 TARGET_RATIO_TO_SHA256 = 0.7

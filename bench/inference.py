@@ -122,7 +122,7 @@ from heimdall.local.payload_format import HttpRequest, build_event
 from heimdall.local.stack import LocalStack, invoker, load_function
 from heimdall.settings import get_settings
 from heimdall.testing.deployments import InMemoryDeploymentStore
-from heimdall.testing.samples import sample_bundle_metadata
+from heimdall.testing.sample_bundles import sample_bundle_metadata
 from heimdall.testing.storage import InMemoryObjectStore
 
 INPUT_CHW = (3, 128, 32)

@@ -14,7 +14,7 @@ one run:
   ``occurred_at`` (put -> ``Export Job Submitted`` -> ``Export Job Succeeded`` -> ``Bundle Indexed``)
   and from the job's ``result.json`` (its start, its stages, its end).
 * ``bundle_to_indexed_s``: a bundle around a real ONNX model of ``--onnx-mb`` MiB
-  (:func:`heimdall.testing.samples.padded_onnx`, metadata describing that model's shapes) put into
+  (:func:`heimdall.testing.sample_models.padded_onnx`, metadata describing that model's shapes) put into
   ``bundles/`` of the ingest bucket, to ``Bundle Indexed`` with ``imported: true``. Median of
   ``--runs`` runs, a different key (and model version) each.
 * ``import_ms``: each ``functions/*/app.py`` loaded by file path, as Lambda and the local stack load
@@ -56,7 +56,8 @@ from heimdall.bundle.writer import write_bundle
 from heimdall.local.demo import MANIFEST, Subscriber, write_checkpoint
 from heimdall.local.stack import FUNCTIONS_DIR, LocalStack
 from heimdall.settings import MIB, BundleLimits
-from heimdall.testing.samples import padded_onnx, sample_bundle_metadata
+from heimdall.testing.sample_bundles import sample_bundle_metadata
+from heimdall.testing.sample_models import padded_onnx
 
 TARGETS: dict[str, float] = {
     "checkpoint_to_indexed_s_max": 20.0,

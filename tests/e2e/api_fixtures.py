@@ -30,7 +30,8 @@ import pytest
 from heimdall.local.demo import MANIFEST, Subscriber
 from heimdall.local.stack import LocalStack
 from heimdall.settings import MIB
-from heimdall.testing.samples import localization_net_onnx, padded_onnx, sample_bundle
+from heimdall.testing.sample_bundles import sample_bundle
+from heimdall.testing.sample_models import localization_net_onnx, padded_onnx
 
 T = TypeVar("T")
 

@@ -25,7 +25,8 @@ import httpx
 
 from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.local.stack import LocalStack
-from heimdall.testing.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.testing.sample_bundles import sample_bundle_metadata
+from heimdall.testing.sample_models import localization_net_onnx
 
 CHECKS = ",".join(
     (

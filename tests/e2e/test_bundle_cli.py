@@ -1,8 +1,8 @@
 """The ``heimdall bundle`` commands as a user drives them: a subprocess per command, real bundles.
 
-Bundles are built in-process with the library (:mod:`heimdall.testing.samples` + ``write_bundle``); every
-command runs as ``python -m heimdall.cli ...`` and is judged on its exit code, stdout and stderr. No
-output of any command may contain a traceback.
+Bundles are built in-process with the library (:mod:`heimdall.testing.sample_bundles` +
+``write_bundle``); every command runs as ``python -m heimdall.cli ...`` and is judged on its exit code,
+stdout and stderr. No output of any command may contain a traceback.
 """
 
 from __future__ import annotations
@@ -26,16 +26,18 @@ import pytest
 from heimdall.bundle import ComponentSelection, parse_metadata, read_bundle, write_bundle
 from heimdall.bundle.dialects import Dialect
 from heimdall.bundle.signing import generate_key_pair, load_private_key
-from heimdall.testing.samples import (
+from heimdall.testing.sample_bundles import (
     SEED_FALLBACKS,
-    ReferenceModel,
     legacy_bundle_metadata,
-    localization_net_onnx,
-    onnx_backend_model,
-    padded_onnx,
     reference_bundle,
     sample_bundle,
     sample_bundle_metadata,
+)
+from heimdall.testing.sample_models import (
+    ReferenceModel,
+    localization_net_onnx,
+    onnx_backend_model,
+    padded_onnx,
     unconvertible_onnx,
 )
 

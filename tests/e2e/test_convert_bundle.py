@@ -27,12 +27,11 @@ from heimdall.contracts.jobs import ConversionResult
 from heimdall.export_package.container import build_container_package
 from heimdall.export_package.edge import build_edge_package
 from heimdall.export_package.triton import check_triton_config
-from heimdall.testing.samples import (
+from heimdall.testing.sample_bundles import reference_bundle, sample_bundle_metadata
+from heimdall.testing.sample_models import (
     ReferenceModel,
     localization_net_onnx,
     onnx_backend_model,
-    reference_bundle,
-    sample_bundle_metadata,
     unconvertible_onnx,
 )
 

@@ -22,12 +22,8 @@ from tests.e2e import api_fixtures as e2e
 from tests.e2e.api_fixtures import ApiStack, api_fixture, error_of  # noqa: F401 - api_fixture is a fixture
 
 from heimdall.bundle import read_bundle
-from heimdall.testing.samples import (
-    ReferenceModel,
-    onnx_backend_model,
-    reference_bundle,
-    unconvertible_onnx,
-)
+from heimdall.testing.sample_bundles import reference_bundle
+from heimdall.testing.sample_models import ReferenceModel, onnx_backend_model, unconvertible_onnx
 
 pytestmark = pytest.mark.slow
 

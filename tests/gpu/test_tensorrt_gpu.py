@@ -170,7 +170,8 @@ def test_an_imported_bundle_gets_an_engine_for_this_gpu(trt: ModuleType, tmp_pat
     """A model that came as a bundle (no PyTorch model) gets its engine built and checked against it."""
     from heimdall.contracts.jobs import ConversionResult
     from heimdall.contracts.manifest import ExportFormat
-    from heimdall.testing.samples import localization_net_onnx, sample_bundle
+    from heimdall.testing.sample_bundles import sample_bundle
+    from heimdall.testing.sample_models import localization_net_onnx
     from heimdall_batch.pipeline import ConversionOptions, run_bundle_conversion
 
     source = tmp_path / "imported.heimdall"

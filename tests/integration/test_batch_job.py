@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 from heimdall.contracts.jobs import ConversionResult
-from heimdall.testing.samples import localization_net_onnx, sample_bundle
+from heimdall.testing.sample_bundles import sample_bundle
+from heimdall.testing.sample_models import localization_net_onnx
 from heimdall_batch.architectures import resolve
 
 MANIFEST = {

@@ -49,7 +49,8 @@ from heimdall.settings import ApiLimits, BundleLimits, Settings, get_settings
 from heimdall.testing.deployments import InMemoryDeploymentStore
 from heimdall.testing.events import InMemoryEventSink
 from heimdall.testing.registry import InMemoryRegistry
-from heimdall.testing.samples import localization_net_onnx, sample_bundle, sample_bundle_metadata
+from heimdall.testing.sample_bundles import sample_bundle, sample_bundle_metadata
+from heimdall.testing.sample_models import localization_net_onnx
 from heimdall.testing.storage import InMemoryObjectStore
 from heimdall.types import ExportFormat
 

@@ -29,7 +29,7 @@ from tests.unit.test_api_logic_jobs import RecordingRunner
 
 from heimdall.api.app import app, openapi_text
 from heimdall.logic.api import ApiDeps
-from heimdall.testing.samples import sample_bundle
+from heimdall.testing.sample_bundles import sample_bundle
 
 READ, WRITE = "heimdall/read", "heimdall/write"
 ALL_SCOPES = (READ, WRITE)

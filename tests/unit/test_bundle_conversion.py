@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 
 from heimdall.bundle.dialects import Dialect
-from heimdall.testing.samples import (
+from heimdall.testing.sample_bundles import reference_bundle, sample_bundle
+from heimdall.testing.sample_models import (
     ReferenceModel,
     localization_net_onnx,
-    reference_bundle,
-    sample_bundle,
     unloadable_after_upgrade_onnx,
 )
 from heimdall_batch import pipeline

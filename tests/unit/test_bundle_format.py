@@ -16,7 +16,7 @@ import pybase64
 import pytest
 
 from heimdall.bundle import Bundle, ComponentSelection, parse_metadata, read_bundle, write_bundle
-from heimdall.bundle import reader as reader_module
+from heimdall.bundle import scanner as scanner_module
 from heimdall.bundle.dialects import Dialect, detect_dialect
 from heimdall.bundle.models import Component
 from heimdall.errors import (
@@ -28,13 +28,13 @@ from heimdall.errors import (
     UnsupportedVersion,
 )
 from heimdall.settings import BundleLimits
-from heimdall.testing.samples import (
+from heimdall.testing.sample_bundles import (
     SEED_FALLBACKS,
     legacy_bundle_metadata,
-    localization_net_onnx,
     sample_bundle,
     sample_bundle_metadata,
 )
+from heimdall.testing.sample_models import localization_net_onnx
 
 ONNX = bytes(range(256)) * 40 + b"tail"  # the integrity pass does not parse ONNX; any bytes will do
 
@@ -316,7 +316,7 @@ def test_gzip_bundles_are_read_transparently(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 64, 4099])
 def test_every_chunk_boundary_decodes_the_same(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    monkeypatch.setattr(reader_module, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(scanner_module, "CHUNK_BYTES", chunk)
     for size in (1, 2, 3, 4, 5, 6, 7, 100, 1001):
         onnx = os.urandom(size)
         sink = io.BytesIO()
@@ -500,9 +500,9 @@ def test_onnx_over_the_limit_is_refused_before_decoding(monkeypatch: pytest.Monk
         decoded.append(len(data))
         return real(data, **kwargs)
 
-    # The reader calls pybase64.b64decode through the module: patching the module patches its calls.
+    # The scanner calls pybase64.b64decode through the module: patching the module patches its calls.
     monkeypatch.setattr(pybase64, "b64decode", counting)
-    monkeypatch.setattr(reader_module, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(scanner_module, "CHUNK_BYTES", 1024)
     limits = BundleLimits(max_onnx_bytes=4096)
     with pytest.raises(TooLarge, match="larger than the limit"):
         read_bundle(encode(raw_document(sample_bundle_metadata(), os.urandom(50_000))), limits=limits)

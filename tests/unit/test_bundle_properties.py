@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from heimdall.bundle import ComponentSelection, parse_metadata, read_bundle, write_bundle
 from heimdall.bundle.models import carries_nothing
 from heimdall.errors import BundleError
-from heimdall.testing.samples import SEED_FALLBACKS, sample_bundle_metadata
+from heimdall.testing.sample_bundles import SEED_FALLBACKS, sample_bundle_metadata
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 small_text = st.text(alphabet=string.ascii_letters + string.digits + " -_éü中", min_size=1, max_size=30)

@@ -20,7 +20,7 @@ from heimdall.bundle.signing import (
     load_trusted_key,
 )
 from heimdall.errors import BadSignature, ChecksumMismatch, ConfigurationError
-from heimdall.testing.samples import legacy_bundle_metadata, sample_bundle_metadata
+from heimdall.testing.sample_bundles import legacy_bundle_metadata, sample_bundle_metadata
 
 ONNX = b"\x08\x07" + bytes(range(200)) * 10
 

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.bundle.signing import TrustedKey, key_id_for
 from heimdall.bundle.verify import verify_bundle
-from heimdall.testing.samples import legacy_bundle_metadata, localization_net_onnx, sample_bundle_metadata
+from heimdall.testing.sample_bundles import legacy_bundle_metadata, sample_bundle_metadata
+from heimdall.testing.sample_models import localization_net_onnx
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import pytest
 from heimdall.contracts.jobs import JobSpec
 from heimdall.domain.records import JobStatus
 from heimdall.events import DetailType
-from heimdall.logic.checkpoints import CheckpointDeps, CheckpointOutcome, handle_checkpoint_object
+from heimdall.logic.checkpoint_jobs import CheckpointDeps
+from heimdall.logic.checkpoints import CheckpointOutcome, handle_checkpoint_object
 from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.testing.events import InMemoryEventSink
 from heimdall.testing.registry import InMemoryRegistry

@@ -39,7 +39,7 @@ from typer.testing import CliRunner
 from heimdall import __version__
 from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.cli import api_client, app
-from heimdall.testing.samples import sample_bundle_metadata
+from heimdall.testing.sample_bundles import sample_bundle_metadata
 
 ONNX = b"\x08\x07not-really-onnx" * 64
 ONNX_SHA256 = hashlib.sha256(ONNX).hexdigest()

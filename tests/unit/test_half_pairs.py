@@ -26,7 +26,7 @@ from heimdall.domain.uploads import half_ref, upload_id_for
 from heimdall.errors import IncompleteUpload, RegistryUnavailable
 from heimdall.events import CheckpointRejected, DetailType
 from heimdall.logic.api import ApiDeps
-from heimdall.logic.checkpoints import CheckpointDeps
+from heimdall.logic.checkpoint_jobs import CheckpointDeps
 from heimdall.logic.export_jobs import create_export_job
 from heimdall.logic.uploads import SweepDeps, sweep_incomplete_uploads
 from heimdall.settings import BundleLimits, Settings

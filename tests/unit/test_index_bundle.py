@@ -19,7 +19,8 @@ from heimdall.logic.bundles import BundleDeps, index_bundle
 from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.testing.events import InMemoryEventSink
 from heimdall.testing.registry import InMemoryRegistry
-from heimdall.testing.samples import localization_net_onnx, sample_bundle_metadata
+from heimdall.testing.sample_bundles import sample_bundle_metadata
+from heimdall.testing.sample_models import localization_net_onnx
 from heimdall.testing.storage import InMemoryObjectStore
 from heimdall.triggers.s3 import ObjectCreated
 

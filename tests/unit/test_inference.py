@@ -1,6 +1,6 @@
 """The inference core (issue 6): session cache, input checking, normalisation, runs.
 
-Real models from :mod:`heimdall.testing.samples` and a real ONNX Runtime; only the download is a fake
+Real models from :mod:`heimdall.testing.sample_models` and a real ONNX Runtime; only the download is a fake
 (``fetch`` writes bytes we hold). Loading runs the structural pass in a child process (about half a
 second per model).
 """
@@ -25,7 +25,7 @@ from heimdall.inference import inputs as inference_inputs
 from heimdall.inference.inputs import InvalidInput, normalize, prepare_inputs
 from heimdall.inference.sessions import LoadedModel, ModelCache, run
 from heimdall.settings import BundleLimits
-from heimdall.testing.samples import localization_net_onnx, padded_onnx
+from heimdall.testing.sample_models import localization_net_onnx, padded_onnx
 
 LIMITS = BundleLimits()
 LOCALIZATION = localization_net_onnx()

@@ -657,7 +657,7 @@ def test_safetensors_library_is_not_reached_with_a_bad_header(
         calls.append(path)
         return {}
 
-    monkeypatch.setattr(loading, "_load_safetensors", record)
+    monkeypatch.setattr(loading, "load_safetensors", record)
     path = safetensors_file(tmp_path, {"a": f32([2], 0), "b": f32([2], 4)}, b"\x00" * 12)
     refused(path, InvalidCheckpoint, "overlap")
     assert calls == []

@@ -9,7 +9,7 @@ import pytest
 
 from heimdall.contracts.manifest import ExportFormat, Manifest, parse_manifest, read_manifest
 from heimdall.errors import InvalidManifest
-from heimdall.testing.samples import SEED_FALLBACKS
+from heimdall.testing.sample_bundles import SEED_FALLBACKS
 
 
 def manifest_doc(**overrides: Any) -> dict[str, Any]:

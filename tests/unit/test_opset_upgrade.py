@@ -35,13 +35,12 @@ from heimdall.settings import ApiLimits, BundleLimits, Settings
 from heimdall.testing.deployments import InMemoryDeploymentStore
 from heimdall.testing.events import InMemoryEventSink
 from heimdall.testing.registry import InMemoryRegistry
-from heimdall.testing.samples import (
+from heimdall.testing.sample_bundles import reference_bundle, sample_bundle
+from heimdall.testing.sample_models import (
     OLD_OPSET_BACKEND_MODELS,
     ReferenceModel,
     localization_net_onnx,
     onnx_backend_model,
-    reference_bundle,
-    sample_bundle,
     unconvertible_onnx,
     unloadable_after_upgrade_onnx,
 )

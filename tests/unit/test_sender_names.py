@@ -12,7 +12,7 @@ from heimdall.bundle import parse_metadata
 from heimdall.bundle.models import MAX_MODEL_NAME_CHARS, MAX_VERSION_CHARS
 from heimdall.domain.storage import content_disposition, download_name
 from heimdall.errors import InvalidBundle
-from heimdall.testing.samples import sample_bundle_metadata
+from heimdall.testing.sample_bundles import sample_bundle_metadata
 
 
 def metadata_with(**model: Any) -> dict[str, Any]:

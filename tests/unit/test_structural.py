@@ -1,7 +1,8 @@
 """The structural pass on decoded ONNX models (DESIGN §3, BAD_INPUTS "Bundles").
 
-Every case is a real model built with ``onnx.helper`` (most start from ``heimdall.testing.samples``), written
-to ``tmp_path`` and checked through :func:`check_structure`, which runs the checks in a child process
+Every case is a real model built with ``onnx.helper`` (most start from
+``heimdall.testing.sample_models``), written to ``tmp_path`` and checked through
+:func:`check_structure`, which runs the checks in a child process
 (about half a second each, for the onnx import). The dimension rule of :func:`check_declared` is
 pure, so its table runs in-process.
 """
@@ -33,12 +34,8 @@ from heimdall.errors import (
     TooLarge,
 )
 from heimdall.settings import MIB, BundleLimits
-from heimdall.testing.samples import (
-    legacy_bundle_metadata,
-    localization_net_onnx,
-    padded_onnx,
-    sample_bundle_metadata,
-)
+from heimdall.testing.sample_bundles import legacy_bundle_metadata, sample_bundle_metadata
+from heimdall.testing.sample_models import localization_net_onnx, padded_onnx
 
 LIMITS = BundleLimits()
 

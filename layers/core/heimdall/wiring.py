@@ -57,7 +57,7 @@ def _adapters() -> tuple[DynamoRegistry, S3ObjectStore, EventBridgePublisher]:
 def ingest_deps() -> IngestDeps:
     """What the ingest function's use cases need."""
     from heimdall.logic.bundles import BundleDeps  # noqa: PLC0415 - per-function imports
-    from heimdall.logic.checkpoints import CheckpointDeps  # noqa: PLC0415
+    from heimdall.logic.checkpoint_jobs import CheckpointDeps  # noqa: PLC0415
     from heimdall.logic.ingest import IngestDeps  # noqa: PLC0415
 
     settings = get_settings()

@@ -1,7 +1,7 @@
 """The child process of the serving check: ``python -m heimdall.bundle._serving_worker``.
 
 Run only by :func:`heimdall.bundle.upgrade.check_serving`, under the structural check's limits and
-protocol (:func:`heimdall.bundle._structural_worker.serve`: one JSON request on stdin, the limits applied
+protocol (:func:`heimdall.bundle._worker_protocol.serve`: one JSON request on stdin, the limits applied
 before onnx or onnxruntime is imported, one result line on stdout). The request holds the structural
 request's ``path``, ``expected_sha256``, ``limits``, ``memory_bytes`` and ``cpu_seconds``, and:
 
@@ -36,15 +36,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from heimdall.bundle._structural_worker import (
-    _check,
-    _check_integrity,
-    _default_opset,
-    _read_capped,
-    _State,
-    _trim,
-    serve,
-)
+from heimdall.bundle._structural_worker import _check, _check_integrity, _default_opset, _read_capped
+from heimdall.bundle._worker_protocol import WorkerState, serve, trim_message
 from heimdall.errors import ConfigurationError, HeimdallError
 
 _CONVERTER = "onnx.version_converter"
@@ -54,21 +47,21 @@ _MAX_SAMPLES_BYTES = 64 * 1024 * 1024
 def check_serving(request: dict[str, Any]) -> dict[str, Any]:
     """The serving check of the module docstring on ``request``; the report."""
     limits = request["limits"]
-    _State.stage = "reading the model file"
+    WorkerState.stage = "reading the model file"
     with open(str(request["path"]), "rb") as handle:
         data, sha256 = _read_capped(handle, int(limits["max_onnx_bytes"]))
     _check_integrity(data, sha256, request.get("expected_sha256"), None)
 
-    _State.stage = "importing onnx and onnxruntime"
+    WorkerState.stage = "importing onnx and onnxruntime"
     onnx, ort = _import_runtimes()
 
-    _State.stage = "parsing the model"
+    WorkerState.stage = "parsing the model"
     model = onnx.load_model_from_string(data)
     from_opset = _default_opset(model)
     target = int(request["target_opset"])
     report: dict[str, Any] = {"servable": True, "reason": None, "from_opset": from_opset, "upgrade": None}
     if not request.get("force"):
-        _State.stage = "loading the model in ONNX Runtime"
+        WorkerState.stage = "loading the model in ONNX Runtime"
         refusal = _load(ort, data)
         if refusal is None:
             return report
@@ -76,7 +69,7 @@ def check_serving(request: dict[str, Any]) -> dict[str, Any]:
         if not (missing_kernel and 0 < from_opset < target):
             return report | {
                 "servable": False,
-                "reason": _trim(f"ONNX Runtime cannot load the model: {refusal}"),
+                "reason": trim_message(f"ONNX Runtime cannot load the model: {refusal}"),
             }
     del data
 
@@ -139,11 +132,11 @@ def _upgrade(
     }
 
     def failed(result: str, message: str) -> dict[str, Any]:
-        return upgrade | {"result": result, "message": _trim(message)}
+        return upgrade | {"result": result, "message": trim_message(message)}
 
     if target <= from_opset:
         return failed("convert_failed", f"the model is at opset {from_opset}, not below {target}")
-    _State.stage = f"converting the model from opset {from_opset} to {target}"
+    WorkerState.stage = f"converting the model from opset {from_opset} to {target}"
     try:
         converted = onnx.version_converter.convert_version(model, target)
     except MemoryError:
@@ -172,7 +165,7 @@ def _upgrade(
         return failed(
             "convert_failed", f"the model converted to opset {target} fails the structural pass: {exc}"
         )
-    _State.stage = f"loading the model converted to opset {target} in ONNX Runtime"
+    WorkerState.stage = f"loading the model converted to opset {target} in ONNX Runtime"
     try:
         session = _session(ort, data)
     except MemoryError:
@@ -184,7 +177,7 @@ def _upgrade(
 
     samples_path = request.get("samples_path")
     if samples_path:
-        _State.stage = "running the bundle's sample predictions"
+        WorkerState.stage = "running the bundle's sample predictions"
         with open(str(samples_path), "rb") as handle:
             samples = json.loads(handle.read(_MAX_SAMPLES_BYTES))
         problem, worst = _check_samples(

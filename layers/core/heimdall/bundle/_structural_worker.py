@@ -10,7 +10,8 @@ model, and writes exactly one JSON line to the stdout it was started with::
 
 Anything else the process (or a native library) prints goes to stderr: the worker moves its own
 stdout there first, so the result line cannot be corrupted. The exit status is 0 whenever a result
-line was written, including rejections; the parent treats a missing line as a crash.
+line was written, including rejections; the parent treats a missing line as a crash. This protocol and
+the limits are :func:`heimdall.bundle._worker_protocol.serve`'s, shared with the serving check.
 
 The checks, in order, each refusing with a typed error of :mod:`heimdall.errors`:
 
@@ -42,20 +43,18 @@ Declared opset and shapes are compared by the parent against the report (pure Py
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import resource
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from heimdall.bundle._worker_protocol import WorkerState, serve, trim_message
 from heimdall.errors import (
     ChecksumMismatch,
     ConfigurationError,
     ExternalData,
     GraphTooComplex,
-    HeimdallError,
     InvalidOnnx,
     TooLarge,
 )
@@ -63,98 +62,14 @@ from heimdall.errors import (
 if TYPE_CHECKING:  # pragma: no cover - annotations only; onnx is imported after the limits apply
     from onnx import AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto
 
-_MAX_REQUEST_BYTES = 1024 * 1024
-_MAX_MESSAGE_CHARS = 500
 _MAX_NAME_CHARS = 80
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 _READ_CHUNK = 8 * 1024 * 1024
 
 
-class _State:
-    """What the worker is doing and under which memory limit, for the message when memory runs out."""
-
-    stage = "starting"
-    memory_bytes = 0
-
-
 def main() -> int:
     """Run one structural check as described in the module docstring; return the exit status."""
     return serve(_check)
-
-
-def serve(check: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
-    """Read one request, apply its limits, run ``check`` on it, write its one result line.
-
-    The protocol and the limits of every checking child process (this module's structural check, and
-    :mod:`heimdall.bundle._serving_worker`'s): ``check`` returns the report, or raises a typed error.
-    """
-    result_fd = os.dup(1)
-    os.dup2(2, 1)  # stray prints (ours or a native library's) go to stderr, not into the result
-    out = os.fdopen(result_fd, "w", encoding="utf-8")
-    outcome: dict[str, Any]
-    out_of_memory = False
-    try:
-        request = json.loads(sys.stdin.buffer.read(_MAX_REQUEST_BYTES))
-        _apply_limits(int(request["memory_bytes"]), int(request["cpu_seconds"]))
-        outcome = {"ok": True, "report": check(request)}
-    except MemoryError:
-        # Build nothing here: the traceback still holds the frames (and the model) alive.
-        out_of_memory = True
-        outcome = {}
-    except HeimdallError as exc:
-        outcome = _failure(exc)
-    except Exception as exc:  # anything the checks did not anticipate: refuse, with its type
-        outcome = _failure(InvalidOnnx(_trim(f"the model could not be checked: {type(exc).__name__}: {exc}")))
-    if out_of_memory:
-        outcome = _failure(_out_of_memory())
-    out.write(json.dumps(outcome, allow_nan=False) + "\n")
-    out.flush()
-    return 0
-
-
-def _apply_limits(memory_bytes: int, cpu_seconds: int) -> None:
-    """Hold this process to ``memory_bytes`` of address space and ``cpu_seconds`` of CPU time."""
-    _State.memory_bytes = memory_bytes
-    try:
-        _lower(resource.RLIMIT_CORE, 0)  # a crash must not leave a core file of the model behind
-        _lower(resource.RLIMIT_AS, memory_bytes)
-        # SIGXCPU at the soft limit, SIGKILL a little later if it is ignored.
-        _lower(resource.RLIMIT_CPU, cpu_seconds, hard=cpu_seconds + 2)
-    except (ValueError, OSError) as exc:
-        raise ConfigurationError(f"cannot apply the structural check's resource limits: {exc}") from None
-
-
-def _lower(which: int, soft: int, *, hard: int | None = None) -> None:
-    _, current_hard = resource.getrlimit(which)
-    hard = soft if hard is None else hard
-    if current_hard != resource.RLIM_INFINITY:
-        hard = min(hard, current_hard)
-        soft = min(soft, current_hard)
-    resource.setrlimit(which, (soft, hard))
-
-
-def _out_of_memory() -> GraphTooComplex:
-    mib = _State.memory_bytes / (1024 * 1024)
-    return GraphTooComplex(
-        f"checking the model needs more memory than the structural check's limit of {mib:.0f} MiB "
-        f"(structural_memory_bytes); it ran out while {_State.stage}",
-        limit="structural_memory_bytes",
-        stage=_State.stage,
-    )
-
-
-def _failure(exc: HeimdallError) -> dict[str, Any]:
-    return {
-        "ok": False,
-        "code": exc.code,
-        "message": exc.message,
-        "field": exc.field,
-        "details": _jsonable(exc.details),
-    }
-
-
-def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
-    return {k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in details.items()}
 
 
 # --- the checks ----------------------------------------------------------------------------------
@@ -165,12 +80,12 @@ def _check(request: dict[str, Any]) -> dict[str, Any]:
     max_bytes = int(limits["max_onnx_bytes"])
     path = str(request["path"])
 
-    _State.stage = "reading the model file"
+    WorkerState.stage = "reading the model file"
     with open(path, "rb") as handle:
         data, sha256 = _read_capped(handle, max_bytes)
     _check_integrity(data, sha256, request.get("expected_sha256"), request.get("expected_size"))
 
-    _State.stage = "importing onnx"
+    WorkerState.stage = "importing onnx"
     try:
         import onnx  # noqa: PLC0415 - imported only once the memory limit holds
         import onnx.checker  # noqa: PLC0415
@@ -183,10 +98,10 @@ def _check(request: dict[str, Any]) -> dict[str, Any]:
         # ImportError ("failed to map segment", "cannot allocate memory"), not a MemoryError.
         raise MemoryError(str(exc)) from None
 
-    _State.stage = "parsing the model"
+    WorkerState.stage = "parsing the model"
     model = _parse(onnx, data)
 
-    _State.stage = "walking the graph"
+    WorkerState.stage = "walking the graph"
     walk = _walk(model)
     if walk.external:
         raise ExternalData(walk.external, tensor=walk.external_tensor)
@@ -207,7 +122,7 @@ def _check(request: dict[str, Any]) -> dict[str, Any]:
     }
     del model  # the checker parses its own copy from the bytes; do not hold two models at once
 
-    _State.stage = "running onnx.checker"
+    WorkerState.stage = "running onnx.checker"
     try:
         onnx.checker.check_model(data, full_check=True)
     except MemoryError:
@@ -215,7 +130,7 @@ def _check(request: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # ValidationError, InferenceError, and whatever the C++ side throws
         if "bad_alloc" in str(exc):  # an allocation failure the bindings did not turn into MemoryError
             raise MemoryError(str(exc)) from None
-        raise InvalidOnnx(_trim(f"onnx.checker refused the model: {exc}")) from None
+        raise InvalidOnnx(trim_message(f"onnx.checker refused the model: {exc}")) from None
     return report
 
 
@@ -268,7 +183,7 @@ def _parse(onnx: Any, data: bytes) -> ModelProto:
         if "alloc" in str(exc).lower():  # upb: "Error parsing message ...: Arena alloc failed"
             raise MemoryError(str(exc)) from None
         _raise_if_short_of_memory(len(data))
-        raise InvalidOnnx(_trim(f"not an ONNX model: {exc}")) from None
+        raise InvalidOnnx(trim_message(f"not an ONNX model: {exc}")) from None
     if not model.HasField("graph"):
         raise InvalidOnnx("not an ONNX model: the message has no graph")
     return model
@@ -519,12 +434,6 @@ def _q(text: str) -> str:
     if len(text) > _MAX_NAME_CHARS:
         text = text[:_MAX_NAME_CHARS] + "..."
     return repr(text)
-
-
-def _trim(message: str) -> str:
-    """One paragraph of at most ``_MAX_MESSAGE_CHARS`` characters (checker messages can be long)."""
-    text = " ".join(message.split())
-    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
 
 
 if __name__ == "__main__":

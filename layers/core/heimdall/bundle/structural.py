@@ -267,7 +267,7 @@ def run_checking_worker(
 ) -> dict[str, Any]:
     """Run ``python -m module`` on ``request`` under the structural check's limits; its report.
 
-    ``module`` speaks the protocol of :func:`heimdall.bundle._structural_worker.serve` (one JSON request on
+    ``module`` speaks the protocol of :func:`heimdall.bundle._worker_protocol.serve` (one JSON request on
     stdin, one result line on stdout). A refusal is raised as the typed error it names; a child that
     ran out of time or memory, or crashed, as ``GraphTooComplex`` (``what`` names the check in the
     message); one that cannot start or import heimdall as ``ConfigurationError``.

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heimdall.bundle.reader import BundleSource, ReadResult, read_bundle
+from heimdall.bundle.reader import ReadResult, read_bundle
 from heimdall.bundle.signing import SignatureState, TrustedKey, check_signature
+from heimdall.bundle.source import BundleSource
 from heimdall.bundle.structural import StructuralReport, check_structure
 from heimdall.errors import BundleError
 from heimdall.settings import BundleLimits, get_settings

@@ -45,7 +45,8 @@ from urllib.parse import quote
 import httpx
 
 from heimdall import __version__
-from heimdall.bundle.reader import GZIP_MAGIC, ReadResult, read_bundle
+from heimdall.bundle.reader import ReadResult, read_bundle
+from heimdall.bundle.source import GZIP_MAGIC
 from heimdall.domain.job_states import TERMINAL
 from heimdall.domain.records import IMPORT_TERMINAL, ImportStatus, JobStatus
 from heimdall.errors import ChecksumMismatch, ConfigurationError, HeimdallError

@@ -33,10 +33,7 @@ from rich.text import Text
 
 from heimdall.bundle.dialects import Dialect
 from heimdall.bundle.models import FORMAT_VERSION, Bundle, Component, ComponentSelection
-from heimdall.bundle.reader import ReadResult, parse_json, parse_metadata, read_bundle
-
-# The reader's strict JSON parse (duplicate keys, NaN/Infinity, huge numbers, invalid UTF-8 refused)
-# is what META.json must pass too; the reader does not export it under a public name yet.
+from heimdall.bundle.reader import ReadResult, parse_metadata, read_bundle
 from heimdall.bundle.signing import (
     SignatureState,
     TrustedKey,
@@ -45,6 +42,10 @@ from heimdall.bundle.signing import (
     load_private_key,
     load_trusted_key,
 )
+
+# The bundle's strict JSON parse (duplicate keys, NaN/Infinity, huge numbers, invalid UTF-8 refused)
+# is what META.json must pass too.
+from heimdall.bundle.strict_json import parse_json
 from heimdall.bundle.structural import StructuralReport, TensorSpec, check_structure
 from heimdall.bundle.upgrade import ServingCheck, check_serving
 from heimdall.bundle.verify import VerificationReport, verify_bundle

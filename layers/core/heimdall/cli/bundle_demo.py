@@ -197,7 +197,7 @@ class BundleDemo:
     # --- the steps (each returns what it observed, or raises) -----------------------------------
 
     def build_model(self) -> str:
-        from heimdall.testing.samples import localization_net_onnx  # noqa: PLC0415 - needs onnx and numpy
+        from heimdall.testing.sample_models import localization_net_onnx  # noqa: PLC0415 - onnx, numpy
 
         self._onnx = localization_net_onnx()
         self.files.model.write_bytes(self._onnx)
@@ -208,7 +208,7 @@ class BundleDemo:
         return f"{len(self._onnx):,} bytes, sha256 {self._sha256[:16]}…"
 
     def write_metadata(self) -> str:
-        from heimdall.testing.samples import sample_bundle_metadata  # noqa: PLC0415
+        from heimdall.testing.sample_bundles import sample_bundle_metadata  # noqa: PLC0415
 
         doc = sample_bundle_metadata(self._onnx)
         # Left for `pack` to fill in: a new uuid4, the current time and the current format version.
@@ -289,7 +289,7 @@ class BundleDemo:
         return "sha256 equal to the source model's"
 
     def write_legacy(self) -> str:
-        from heimdall.testing.samples import legacy_bundle_metadata  # noqa: PLC0415
+        from heimdall.testing.sample_bundles import legacy_bundle_metadata  # noqa: PLC0415
 
         # As the older training service wrote bundles: the whole document through json.dumps, with the
         # model inline and no integrity block. (This project's writer only writes the canonical form.)

@@ -20,7 +20,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from heimdall.bundle.reader import parse_json
+from heimdall.bundle.strict_json import parse_json
 from heimdall.cli.api_client import API_KEY_VARIABLE, DEFAULT_API_URL, INLINE_MAX_BYTES, ApiClient, Json
 from heimdall.cli.deploy import DeployId, deploy_app
 from heimdall.cli.deployment_views import state_text

@@ -29,7 +29,7 @@ from heimdall.bundle.models import (
     TrainingConfig,
     carries_nothing,
 )
-from heimdall.bundle.reader import parse_json
+from heimdall.bundle.strict_json import parse_json
 from heimdall.errors import BundleError, InvalidManifest
 from heimdall.types import ExportFormat
 

@@ -23,7 +23,7 @@ from heimdall.domain.submitter import JobSubmitter
 from heimdall.errors import RecordNotFound
 from heimdall.events import EventSink
 from heimdall.logic.bundles import BundleDeps
-from heimdall.logic.checkpoints import CheckpointDeps
+from heimdall.logic.checkpoint_jobs import CheckpointDeps
 from heimdall.settings import DEFAULT_PAIR_TIMEOUT_S, ApiLimits, BundleLimits, ResourceNames
 
 __all__ = ["ApiDeps", "ApiLimits", "require_id"]

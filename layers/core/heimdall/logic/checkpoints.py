@@ -16,69 +16,30 @@ the pair — (checkpoint key and revision, manifest key and revision) — and cl
 ``Export Job Submitted``, whatever the delivery order or duplication. An invalid manifest or an
 unsupported file is quarantined with a reason and announced with ``Checkpoint Rejected``.
 
-:func:`start_export_job` is how every job starts — from these notifications and from the HTTP API
-(:mod:`heimdall.logic.export_jobs`) alike; :func:`load_manifest` finds a checkpoint's manifest for the
-API (an explicit key, else the sidecar, else the embedded one).
+Jobs start through :func:`heimdall.logic.checkpoint_jobs.start_export_job`, as API jobs do; the
+manifest is found by :mod:`heimdall.logic.checkpoint_manifests`.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
-from heimdall.contracts.jobs import JobSpec
-from heimdall.contracts.manifest import (
-    EMBEDDED_MANIFEST_KEY,
-    MANIFEST_FILE_NAME,
-    Manifest,
-    parse_manifest,
-    read_manifest,
-)
-from heimdall.domain.claims import IdempotencyClaims
-from heimdall.domain.records import ExportJob, JobStatus, PendingUpload, UploadHalf, UploadStatus, utcnow
-from heimdall.domain.registry import Registry
-from heimdall.domain.storage import ObjectInfo, ObjectStore
-from heimdall.domain.submitter import JobSubmitter
+from heimdall.contracts.manifest import MANIFEST_FILE_NAME, Manifest, read_manifest
+from heimdall.domain.records import PendingUpload, UploadHalf, UploadStatus
 from heimdall.domain.uploads import half_ref, upload_id_for
-from heimdall.errors import BundleError, ConflictError, InvalidManifest
-from heimdall.events import (
-    CheckpointReceived,
-    CheckpointRejected,
-    EventDetail,
-    EventSink,
-    ExportJobSubmitted,
-    idempotency_key_for,
-    make_event,
-)
+from heimdall.errors import BundleError, InvalidManifest
+from heimdall.events import CheckpointRejected, idempotency_key_for, make_event
 from heimdall.logic.bundles import BundleDeps, quarantine
+from heimdall.logic.checkpoint_jobs import CheckpointDeps, JobRequest, start_export_job
+from heimdall.logic.checkpoint_manifests import MAX_MANIFEST_BYTES, embedded_manifest
 from heimdall.logic.once import run_once
-from heimdall.settings import BundleLimits, ResourceNames
 from heimdall.triggers.keys import ClassifiedKey, KeyKind, classify_ingest_key
 from heimdall.triggers.s3 import ObjectCreated
-from heimdall.types import ExportFormat
 
-MAX_MANIFEST_BYTES = 1024 * 1024
-#: A safetensors header larger than this is not read by the ingest function (the job still can).
-MAX_HEADER_BYTES = 1024 * 1024
 _JOB_NAMESPACE = uuid.UUID("9a5b8f0e-2d7c-4c61-8f3e-5b1d6c0a7e21")
-
-
-@dataclass(frozen=True)
-class CheckpointDeps:
-    registry: Registry
-    #: The idempotency claims (the registry's table in AWS: the same object as ``registry``).
-    claims: IdempotencyClaims
-    store: ObjectStore
-    events: EventSink
-    jobs: JobSubmitter
-    names: ResourceNames
-    limits: BundleLimits
-    now: Callable[[], datetime] = utcnow
 
 
 @dataclass(frozen=True)
@@ -216,7 +177,7 @@ def _handle(
     sidecar = manifest_key if manifest is not None else None
     if manifest is None:
         try:
-            manifest = _embedded_manifest(deps.store, f"s3://{bucket}/{checkpoint_key}")
+            manifest = embedded_manifest(deps.store, f"s3://{bucket}/{checkpoint_key}")
         except InvalidManifest as exc:
             return reject_upload(
                 obj,
@@ -358,169 +319,6 @@ def pair_awaiting_halves(
             settled.append(paired)
     return settled
 
-
-@dataclass(frozen=True)
-class JobRequest:
-    """What starting an export job needs: the job's id and owner, the checkpoint and its manifest."""
-
-    job_id: str
-    owner: str
-    bucket: str
-    checkpoint_key: str
-    #: The checkpoint's HEAD (its revision names the ``Checkpoint Received`` event).
-    checkpoint: ObjectInfo
-    manifest: Manifest
-    #: The sidecar or explicit manifest's key in ``bucket``; None when the checkpoint embeds it.
-    manifest_key: str | None
-    #: Formats to build instead of the manifest's.
-    formats: list[ExportFormat] | None = None
-
-
-def start_export_job(deps: CheckpointDeps, request: JobRequest) -> tuple[ExportJob, bool]:
-    """Record the job (PENDING), submit it, mark it SUBMITTED and announce it — for S3 and the API alike.
-
-    Returns the job and whether this call started it. A job id that exists already is that job
-    (a retry, an idempotent repeat): it is returned as it is, unless it is still PENDING (its
-    submission failed), in which case it is submitted now.
-    """
-    manifest, bucket, checkpoint = request.manifest, request.bucket, request.checkpoint
-    if request.formats:  # validated as the manifest's own are (FP32 ONNX first: the rest derive from it)
-        manifest = Manifest.model_validate({**manifest.model_dump(), "formats": request.formats})
-    formats = list(manifest.formats)
-    artifacts = deps.names.artifacts_bucket
-    output_prefix = f"s3://{artifacts}/exports/{request.job_id}/"
-    job = ExportJob(
-        job_id=request.job_id,
-        owner=request.owner,
-        model_name=manifest.model_name,
-        version=manifest.version,
-        checkpoint_bucket=bucket,
-        checkpoint_key=request.checkpoint_key,
-        manifest_key=request.manifest_key,
-        formats=formats,
-        output_prefix=output_prefix,
-        created_at=deps.now(),
-        updated_at=deps.now(),
-    )
-    job, to_submit = record_export_job(deps, job)
-    if not to_submit:
-        return job, False
-    received = CheckpointReceived(
-        idempotency_key=CheckpointReceived.key_for(bucket, request.checkpoint_key, checkpoint.revision),
-        occurred_at=deps.now(),
-        owner=request.owner,
-        bucket=bucket,
-        key=request.checkpoint_key,
-        version_id=checkpoint.version_id,
-        etag=checkpoint.etag or "unknown",
-        size_bytes=checkpoint.size,
-        manifest_key=request.manifest_key,
-        model_name=manifest.model_name,
-        version=manifest.version,
-        architecture=manifest.architecture,
-    )
-    spec = JobSpec(
-        job_id=job.job_id,
-        checkpoint_uri=f"s3://{bucket}/{request.checkpoint_key}",
-        manifest_uri=f"s3://{bucket}/{request.manifest_key}" if request.manifest_key else None,
-        output_uri=output_prefix,
-        timing_cache_uri=f"s3://{artifacts}/timing-cache/",
-        formats=list(job.formats),
-    )
-    return submit_export_job(deps, job, spec, announce=[received]), True
-
-
-def record_export_job(deps: CheckpointDeps, job: ExportJob) -> tuple[ExportJob, bool]:
-    """Record a new PENDING job; a job id that exists already is that job (a retry, a repeat).
-
-    Returns the stored job and whether it still has to be submitted (new, or PENDING because an
-    earlier submission failed).
-    """
-    try:
-        deps.registry.create_export_job(job)
-    except ConflictError:
-        job = deps.registry.get_export_job(job.owner, job.job_id)
-        return job, job.status is JobStatus.PENDING
-    return job, True
-
-
-def submit_export_job(
-    deps: CheckpointDeps, job: ExportJob, spec: JobSpec, *, announce: Sequence[EventDetail] = ()
-) -> ExportJob:
-    """Submit a recorded PENDING job, mark it SUBMITTED, and publish ``announce`` then
-    ``Export Job Submitted``. Returns the job as stored."""
-    batch_job_id = deps.jobs.submit(spec)
-    submitted_job = deps.registry.transition_export_job(
-        job.job_id, JobStatus.SUBMITTED, updates={"batch_job_id": batch_job_id}
-    )
-    submitted = ExportJobSubmitted(
-        idempotency_key=ExportJobSubmitted.key_for(job.job_id),
-        occurred_at=deps.now(),
-        owner=job.owner,
-        job_id=job.job_id,
-        model_name=job.model_name,
-        version=job.version,
-        batch_job_id=batch_job_id,
-        checkpoint_uri=spec.checkpoint_uri,
-        formats=[f.value for f in job.formats],
-    )
-    deps.events.publish([*(make_event(detail) for detail in announce), make_event(submitted)])
-    # None: a cancel (or Batch's own event) moved it on meanwhile; the stored job is what is true.
-    return submitted_job or deps.registry.get_export_job(job.owner, job.job_id)
-
-
-def load_manifest(
-    store: ObjectStore, bucket: str, checkpoint_key: str, manifest_key: str | None = None
-) -> tuple[Manifest, str | None]:
-    """The manifest of a checkpoint and its key: ``manifest_key`` if given, else the sidecar
-    ``heimdall.json`` beside the checkpoint, else the one a safetensors checkpoint embeds (key None).
-
-    Raises InvalidManifest when there is none or it is invalid, ObjectNotFound for a missing
-    ``manifest_key``.
-    """
-    if manifest_key is None:
-        sidecar = checkpoint_key.rpartition("/")[0] + "/" + MANIFEST_FILE_NAME
-        if sidecar in store.list_keys(f"s3://{bucket}/{sidecar}"):
-            manifest_key = sidecar
-    if manifest_key is not None:
-        data = store.get_bytes(f"s3://{bucket}/{manifest_key}", max_bytes=MAX_MANIFEST_BYTES)
-        try:
-            return read_manifest(data, source=manifest_key), manifest_key
-        except BundleError as exc:  # the manifest's JSON failed the strict parse
-            raise InvalidManifest(exc.message, field="manifest") from None
-    embedded = _embedded_manifest(store, f"s3://{bucket}/{checkpoint_key}")
-    if embedded is None:
-        raise InvalidManifest(
-            f"no manifest: give manifest_uri, put {MANIFEST_FILE_NAME} beside the checkpoint, or embed it "
-            "in a .safetensors checkpoint's metadata",
-            field="manifest_uri",
-        )
-    return embedded, None
-
-
-def _embedded_manifest(store: ObjectStore, uri: str) -> Manifest | None:
-    """The manifest in a safetensors header's ``__metadata__["heimdall"]``, if there is one."""
-    if not uri.lower().endswith(".safetensors"):
-        return None
-    head = store.read_range(uri, 0, 8)
-    if len(head) < 8:
-        return None
-    (length,) = struct.unpack("<Q", head)
-    if length > MAX_HEADER_BYTES:
-        return None  # too large to read here; the sidecar is needed
-    try:
-        header = json.loads(store.read_range(uri, 8, length))
-        text = header.get("__metadata__", {}).get(EMBEDDED_MANIFEST_KEY)
-    except (ValueError, AttributeError):
-        return None  # not a safetensors header we can read: the job will refuse the file itself
-    if not isinstance(text, str):
-        return None
-    try:
-        return parse_manifest(json.loads(text), source="the embedded manifest")
-    except ValueError as exc:
-        raise InvalidManifest(f"the embedded manifest is not JSON: {exc}") from None
-
-
 def _bundle_deps(deps: CheckpointDeps) -> BundleDeps:
     return BundleDeps(
         registry=deps.registry,
@@ -534,15 +332,10 @@ def _bundle_deps(deps: CheckpointDeps) -> BundleDeps:
 
 
 __all__ = [
-    "CheckpointDeps",
     "CheckpointOutcome",
-    "JobRequest",
     "announce_rejection",
     "handle_checkpoint_object",
-    "load_manifest",
+    "pair_awaiting_halves",
     "quarantine_upload",
-    "record_export_job",
     "reject_upload",
-    "start_export_job",
-    "submit_export_job",
 ]

@@ -1,6 +1,6 @@
 """Use cases: export jobs through the API — create (from a model or a checkpoint), follow, cancel, download.
 
-A job is started exactly as an S3 drop starts one (:func:`heimdall.logic.checkpoints.start_export_job`:
+A job is started exactly as an S3 drop starts one (:func:`heimdall.logic.checkpoint_jobs.start_export_job`:
 record, submit, ``Checkpoint Received`` and ``Export Job Submitted``). Its id is a uuid4, or, with an
 ``Idempotency-Key``, a uuid5 of the owner and the key, so that a repeated request finds the job the
 first one made instead of starting another. The key stands for its first request only: the sha256 of
@@ -38,14 +38,9 @@ from heimdall.errors import (
 )
 from heimdall.events import idempotency_key_for
 from heimdall.logic.api import ApiDeps, require_id
-from heimdall.logic.checkpoints import (
-    JobRequest,
-    load_manifest,
-    pair_awaiting_halves,
-    record_export_job,
-    start_export_job,
-    submit_export_job,
-)
+from heimdall.logic.checkpoint_jobs import JobRequest, record_export_job, start_export_job, submit_export_job
+from heimdall.logic.checkpoint_manifests import load_manifest
+from heimdall.logic.checkpoints import pair_awaiting_halves
 from heimdall.logic.once import run_once
 from heimdall.triggers.keys import KeyKind, classify_ingest_key
 from heimdall.types import ExportFormat

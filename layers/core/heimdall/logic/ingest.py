@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from heimdall.errors import RecordNotFound
 from heimdall.logic.bundles import BundleDeps, IndexOutcome, index_bundle, reject_bundle
-from heimdall.logic.checkpoints import CheckpointDeps, handle_checkpoint_object, reject_upload
+from heimdall.logic.checkpoint_jobs import CheckpointDeps
+from heimdall.logic.checkpoints import handle_checkpoint_object, reject_upload
 from heimdall.logic.imports import index_import
 from heimdall.triggers.keys import KeyKind, classify_artifacts_key, classify_ingest_key
 from heimdall.triggers.s3 import S3TestEvent, parse_notification

@@ -21,7 +21,8 @@ from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
 from heimdall.domain.records import PendingUpload, UploadStatus
 from heimdall.errors import IncompleteUpload, ObjectNotFound
 from heimdall.logic.api import ApiDeps, require_id
-from heimdall.logic.checkpoints import CheckpointDeps, announce_rejection, quarantine_upload
+from heimdall.logic.checkpoint_jobs import CheckpointDeps
+from heimdall.logic.checkpoints import announce_rejection, quarantine_upload
 from heimdall.settings import DEFAULT_PAIR_TIMEOUT_S
 from heimdall.triggers.s3 import ObjectCreated
 
