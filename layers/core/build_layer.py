@@ -3,17 +3,18 @@
 ``sam build`` runs this through ``layers/core/Makefile`` (``BuildMethod: makefile``). SAM's own
 ``python3.12`` build method copies the whole of ``layers/core`` into the layer, and ``layers/core``
 also holds code no Lambda ever runs: the command line (``heimdall.cli``, typer and the HTTP client),
-the local stack (``heimdall.local``: gateway, stack, demo) and the test kit (``heimdall.testing``:
-in-memory fakes and samples). Shipping them costs layer size and cold-start unzip time, and invites a
-handler to import something that only works on a laptop. This script writes the layer Lambda reads
-from ``/opt/python``:
+the local stack (``heimdall.local``: gateway, stack, demo), the test kit (``heimdall.testing``:
+in-memory fakes and samples) and the OpenAPI writer (``python -m heimdall.api``). Shipping them
+costs layer size and cold-start unzip time, and invites a handler to import something that only works
+on a laptop. This script writes the layer Lambda reads from ``/opt/python``:
 
 * ``python/<dependencies>``: ``requirements.txt`` installed with pip as binary wheels for the Lambda
   runtime (CPython 3.12, x86_64, glibc 2.34), whatever machine builds it;
-* ``python/heimdall``: the package without :data:`EXCLUDED_SUBPACKAGES` and without bytecode caches.
+* ``python/heimdall``: the package without :data:`EXCLUDED` and without bytecode caches.
 
-The exclusions are named here and nowhere else; ``tests/unit/test_layer_build.py`` builds the tree
-with ``--skip-install`` and checks that what remains imports on its own.
+The exclusions are named here and nowhere else. ``tests/unit/test_layer_build.py`` builds the tree
+with ``--skip-install`` and checks that every module left is one a Lambda handler reaches and that
+they all import with nothing but the built tree (and their dependencies) on the path.
 
 Usage: ``python build_layer.py ARTIFACTS_DIR [--skip-install]`` (the Makefile passes SAM's
 ``$(ARTIFACTS_DIR)``).
@@ -29,8 +30,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: Subpackages of ``heimdall`` left out of the layer: no Lambda imports them.
-EXCLUDED_SUBPACKAGES = ("cli", "local", "testing")
+#: Parts of ``heimdall`` left out of the layer, as paths relative to the package: no Lambda runs them.
+#: The three subpackages, and ``python -m heimdall.api``, which writes or checks the committed OpenAPI
+#: document in a source tree (the document itself, ``api/openapi.json``, is served and stays).
+EXCLUDED = ("cli", "local", "testing", "api/__main__.py")
 
 #: Python version and platforms of the Lambda runtime the layer is built for (template.yaml's
 #: CompatibleRuntimes and CompatibleArchitectures). The python3.12 runtime has glibc 2.34, so any of
@@ -40,11 +43,11 @@ RUNTIME_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux
 
 
 def copy_package(source: Path, target: Path) -> list[Path]:
-    """Copy the ``heimdall`` package at ``source`` to ``target``, less the excluded subpackages.
+    """Copy the ``heimdall`` package at ``source`` to ``target``, less :data:`EXCLUDED`.
 
     Returns the copied files, relative to ``target``, sorted.
     """
-    excluded = {source / name for name in EXCLUDED_SUBPACKAGES}
+    excluded = {source / name for name in EXCLUDED}
 
     def ignore(directory: str, names: list[str]) -> set[str]:
         skipped = {name for name in names if Path(directory, name) in excluded}
