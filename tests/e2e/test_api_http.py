@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.e2e.api_fixtures import (  # noqa: F401 - api_fixture is a fixture
+from tests.support.e2e import (  # noqa: F401 - api_fixture is a fixture
     ALL_COMPONENTS,
     LOCAL_SUB,
     MAX_INLINE_BYTES,

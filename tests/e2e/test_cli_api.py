@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.e2e import api_fixtures as e2e
-from tests.e2e.api_fixtures import ApiStack, Cli, StagedCheckpoint, api_fixture, concurrently  # noqa: F401
+from tests.support import e2e
+from tests.support.e2e import ApiStack, Cli, StagedCheckpoint, api_fixture, concurrently  # noqa: F401
 
 from heimdall.bundle.reader import read_bundle
 from heimdall.local.demo import write_checkpoint

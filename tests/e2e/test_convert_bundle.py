@@ -19,8 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
-from tests.e2e.api_fixtures import make_bundle
-from tests.e2e.test_convert_cli import heimdall
+from tests.support.e2e import heimdall, make_bundle
 
 from heimdall.bundle import parse_metadata, write_bundle
 from heimdall.contracts.jobs import ConversionResult

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save_file
+from tests.support.e2e import heimdall
 
 from heimdall.contracts.jobs import ConversionResult
 from heimdall_batch.architectures import resolve
@@ -29,19 +28,6 @@ MANIFEST: dict[str, Any] = {
         {"sample_id": "s1", "input_metadata": {"frequency_mhz": 145.0}, "ground_truth": {"latitude": 1.0}}
     ],
 }
-
-
-def heimdall(*args: str | Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    return subprocess.run(
-        [sys.executable, "-m", "heimdall.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

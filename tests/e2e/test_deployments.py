@@ -23,8 +23,8 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from tests.e2e import api_fixtures as e2e
-from tests.e2e.api_fixtures import (  # noqa: F401 - api_fixture is a fixture
+from tests.support import e2e
+from tests.support.e2e import (  # noqa: F401 - api_fixture is a fixture
     OTHER_TOKEN,
     ApiStack,
     Cli,

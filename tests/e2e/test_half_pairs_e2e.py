@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.e2e.api_fixtures import ApiStack, Cli, wait_for
+from tests.support.e2e import ApiStack, Cli, wait_for
 
 from heimdall.local.demo import MANIFEST, Subscriber
 from heimdall.local.stack import LocalStack

@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-from tests.e2e.api_fixtures import (  # noqa: F401 - api_fixture is a fixture
+from tests.support.e2e import (  # noqa: F401 - api_fixture is a fixture
     ApiStack,
     api_fixture,
     error_of,

@@ -9,7 +9,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from tests.e2e.api_fixtures import make_bundle, wait_for
+from tests.support.e2e import make_bundle, wait_for
 
 from heimdall.local import stack as stack_module
 from heimdall.local.api_tokens import DEFAULT_SUB

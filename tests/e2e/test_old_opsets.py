@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.e2e import api_fixtures as e2e
-from tests.e2e.api_fixtures import ApiStack, api_fixture, error_of  # noqa: F401 - api_fixture is a fixture
+from tests.support import e2e
+from tests.support.e2e import ApiStack, api_fixture, error_of  # noqa: F401 - api_fixture is a fixture
 
 from heimdall.bundle import read_bundle
 from heimdall.testing.sample_bundles import reference_bundle

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from tests.e2e.api_fixtures import (  # noqa: F401 - api_fixture is a fixture
+from tests.support.e2e import (  # noqa: F401 - api_fixture is a fixture
     ApiStack,
     api_fixture,
     error_of,

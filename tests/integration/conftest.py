@@ -97,17 +97,3 @@ def aws_env(emulator_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str
 @pytest.fixture
 def s3(aws_env: dict[str, str]) -> S3Client:
     return boto3.client("s3", endpoint_url=aws_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
-
-
-def load_handler(function: str) -> Callable[[dict[str, Any], Any], Any]:
-    """A Lambda's ``lambda_handler``, loaded from ``functions/{function}/app.py`` as Lambda loads it."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "functions" / function / "app.py"
-    spec = importlib.util.spec_from_file_location(f"heimdall_function_{function}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    handler: Callable[[dict[str, Any], Any], Any] = module.lambda_handler
-    return handler

@@ -18,7 +18,7 @@ import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.unit.rate_arrivals import SEEN_BURSTS, arrivals, check_exact, thirds
+from tests.support.rate_arrivals import SEEN_BURSTS, arrivals, check_exact, thirds
 
 from heimdall.adapters.dynamodb.counters import rate_key, rate_log_item
 from heimdall.adapters.dynamodb.deployments import DynamoDeploymentStore

@@ -14,17 +14,17 @@ from typing import Any
 
 import jsonschema
 import pytest
-from tests.integration.conftest import load_handler
-from tests.integration.test_event_path import (  # noqa: F401 - stack is a fixture
+from tests.support.checkpoints import RecordingSubmitter
+from tests.support.event_path import (  # noqa: F401 - stack_fixture is a fixture
     EVENTS_DIR,
     MANIFEST,
     Context,
+    load_handler,
     object_created,
     received,
     sqs_batch,
-    stack,
+    stack_fixture,
 )
-from tests.unit.test_checkpoint_ingest import RecordingSubmitter
 
 from heimdall import wiring
 from heimdall.domain.records import UploadStatus
@@ -39,7 +39,7 @@ OWNER = "system"  # direct drops belong to HEIMDALL_DROP_OWNER
 
 
 @pytest.fixture
-def quick(stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:  # noqa: F811
+def quick(stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The stack with a 1-second pair timeout and a job submitter that only records."""
     monkeypatch.setenv("HEIMDALL_PAIR_TIMEOUT_S", "1")
     get_settings.cache_clear()

@@ -2,9 +2,9 @@
 
 ``deps`` and ``api`` serve the HTTP API's tests (``test_api_*.py``): in-memory collaborators, and the
 resolver running on them with every reply checked against the OpenAPI document (the helpers behind them
-live in ``test_api_support.py``). A module that needs other collaborators under the same name defines its
-own fixture, which pytest prefers to these: the use-case and ingest tests their own ``deps``, the CLI
-tests the fake server ``api`` from ``cli_fakes.py``.
+live in :mod:`tests.support.api`). A module that needs other collaborators under the same name defines
+its own fixture, which pytest prefers to these: the use-case and ingest tests their own ``deps``, the CLI
+tests the fake server ``api`` from :mod:`tests.support.cli_fakes`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.unit.test_api_support import Api, make_deps
+from tests.support.api import Api, make_deps
 
 from heimdall.api.deps import use_deps
 from heimdall.logic.api import ApiDeps

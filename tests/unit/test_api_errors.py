@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.unit.test_api_support import (
+from tests.support.api import (
     READ,
     WRITE,
     Api,

@@ -7,21 +7,12 @@ import json
 from typing import Any
 
 import pytest
-from tests.unit.test_api_logic import events_of
-from tests.unit.test_api_logic_jobs import CHECKPOINT, MANIFEST, PREFIX, safetensors_with_manifest
-from tests.unit.test_api_support import READ, Api, import_model, runner
+from tests.support.api import JOBS, READ, Api, import_model
+from tests.support.api_logic import CHECKPOINT, PREFIX, events_of, put_checkpoint, runner
 
 from heimdall.domain.records import JobResultSummary, JobStatus, ModelRecord
 from heimdall.events import DetailType
 from heimdall.logic.api import ApiDeps
-
-JOBS = "/api/v1/export/jobs"
-
-
-def put_checkpoint(deps: ApiDeps) -> None:
-    """A checkpoint and its sidecar manifest in the ingest bucket."""
-    deps.store.put_bytes(CHECKPOINT, safetensors_with_manifest({}))
-    deps.store.put_bytes(f"s3://ingest/{PREFIX}heimdall.json", json.dumps(MANIFEST).encode())
 
 
 def create_job(api: Api, **body: Any) -> dict[str, Any]:

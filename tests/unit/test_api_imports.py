@@ -10,8 +10,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from tests.unit.test_api_logic import events_of, store_of
-from tests.unit.test_api_support import Api, bundle_bytes, multipart
+from tests.support.api import Api, bundle_bytes, multipart
+from tests.support.api_logic import events_of, store_of
 
 from heimdall.api.deps import use_deps
 from heimdall.events import DetailType

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.api_logic import ONNX, ONNX_SHA256, NoJobs, events_of, make_deps, store_of
 
 from heimdall import wiring
 from heimdall.bundle import read_bundle
@@ -45,66 +45,21 @@ from heimdall.logic.models import (
     get_model,
     list_models,
 )
-from heimdall.settings import ApiLimits, BundleLimits, Settings, get_settings
-from heimdall.testing.deployments import InMemoryDeploymentStore
-from heimdall.testing.events import InMemoryEventSink
-from heimdall.testing.registry import InMemoryRegistry
+from heimdall.settings import ApiLimits, BundleLimits, get_settings
 from heimdall.testing.sample_bundles import sample_bundle, sample_bundle_metadata
-from heimdall.testing.sample_models import localization_net_onnx
 from heimdall.testing.storage import InMemoryObjectStore
 from heimdall.types import ExportFormat
 
-NAMES = Settings(ingest_bucket="ingest", artifacts_bucket="artifacts").resource_names()
-ONNX = localization_net_onnx()
-ONNX_SHA256 = hashlib.sha256(ONNX).hexdigest()
 ALL = [c.value for c in Component]
-
-
-class NoJobs:
-    """The API's model and import use cases start no jobs."""
-
-    def submit(self, spec: object) -> str:
-        raise AssertionError("no job expected")
-
-    def cancel(self, runner_job_id: str, reason: str) -> None:
-        raise AssertionError("no job expected")
 
 
 def bundle_bytes(**overrides: Any) -> bytes:
     return sample_bundle(ONNX, num_samples=5, **overrides)
 
 
-def make_deps(tmp_path: Path, **api: int) -> ApiDeps:
-    registry = InMemoryRegistry()
-    return ApiDeps(
-        registry=registry,
-        claims=registry,
-        deployments=InMemoryDeploymentStore(),
-        store=InMemoryObjectStore(),
-        events=InMemoryEventSink(),
-        jobs=NoJobs(),
-        names=NAMES,
-        limits=BundleLimits(),
-        api=ApiLimits(**api),
-        now=lambda: datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
-        workdir=tmp_path,
-        drop_owner="dropper",
-    )
-
-
 @pytest.fixture
 def deps(tmp_path: Path) -> ApiDeps:
     return make_deps(tmp_path)
-
-
-def store_of(deps: ApiDeps) -> InMemoryObjectStore:
-    assert isinstance(deps.store, InMemoryObjectStore)
-    return deps.store
-
-
-def events_of(deps: ApiDeps) -> InMemoryEventSink:
-    assert isinstance(deps.events, InMemoryEventSink)
-    return deps.events
 
 
 def notification(deps: ApiDeps, bucket: str, key: str) -> dict[str, Any]:

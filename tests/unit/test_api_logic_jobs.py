@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +13,15 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
+from tests.support.api_logic import (
+    CHECKPOINT,
+    MANIFEST,
+    NAMES,
+    PREFIX,
+    RecordingRunner,
+    runner,
+    safetensors_with_manifest,
+)
 
 from heimdall.adapters.batch import BatchJobSubmitter
 from heimdall.contracts.jobs import DEFAULT_BUNDLE_FORMATS, JobSpec
@@ -41,44 +49,12 @@ from heimdall.logic.export_jobs import (
     list_model_exports,
     set_default_export,
 )
-from heimdall.settings import ApiLimits, BundleLimits, Settings
+from heimdall.settings import ApiLimits, BundleLimits
 from heimdall.testing.deployments import InMemoryDeploymentStore
 from heimdall.testing.events import InMemoryEventSink
 from heimdall.testing.registry import InMemoryRegistry
 from heimdall.testing.storage import InMemoryObjectStore
 from heimdall.types import ExportFormat
-
-NAMES = Settings(ingest_bucket="ingest", artifacts_bucket="artifacts").resource_names()
-PREFIX = "checkpoints/net/1.0.0/"
-CHECKPOINT = f"s3://ingest/{PREFIX}model.safetensors"
-MANIFEST: dict[str, Any] = {
-    "model_name": "net",
-    "version": "1.0.0",
-    "architecture": "localization_net",
-    "input_shape": [1, 3, 128, 32],
-    "output_names": ["positions", "uncertainties"],
-    "formats": ["onnx_int8"],
-}
-
-
-class RecordingRunner:
-    """A JobSubmitter that remembers what it was asked (and can be made to fail a cancel)."""
-
-    def __init__(self) -> None:
-        self.specs: list[JobSpec] = []
-        self.cancelled: list[tuple[str, str]] = []
-        self.cancel_fails = False
-        self._lock = threading.Lock()
-
-    def submit(self, spec: JobSpec) -> str:
-        with self._lock:
-            self.specs.append(spec)
-            return f"batch-{len(self.specs)}"
-
-    def cancel(self, runner_job_id: str, reason: str) -> None:
-        if self.cancel_fails:
-            raise StorageError("Batch is down")
-        self.cancelled.append((runner_job_id, reason))
 
 
 @pytest.fixture
@@ -99,18 +75,8 @@ def deps(tmp_path: Path) -> ApiDeps:
     )
 
 
-def runner(deps: ApiDeps) -> RecordingRunner:
-    assert isinstance(deps.jobs, RecordingRunner)
-    return deps.jobs
-
-
 def put(deps: ApiDeps, uri: str, data: bytes) -> None:
     deps.store.put_bytes(uri, data)
-
-
-def safetensors_with_manifest(manifest: dict[str, Any]) -> bytes:
-    header = json.dumps({"__metadata__": {"heimdall": json.dumps(manifest)}}).encode()
-    return len(header).to_bytes(8, "little") + header
 
 
 def test_a_job_from_a_checkpoint_with_its_sidecar_is_submitted_as_the_s3_path_does(deps: ApiDeps) -> None:

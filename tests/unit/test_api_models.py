@@ -7,8 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.unit.test_api_logic import ONNX_SHA256, store_of
-from tests.unit.test_api_support import Api, bundle_bytes, import_model, model_path
+from tests.support.api import Api, bundle_bytes, import_model, model_path
+from tests.support.api_logic import ONNX_SHA256, store_of
 
 from heimdall.api.deps import use_deps
 from heimdall.bundle import read_bundle

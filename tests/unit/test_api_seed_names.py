@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from tests.unit.test_api_export_jobs import JOBS, put_checkpoint
-from tests.unit.test_api_logic_jobs import CHECKPOINT
-from tests.unit.test_api_support import Api, bundle_bytes, import_model, multipart, runner
+from tests.support.api import JOBS, Api, bundle_bytes, import_model, multipart
+from tests.support.api_logic import CHECKPOINT, put_checkpoint, runner
 
 from heimdall.api.schemas import CreateExportJobRequest
 from heimdall.domain.deployments import DeploymentType

@@ -7,8 +7,8 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from tests.unit.test_api_support import Api
-from tests.unit.test_checkpoint_ingest import MANIFEST, PREFIX
+from tests.support.api import Api
+from tests.support.checkpoints import MANIFEST, PREFIX
 
 from heimdall.api.deps import use_deps
 from heimdall.logic.api import ApiDeps

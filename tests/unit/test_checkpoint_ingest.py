@@ -3,59 +3,28 @@
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
+from tests.support.checkpoints import (
+    MANIFEST,
+    NAMES,
+    PREFIX,
+    RecordingSubmitter,
+    events,
+    notify,
+    put,
+    submitted,
+)
 
-from heimdall.contracts.jobs import JobSpec
 from heimdall.domain.records import JobStatus
 from heimdall.events import DetailType
 from heimdall.logic.checkpoint_jobs import CheckpointDeps
-from heimdall.logic.checkpoints import CheckpointOutcome, handle_checkpoint_object
-from heimdall.settings import BundleLimits, ResourceNames
+from heimdall.settings import BundleLimits
 from heimdall.testing.events import InMemoryEventSink
 from heimdall.testing.registry import InMemoryRegistry
 from heimdall.testing.storage import InMemoryObjectStore
-from heimdall.triggers.keys import classify_ingest_key
-from heimdall.triggers.s3 import ObjectCreated
-
-NAMES = ResourceNames(
-    ingest_bucket="ingest",
-    artifacts_bucket="artifacts",
-    table_name="t",
-    event_bus_name="bus",
-    job_queue="q",
-    job_definition="d",
-)
-PREFIX = "checkpoints/localization-net/1.0.0/"
-MANIFEST: dict[str, Any] = {
-    "model_name": "localization-net",
-    "version": "1.0.0",
-    "architecture": "localization_net",
-    "input_shape": [1, 3, 128, 32],
-    "output_names": ["positions", "uncertainties"],
-    "formats": ["onnx", "onnx_int8"],
-}
-
-
-class RecordingSubmitter:
-    def __init__(self) -> None:
-        self.specs: list[JobSpec] = []
-        self.cancelled: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-
-    def submit(self, spec: JobSpec) -> str:
-        with self._lock:
-            self.specs.append(spec)
-            return f"batch-{len(self.specs)}"
-
-    def cancel(self, runner_job_id: str, reason: str) -> None:
-        # JobSubmitter.cancel: the ingest path never cancels, but the double must match the port.
-        with self._lock:
-            self.cancelled.append((runner_job_id, reason))
 
 
 @pytest.fixture
@@ -71,30 +40,6 @@ def deps() -> CheckpointDeps:
         limits=BundleLimits(),
         now=lambda: datetime(2026, 11, 25, tzinfo=UTC),
     )
-
-
-def put(deps: CheckpointDeps, key: str, data: bytes) -> ObjectCreated:
-    deps.store.put_bytes(f"s3://ingest/{key}", data)
-    info = deps.store.head(f"s3://ingest/{key}")
-    return ObjectCreated(
-        bucket="ingest", key=key, size=info.size, etag=info.etag, version_id=None, sequencer=None
-    )
-
-
-def notify(deps: CheckpointDeps, obj: ObjectCreated) -> CheckpointOutcome:
-    return handle_checkpoint_object(obj, classify_ingest_key(obj.key), deps, owner="alice")
-
-
-def submitted(deps: CheckpointDeps) -> list[JobSpec]:
-    jobs = deps.jobs
-    assert isinstance(jobs, RecordingSubmitter)
-    return jobs.specs
-
-
-def events(deps: CheckpointDeps) -> InMemoryEventSink:
-    sink = deps.events
-    assert isinstance(sink, InMemoryEventSink)
-    return sink
 
 
 @pytest.mark.parametrize("order", ["checkpoint-first", "manifest-first"])

@@ -1,4 +1,4 @@
-"""``heimdall deploy ...`` and ``heimdall infer`` against a canned HTTP API (:mod:`tests.unit.cli_fakes`).
+"""``heimdall deploy ...`` and ``heimdall infer`` against a canned HTTP API (:mod:`tests.support.cli_fakes`).
 
 The fake API answers with the contract's shapes (DeploymentOut, the create and rotate answers, the
 download link, the inference answer); the fake storage serves presigned downloads. Each test asserts
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.cli_fakes import (  # noqa: F401 - api_fixture, storage_fixture, isolated_fixture are fixtures
+from tests.support.cli_fakes import (  # noqa: F401 - api_fixture, storage_fixture, isolated_fixture are fixtures
     TOKEN,
     FakeServer,
     Reply,

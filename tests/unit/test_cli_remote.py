@@ -1,6 +1,6 @@
 """The remote commands (``heimdall list|export|import|jobs``) against a canned HTTP API.
 
-Two real HTTP servers run on loopback in threads (:mod:`tests.unit.cli_fakes`): one stands in for the
+Two real HTTP servers run on loopback in threads (:mod:`tests.support.cli_fakes`): one stands in for the
 API (answers shaped like the contract's routes), the other for S3 on another port (a presigned GET
 target and a presigned POST form target). Both record every request, so the tests assert on what the
 commands sent as well as on their output, files and exit codes. The commands run in-process through
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.cli_fakes import (  # noqa: F401 - api_fixture, storage_fixture, isolated_fixture are fixtures
+from tests.support.cli_fakes import (  # noqa: F401 - api_fixture, storage_fixture, isolated_fixture are fixtures
     TOKEN,
     FakeServer,
     Reply,

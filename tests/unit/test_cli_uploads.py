@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.unit.cli_fakes import (  # noqa: F401 - api_fixture and isolated_fixture are fixtures
+from tests.support.cli_fakes import (  # noqa: F401 - api_fixture and isolated_fixture are fixtures
     FakeServer,
     api_error,
     api_fixture,

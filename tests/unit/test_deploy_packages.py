@@ -27,16 +27,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from tests.unit.deploy_package_fixtures import (
+from tests.support.packages import (
     MODEL_NAME,
     OUTPUT_NAMES,
     ExportPackages,
     build_export_packages,
+    graph_io,
     member,
     rewrite_zip,
 )
-from tests.unit.test_package import _graph_io
-from tests.unit.test_package import parse_pbtxt as reference_parse_pbtxt
+from tests.support.packages import parse_pbtxt as reference_parse_pbtxt
 
 from heimdall.bundle.structural import TensorSpec
 from heimdall.domain.deployments import MAX_IMAGE_REFERENCE
@@ -301,7 +301,7 @@ def test_container_config_matches_the_real_onnx_io(container: BuiltPackage, tmp_
     repository = tmp_path / REPOSITORY
     # Read with test_package's own parser, and the I/O from the ONNX graph: nothing from this module.
     config = reference_parse_pbtxt((repository / "config.pbtxt").read_text(encoding="utf-8"))
-    graph = _graph_io(repository / "1" / "model.onnx")
+    graph = graph_io(repository / "1" / "model.onnx")
     assert config["name"] == [MODEL_NAME] and config["platform"] == ["onnxruntime_onnx"]
     (max_batch,) = config["max_batch_size"]
     assert max_batch > 0

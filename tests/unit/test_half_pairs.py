@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tests.unit.test_checkpoint_ingest import (
+from tests.support.checkpoints import (
     MANIFEST,
     NAMES,
     PREFIX,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
-from tests.unit.test_template import API_ROUTES
+from tests.support.routes import API_ROUTES
 
 from heimdall import __version__
 from heimdall.api.__main__ import main

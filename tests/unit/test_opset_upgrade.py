@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from tests.unit.test_api_support import FakeLambdaContext
+from tests.support.api import FakeLambdaContext
 
 from heimdall.bundle import read_bundle
 from heimdall.bundle.models import ComponentSelection

@@ -11,151 +11,52 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import warnings
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 import torch
+from tests.support.packages import (
+    MEANS,
+    STDS,
+    Built,
+    build_model,
+    graph_io,
+    parse_pbtxt,
+    tiny_manifest,
+)
 from torch import nn
 
 from heimdall.bundle.structural import TensorSpec
 from heimdall.contracts.jobs import (
     PACKAGE_FILE_NAME,
-    BenchmarkReport,
     FormatOutcome,
     FormatStatus,
-    ParityCheck,
 )
-from heimdall.contracts.manifest import ExportFormat, Manifest, parse_manifest
+from heimdall.contracts.manifest import ExportFormat
 from heimdall.errors import ConversionError
 from heimdall.export_package.archive import ZIP_TIMESTAMP
 from heimdall.export_package.metadata import PackageMetadata, metadata_bytes, parse_metadata, validated
 from heimdall_batch.outputs import file_record
 from heimdall_batch.package import preprocessing, write_export_package
 from heimdall_batch.package_facts import minimum_onnxruntime
-from heimdall_batch.specs import IOSpec, io_spec
+from heimdall_batch.specs import IOSpec
 from heimdall_batch.wrappers import cpp_wrapper, kotlin_wrapper, python_wrapper, swift_wrapper
 
 ROOT = Path(__file__).resolve().parents[2]
-MEANS = [0.485, 0.456, 0.406]
-STDS = [0.229, 0.224, 0.225]
 ONNX_METADATA_KEYS = ("opset", "ir_version", "producer_name", "producer_version")
-
-
-class TwoHeadNet(nn.Module):
-    """A conv net shaped like the localization net: positions and clamped uncertainties."""
-
-    def __init__(self, height: int = 16, width: int = 8) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten())
-        hidden = 4 * ((height + 1) // 2) * ((width + 1) // 2)
-        self.positions = nn.Linear(hidden, 2)
-        self.uncertainties = nn.Linear(hidden, 2)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shared = self.features(x)
-        return self.positions(shared), torch.sigmoid(self.uncertainties(shared)).clamp(0.01, 1.0)
-
-
-@dataclass
-class Built:
-    """A model exported into ``out_dir`` with everything ``write_export_package`` takes."""
-
-    model: nn.Module
-    manifest: Manifest
-    spec: IOSpec
-    out_dir: Path
-    outcomes: list[FormatOutcome]
-    benchmark: BenchmarkReport | None
-    onnx_metadata: dict[str, Any]
-
-    def package(self, out_dir: Path | None = None) -> Path:
-        return write_export_package(
-            out_dir or self.out_dir,
-            self.manifest,
-            self.spec,
-            self.outcomes,
-            self.benchmark,
-            job_id="job-0001",
-            onnx_metadata=self.onnx_metadata,
-        )
-
-
-def _manifest(**overrides: Any) -> Manifest:
-    document: dict[str, Any] = {
-        "model_name": "tiny-loc",
-        "version": "1.2.0",
-        "architecture": "localization_net",
-        "input_shape": [1, 3, 16, 8],
-        "input_names": ["input"],
-        "output_names": ["positions", "uncertainties"],
-        "formats": ["onnx", "onnx_fp16", "tensorrt"],
-        "normalization_stats": {"feature_means": MEANS, "feature_stds": STDS},
-        "description": "A two-head test model | with a pipe",
-    }
-    document.update(overrides)
-    return parse_manifest(document)
-
-
-def _build(out_dir: Path, manifest: Manifest) -> Built:
-    torch.manual_seed(0)
-    model = TwoHeadNet().eval()
-    spec = io_spec(manifest, model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "model.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(*manifest.input_shape),),
-            str(path),
-            opset_version=manifest.opset,
-            input_names=spec.input_names,
-            output_names=spec.output_names,
-            dynamic_axes=spec.dynamic_axes(),
-            dynamo=False,
-        )
-    proto = onnx.load(str(path))
-    onnx_metadata = {
-        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-        "ir_version": proto.ir_version,
-        "producer_name": proto.producer_name,
-        "producer_version": proto.producer_version,
-    }
-    record = file_record(path)
-    parity = [
-        ParityCheck(batch_size=b, output=name, max_abs_err=1e-7, max_rel_err=1e-6, tolerance=1e-5,
-                    finite=True, passed=True)
-        for b in (1, 8) for name in spec.output_names
-    ]
-    outcomes = [
-        FormatOutcome(format=ExportFormat.ONNX, status=FormatStatus.BUILT, file=path.name,
-                      sha256=record.sha256, size_bytes=record.size_bytes, parity=parity,
-                      latency_ms={"1": 0.05, "32": 0.4}),
-        FormatOutcome(format=ExportFormat.ONNX_FP16, status=FormatStatus.SKIPPED,
-                      reason="onnxconverter-common is not installed"),
-        FormatOutcome(format=ExportFormat.TENSORRT, status=FormatStatus.SKIPPED, reason="no CUDA device"),
-    ]
-    benchmark = BenchmarkReport(hardware="Test CPU, 4 cores (CPU)", provider="CPUExecutionProvider",
-                                torch_ms={"1": 0.2, "32": 1.0}, onnx_ms={"1": 0.05, "32": 0.4},
-                                speedup={"1": 4.0, "32": 2.5}, runs=20)
-    return Built(model, manifest, spec, out_dir, outcomes, benchmark, onnx_metadata)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return _build(tmp_path_factory.mktemp("job"), _manifest())
+    return build_model(tmp_path_factory.mktemp("job"), tiny_manifest())
 
 
 @pytest.fixture(scope="module")
@@ -329,73 +230,13 @@ def test_minimum_onnxruntime_follows_the_compatibility_table(
 
 # --- Triton ---------------------------------------------------------------------------------------
 
-_PBTXT_TOKEN = re.compile(r'\s*(?:([{}\[\]:,])|"([^"]*)"|([A-Za-z0-9_.+-]+))')
-
-
-def parse_pbtxt(text: str) -> dict[str, list[Any]]:
-    """A small protobuf text-format reader: every field maps to the list of its values."""
-    tokens: list[tuple[str, Any]] = []
-    position = 0
-    while text[position:].strip():
-        match = _PBTXT_TOKEN.match(text, position)
-        assert match, f"cannot read config.pbtxt at {text[position:position + 30]!r}"
-        punct, quoted, word = match.groups()
-        if punct:
-            tokens.append(("punct", punct))
-        elif quoted is not None:
-            tokens.append(("value", quoted))
-        else:
-            tokens.append(("value", int(word) if re.fullmatch(r"-?\d+", word) else word))
-        position = match.end()
-    items = iter([*tokens, ("end", None)])
-
-    def message(end: str | None) -> dict[str, list[Any]]:
-        fields: dict[str, list[Any]] = {}
-        for kind, token in items:
-            if kind == "end" or token == end:
-                return fields
-            following = next(items)
-            if following == ("punct", ":"):
-                following = next(items)
-            value = value_of(following)
-            fields.setdefault(token, []).extend(value if following == ("punct", "[") else [value])
-        return fields
-
-    def value_of(token: tuple[str, Any]) -> Any:
-        if token == ("punct", "{"):
-            return message("}")
-        if token == ("punct", "["):
-            values: list[Any] = []
-            for item in items:
-                if item == ("punct", "]"):
-                    return values
-                if item != ("punct", ","):
-                    values.append(value_of(item))
-        return token[1]
-
-    return message(None)
-
-
-_ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64"}
-
-
-def _graph_io(path: Path) -> dict[str, tuple[str, list[int | str]]]:
-    graph = onnx.load(str(path)).graph
-    result = {}
-    for value in [*graph.input, *graph.output]:
-        tensor = value.type.tensor_type
-        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-        result[value.name] = (_ONNX_TO_TRITON[tensor.elem_type], dims)
-    return result
-
-
 def test_triton_config_matches_the_real_model_io(unpacked: Path, built: Built) -> None:
     repository = unpacked / "triton" / "tiny-loc"
     config = parse_pbtxt((repository / "config.pbtxt").read_text(encoding="utf-8"))
     assert config["name"] == ["tiny-loc"]
     assert config["platform"] == ["onnxruntime_onnx"]
     assert config["max_batch_size"] == [built.manifest.tensorrt.max_batch_size]
-    graph = _graph_io(repository / "1" / "model.onnx")
+    graph = graph_io(repository / "1" / "model.onnx")
     declared = {t["name"][0]: t for t in [*config["input"], *config["output"]]}
     assert set(declared) == set(graph) == {"input", "positions", "uncertainties"}
     for name, (data_type, dims) in graph.items():
@@ -446,7 +287,7 @@ def test_python_wrapper_refuses_a_wrong_shape_clearly(wrapper: ModuleType) -> No
 
 def test_generated_python_wrapper_passes_ruff(unpacked: Path, built: Built, tmp_path: Path) -> None:
     pytest.importorskip("ruff")
-    long_name = _manifest(model_name="m" * 120, input_names=["i" * 120])
+    long_name = tiny_manifest(model_name="m" * 120, input_names=["i" * 120])
     spec = IOSpec(
         inputs=(TensorSpec(name="i" * 120, elem_type="float32", shape=("batch", 3, 16, 8)),),
         outputs=built.spec.outputs,
@@ -497,7 +338,7 @@ def test_cpp_swift_kotlin_wrappers_carry_the_real_io(unpacked: Path) -> None:
 
 
 def test_wrapper_identifiers_survive_awkward_output_names(built: Built) -> None:
-    manifest = _manifest(output_names=["out:0", "class"])
+    manifest = tiny_manifest(output_names=["out:0", "class"])
     spec = IOSpec(
         inputs=built.spec.inputs,
         outputs=tuple(
@@ -516,10 +357,10 @@ def test_wrapper_identifiers_survive_awkward_output_names(built: Built) -> None:
 
 
 def test_fixed_batch_without_stats(tmp_path: Path) -> None:
-    manifest = _manifest(
+    manifest = tiny_manifest(
         architecture="two_head", input_shape=[2, 3, 16, 8], dynamic_batch=False, normalization_stats=None
     )
-    job = _build(tmp_path / "job", manifest)
+    job = build_model(tmp_path / "job", manifest)
     target = tmp_path / "unpacked"
     with zipfile.ZipFile(job.package()) as archive:
         archive.extractall(target)
@@ -550,7 +391,7 @@ def test_fixed_batch_without_stats(tmp_path: Path) -> None:
 
 def test_partial_stats_give_wrappers_without_normalisation(built: Built) -> None:
     # Means without stds (the original Heimdall wrote what it had) cannot normalise anything.
-    manifest = _manifest(normalization_stats={"feature_means": MEANS, "feature_stds": None})
+    manifest = tiny_manifest(normalization_stats={"feature_means": MEANS, "feature_stds": None})
     assert manifest.normalization_stats is not None
     assert preprocessing(manifest, built.spec)["normalization"] is None
     assert "NORMALIZE_BY_DEFAULT = False" in python_wrapper(manifest, built.spec)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from tests.unit.rate_arrivals import (
+from tests.support.rate_arrivals import (
     SEEN_BURSTS,
     Consume,
     arrivals,

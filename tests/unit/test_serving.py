@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from tests.unit.test_api_support import FakeLambdaContext
+from tests.support.api import FakeLambdaContext
 
 from heimdall.domain.api_keys import generate_api_key, hash_api_key
 from heimdall.domain.deployments import ApiKeyRecord, Deployment, DeploymentStatus, DeploymentType, Tier

@@ -1,4 +1,7 @@
-"""Shared by the HTTP API's unit tests (imported by ``test_api_*.py``; holds no tests of its own).
+"""The HTTP API's resolver in-process, every reply checked against the OpenAPI document.
+
+Shared by the HTTP API's unit tests (``test_api_*.py``) and the ``deps`` and ``api`` fixtures of
+``tests/unit/conftest.py``.
 
 * :func:`http_event` makes API Gateway HTTP API (payload format 2.0) events as AWS sends them, with the
   JWT authorizer's context (``requestContext.authorizer.jwt.claims`` / ``scopes``).
@@ -23,9 +26,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import jsonschema
-from tests.unit.test_api_logic import ONNX
-from tests.unit.test_api_logic import make_deps as make_logic_deps
-from tests.unit.test_api_logic_jobs import RecordingRunner
+from tests.support.api_logic import ONNX, RecordingRunner
+from tests.support.api_logic import make_deps as make_logic_deps
 
 from heimdall.api.app import app, openapi_text
 from heimdall.logic.api import ApiDeps
@@ -34,6 +36,7 @@ from heimdall.testing.sample_bundles import sample_bundle
 READ, WRITE = "heimdall/read", "heimdall/write"
 ALL_SCOPES = (READ, WRITE)
 BOUNDARY = "----heimdall-test-boundary"
+JOBS = "/api/v1/export/jobs"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,11 +305,6 @@ def decode_reply(raw: Mapping[str, Any]) -> Reply:
 def make_deps(workdir: Path, **api_limits: int) -> ApiDeps:
     """In-memory collaborators (as the use cases' own tests make them), with a job runner that remembers."""
     return replace(make_logic_deps(workdir, **api_limits), jobs=RecordingRunner())
-
-
-def runner(deps: ApiDeps) -> RecordingRunner:
-    assert isinstance(deps.jobs, RecordingRunner)
-    return deps.jobs
 
 
 def bundle_bytes(*, compress: bool = False, **metadata: Any) -> bytes:

@@ -297,6 +297,20 @@ def api_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
 
 # --- the command line ----------------------------------------------------------------------------------
 
+def heimdall(*args: str | Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``heimdall ARGS`` outside any stack (the conversion commands); the caller checks the exit."""
+    env = dict(os.environ)
+    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    return subprocess.run(
+        [sys.executable, "-m", "heimdall.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
 _DEFAULT = "default"
 
 
