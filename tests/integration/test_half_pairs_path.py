@@ -14,7 +14,6 @@ from typing import Any
 
 import jsonschema
 import pytest
-from tests.support.checkpoints import RecordingSubmitter
 from tests.support.event_path import (  # noqa: F401 - stack_fixture is a fixture
     EVENTS_DIR,
     MANIFEST,
@@ -25,6 +24,7 @@ from tests.support.event_path import (  # noqa: F401 - stack_fixture is a fixtur
     sqs_batch,
     stack_fixture,
 )
+from tests.support.jobs import RecordingRunner
 
 from heimdall import wiring
 from heimdall.domain.records import UploadStatus
@@ -44,7 +44,7 @@ def quick(stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, A
     monkeypatch.setenv("HEIMDALL_PAIR_TIMEOUT_S", "1")
     get_settings.cache_clear()
     wiring.reset()
-    submitter = RecordingSubmitter()
+    submitter = RecordingRunner()
     wiring.use_job_submitter(submitter)
     return {**stack, "submitter": submitter}
 

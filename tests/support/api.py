@@ -26,8 +26,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import jsonschema
-from tests.support.api_logic import ONNX, RecordingRunner
+from tests.support.api_logic import ONNX
 from tests.support.api_logic import make_deps as make_logic_deps
+from tests.support.jobs import RecordingRunner
 
 from heimdall.api.app import app, openapi_text
 from heimdall.logic.api import ApiDeps

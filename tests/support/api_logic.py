@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from heimdall.contracts.jobs import JobSpec
-from heimdall.errors import StorageError
+from tests.support.jobs import RecordingRunner
+
 from heimdall.logic.api import ApiDeps
 from heimdall.settings import ApiLimits, BundleLimits, Settings
 from heimdall.testing.deployments import InMemoryDeploymentStore
@@ -48,26 +47,6 @@ class NoJobs:
 
     def cancel(self, runner_job_id: str, reason: str) -> None:
         raise AssertionError("no job expected")
-
-
-class RecordingRunner:
-    """A JobSubmitter that remembers what it was asked (and can be made to fail a cancel)."""
-
-    def __init__(self) -> None:
-        self.specs: list[JobSpec] = []
-        self.cancelled: list[tuple[str, str]] = []
-        self.cancel_fails = False
-        self._lock = threading.Lock()
-
-    def submit(self, spec: JobSpec) -> str:
-        with self._lock:
-            self.specs.append(spec)
-            return f"batch-{len(self.specs)}"
-
-    def cancel(self, runner_job_id: str, reason: str) -> None:
-        if self.cancel_fails:
-            raise StorageError("Batch is down")
-        self.cancelled.append((runner_job_id, reason))
 
 
 def make_deps(tmp_path: Path, **api: int) -> ApiDeps:

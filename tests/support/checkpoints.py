@@ -1,13 +1,14 @@
-"""Checkpoint and manifest uploads on in-memory ports: resource names, a job submitter that remembers,
-a manifest, and the steps from an object in the ingest bucket to the pairing use case.
+"""Checkpoint and manifest uploads on in-memory ports: resource names, a manifest, and the steps from
+an object in the ingest bucket to the pairing use case (with :mod:`tests.support.jobs`' runner).
 
 Shared by the checkpoint-ingest and half-pair tests (unit and integration) and the upload routes' tests.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
+
+from tests.support.jobs import RecordingRunner
 
 from heimdall.contracts.jobs import JobSpec
 from heimdall.logic.checkpoint_jobs import CheckpointDeps
@@ -36,25 +37,6 @@ MANIFEST: dict[str, Any] = {
 }
 
 
-class RecordingSubmitter:
-    """A JobSubmitter that remembers the jobs it was given."""
-
-    def __init__(self) -> None:
-        self.specs: list[JobSpec] = []
-        self.cancelled: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-
-    def submit(self, spec: JobSpec) -> str:
-        with self._lock:
-            self.specs.append(spec)
-            return f"batch-{len(self.specs)}"
-
-    def cancel(self, runner_job_id: str, reason: str) -> None:
-        # JobSubmitter.cancel: the ingest path never cancels, but the double must match the port.
-        with self._lock:
-            self.cancelled.append((runner_job_id, reason))
-
-
 def put(deps: CheckpointDeps, key: str, data: bytes) -> ObjectCreated:
     deps.store.put_bytes(f"s3://ingest/{key}", data)
     info = deps.store.head(f"s3://ingest/{key}")
@@ -69,7 +51,7 @@ def notify(deps: CheckpointDeps, obj: ObjectCreated) -> CheckpointOutcome:
 
 def submitted(deps: CheckpointDeps) -> list[JobSpec]:
     jobs = deps.jobs
-    assert isinstance(jobs, RecordingSubmitter)
+    assert isinstance(jobs, RecordingRunner)
     return jobs.specs
 
 

@@ -18,10 +18,10 @@ from tests.support.api_logic import (
     MANIFEST,
     NAMES,
     PREFIX,
-    RecordingRunner,
     runner,
     safetensors_with_manifest,
 )
+from tests.support.jobs import RecordingRunner
 
 from heimdall.adapters.batch import BatchJobSubmitter
 from heimdall.contracts.jobs import DEFAULT_BUNDLE_FORMATS, JobSpec

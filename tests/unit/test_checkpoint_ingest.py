@@ -11,12 +11,12 @@ from tests.support.checkpoints import (
     MANIFEST,
     NAMES,
     PREFIX,
-    RecordingSubmitter,
     events,
     notify,
     put,
     submitted,
 )
+from tests.support.jobs import RecordingRunner
 
 from heimdall.domain.records import JobStatus
 from heimdall.events import DetailType
@@ -35,7 +35,7 @@ def deps() -> CheckpointDeps:
         claims=registry,
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
-        jobs=RecordingSubmitter(),
+        jobs=RecordingRunner(),
         names=NAMES,
         limits=BundleLimits(),
         now=lambda: datetime(2026, 11, 25, tzinfo=UTC),

@@ -14,12 +14,12 @@ from tests.support.checkpoints import (
     MANIFEST,
     NAMES,
     PREFIX,
-    RecordingSubmitter,
     events,
     notify,
     put,
     submitted,
 )
+from tests.support.jobs import RecordingRunner
 
 from heimdall.domain.records import UploadStatus
 from heimdall.domain.uploads import half_ref, upload_id_for
@@ -66,7 +66,7 @@ def deps(clock: Clock) -> CheckpointDeps:
         claims=registry,
         store=InMemoryObjectStore(),
         events=InMemoryEventSink(),
-        jobs=RecordingSubmitter(),
+        jobs=RecordingRunner(),
         names=NAMES,
         limits=BundleLimits(),
         now=clock,

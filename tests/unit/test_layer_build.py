@@ -144,28 +144,22 @@ def test_every_module_in_the_layer_is_reached_from_a_handler(layer_python: Path)
 # Runs in a fresh interpreter started with -S (no site-packages, so no editable install of heimdall and
 # no PYTHONPATH): argv[1] is JSON [built tree, site-packages dirs, modules, handler files, excluded].
 _CHECKER = r"""
-import importlib, importlib.util, json, sys, traceback
+import importlib, importlib.util, json, runpy, sys, traceback
 from pathlib import Path
 
 tree, site_dirs, modules, handlers, excluded = json.loads(sys.argv[1])
 sys.path[:] = [tree, *(p for p in sys.path if p), *site_dirs]
 report = {"errors": {}, "found_excluded": [], "outside": []}
 
-def load_handler(path):
-    path = Path(path)
-    name = f"lambda_{path.parent.name}_app"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    sys.path.insert(0, str(path.parent))  # as in Lambda, the function's folder is on the path
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-
 for target in modules + handlers:
+    folder = str(Path(target).parent)
     try:
-        load_handler(target) if target.endswith(".py") else importlib.import_module(target)
+        if target.endswith(".py"):  # a handler: as in Lambda, its folder is on the path
+            sys.path.insert(0, folder)
+            runpy.run_path(target, run_name=f"lambda_{Path(folder).name}_app")
+            sys.path.remove(folder)
+        else:
+            importlib.import_module(target)
     except BaseException:
         report["errors"][target] = traceback.format_exc(limit=-3)
 for name in excluded:
