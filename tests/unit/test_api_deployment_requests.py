@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.unit.test_api_support import Api, import_model
+from tests.support.api import Api, import_model
 
 DEPLOYMENTS = "/api/v1/deployments"
 #: A well-formed id: every refusal below comes before the model is looked up.
