@@ -1,8 +1,10 @@
 """Heimdall Export: turn trained PyTorch checkpoints into validated, portable, deployable models.
 
-This package is the Lambda core layer. It must stay light: nothing here imports torch, onnx,
-onnxruntime, moto or typer at module level (``heimdall.cli`` is the one exception, and no Lambda
-imports it). A test checks this in a fresh interpreter.
+The runtime part of this package is the Lambda core layer: everything but ``heimdall.cli`` (the
+command line), ``heimdall.local`` (the local stack) and ``heimdall.testing`` (fakes and samples), which
+``layers/core/build_layer.py`` leaves out of the layer. What a handler imports stays light: nothing
+it loads imports torch, onnx, onnxruntime, moto or typer at module level (tests check both, the layer's
+file list and the imports, in fresh interpreters).
 """
 
 from importlib import metadata as _metadata
