@@ -30,7 +30,6 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from heimdall import __version__
-from heimdall.cli import bundle_demo  # noqa: F401 - registers `heimdall bundle demo`
 from heimdall.cli.bundle import bundle_app
 from heimdall.cli.convert import convert
 from heimdall.cli.deploy import deploy_app

@@ -27,26 +27,15 @@ from heimdall.bundle.models import Component
 from heimdall.bundle.reader import read_bundle
 from heimdall.bundle.signing import load_trusted_key
 from heimdall.bundle.verify import VerificationReport, verify_bundle
-from heimdall.cli.bundle import (
-    _DEBUG_VARIABLE,
-    _fmt_bytes,
-    _limits,
-    _out,
-    _render_diff,
-    _render_inspect,
-    _render_pack,
-    _render_verify,
-    bundle_app,
-    compare_metadata,
-    create_key_pair,
-    describe_bundle,
-    diff_bundles,
-    extract_model,
-    migrate_file,
-    pack_bundle,
-    sign_file,
-)
+from heimdall.cli.bundle_common import _fmt_bytes, _limits, _out
+from heimdall.cli.bundle_diff import _render_diff, compare_metadata, diff_bundles
+from heimdall.cli.bundle_read import _render_inspect, _render_verify, describe_bundle, extract_model
+from heimdall.cli.bundle_sign import create_key_pair, sign_file
+from heimdall.cli.bundle_write import _render_pack, migrate_file, pack_bundle
 from heimdall.errors import HeimdallError
+
+#: Set (to anything but 0) to print the traceback of a step that raised something unexpected.
+_DEBUG_VARIABLE = "HEIMDALL_DEBUG"
 
 # --- demo ------------------------------------------------------------------------------------------
 
@@ -357,7 +346,6 @@ class BundleDemo:
         return f"rejected with {report.code}"
 
 
-@bundle_app.command()
 def demo(
     out: Annotated[
         Path, typer.Option("--out", file_okay=False, help="Directory for the demo's files.")
