@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from typer.testing import CliRunner, Result
 
-from heimdall.cli import api_client, app
+from heimdall.cli import api_job_routes, api_model_routes, app
 
 TOKEN = "test-token-123"
 
@@ -132,8 +132,8 @@ def isolated_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HEIMDALL_API_URL", "HEIMDALL_API_TOKEN", "HEIMDALL_API_KEY", "HEIMDALL_DEBUG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(api_client, "IMPORT_POLL", (0.01, 1.0, 0.01))
-    monkeypatch.setattr(api_client, "JOB_POLL", (0.01, 1.0, 0.01))
+    monkeypatch.setattr(api_model_routes, "IMPORT_POLL", (0.01, 1.0, 0.01))
+    monkeypatch.setattr(api_job_routes, "JOB_POLL", (0.01, 1.0, 0.01))
 
 
 def run(server: FakeServer | str, *args: str | Path, token: str | None = TOKEN) -> Result:

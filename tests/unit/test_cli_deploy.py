@@ -28,7 +28,7 @@ from tests.support.cli_fakes import (  # noqa: F401 - api_fixture, storage_fixtu
 )
 from typer.testing import CliRunner
 
-from heimdall.cli import api_client, app
+from heimdall.cli import api_client, api_errors, app
 
 API_KEY = "hdk_0123456789abcdef_" + "s" * 43
 NEW_KEY = "hdk_fedcba9876543210_" + "n" * 43
@@ -694,7 +694,7 @@ def test_client_rate_limit_message_reads_retry_after(api: FakeServer) -> None:
     when = "Wed, 05 Mar 2025 01:02:03 GMT"
     error = {"error": {"code": "RATE_LIMITED", "message": "too many"}}
     api.on("GET", "/v1/deployments/d1/usage", json_reply(error, 429, **{"Retry-After": when}))
-    with api_client.ApiClient(api.url, TOKEN) as client, pytest.raises(api_client.ApiError) as caught:
+    with api_client.ApiClient(api.url, TOKEN) as client, pytest.raises(api_errors.ApiError) as caught:
         client.deployment_usage("d1", API_KEY)
     assert caught.value.status == 429 and caught.value.code == "RATE_LIMITED"
     assert caught.value.message == f"too many (retry after {when})"

@@ -38,7 +38,7 @@ from typer.testing import CliRunner
 
 from heimdall import __version__
 from heimdall.bundle import parse_metadata, write_bundle
-from heimdall.cli import api_client, app
+from heimdall.cli import api_client, api_errors, api_model_routes, app
 from heimdall.testing.sample_bundles import sample_bundle_metadata
 
 ONNX = b"\x08\x07not-really-onnx" * 64
@@ -453,7 +453,7 @@ def test_import_chooses_presigned_above_the_inline_limit(
     api: FakeServer, storage: FakeServer, tmp_path: Path
 ) -> None:
     big = tmp_path / "big.heimdall"
-    big.write_bytes(b"{" + b" " * api_client.INLINE_MAX_BYTES + b"}")
+    big.write_bytes(b"{" + b" " * api_model_routes.INLINE_MAX_BYTES + b"}")
     _presigned_routes(api, storage, json_reply(import_out("INDEXED", model_id="m9")))
     result = run(api, "import", str(big))
     assert result.exit_code == 0, result.stderr
@@ -666,7 +666,7 @@ def test_client_is_reusable_without_the_command_line(api: FakeServer) -> None:
     with api_client.ApiClient(api.url + "/", TOKEN) as client:
         assert client.capabilities("pytorch") == {"frameworks": ["pytorch"], "formats": []}
         client.delete_model("m1")
-        with pytest.raises(api_client.ApiError) as caught:
+        with pytest.raises(api_errors.ApiError) as caught:
             client.get_model("m2")
     assert caught.value.code == "NOT_FOUND" and caught.value.status == 404
     assert api.seen[0].query == {"framework": ["pytorch"]}

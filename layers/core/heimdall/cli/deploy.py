@@ -21,7 +21,9 @@ from typing import Annotated, Any
 
 import typer
 
-from heimdall.cli.api_client import DEFAULT_API_URL, ApiClient, Json
+from heimdall.cli.api_client import ApiClient
+from heimdall.cli.api_common import Json
+from heimdall.cli.api_session import DEFAULT_API_URL
 from heimdall.cli.deployment_views import (
     compact_json,
     deployment_table,

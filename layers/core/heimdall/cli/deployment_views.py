@@ -13,7 +13,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from heimdall.cli.api_client import API_KEY_VARIABLE, DownloadedFile, Json
+from heimdall.cli.api_common import Json
+from heimdall.cli.api_session import API_KEY_VARIABLE, DownloadedFile
 from heimdall.cli.render import details_table, human_size, out_console, when_text
 from heimdall.domain.deployments import DeploymentType
 

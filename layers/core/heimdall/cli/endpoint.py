@@ -21,7 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from heimdall.bundle.strict_json import parse_json
-from heimdall.cli.api_client import API_KEY_VARIABLE, DEFAULT_API_URL, INLINE_MAX_BYTES, ApiClient, Json
+from heimdall.cli.api_client import ApiClient
+from heimdall.cli.api_common import Json
+from heimdall.cli.api_model_routes import INLINE_MAX_BYTES
+from heimdall.cli.api_session import API_KEY_VARIABLE, DEFAULT_API_URL
 from heimdall.cli.deploy import DeployId, deploy_app
 from heimdall.cli.deployment_views import state_text
 from heimdall.cli.options import ApiUrl, AsJson, connect

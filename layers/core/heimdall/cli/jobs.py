@@ -15,7 +15,10 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from heimdall.cli.api_client import DEFAULT_API_URL, ApiClient, Json, job_failure
+from heimdall.cli.api_client import ApiClient
+from heimdall.cli.api_common import Json
+from heimdall.cli.api_job_routes import job_failure
+from heimdall.cli.api_session import DEFAULT_API_URL
 from heimdall.cli.options import (
     AllPages,
     ApiUrl,

@@ -16,7 +16,9 @@ import typer
 from rich.text import Text
 
 from heimdall.bundle.models import Component
-from heimdall.cli.api_client import DEFAULT_API_URL, INLINE_MAX_BYTES, ImportMode, Json
+from heimdall.cli.api_common import Json
+from heimdall.cli.api_model_routes import INLINE_MAX_BYTES, ImportMode
+from heimdall.cli.api_session import DEFAULT_API_URL
 from heimdall.cli.options import (
     AllPages,
     ApiUrl,

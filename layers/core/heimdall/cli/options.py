@@ -22,15 +22,9 @@ from typing import Annotated, Any
 
 import typer
 
-from heimdall.cli.api_client import (
-    API_TOKEN_VARIABLE,
-    API_URL_VARIABLE,
-    LOCAL_TOKEN_FILE,
-    ApiClient,
-    Json,
-    follow_pages,
-    resolve_token,
-)
+from heimdall.cli.api_client import ApiClient
+from heimdall.cli.api_common import Json, follow_pages
+from heimdall.cli.api_session import API_TOKEN_VARIABLE, API_URL_VARIABLE, LOCAL_TOKEN_FILE, resolve_token
 from heimdall.domain.paging import MAX_PAGE_SIZE
 from heimdall.errors import ConfigurationError
 

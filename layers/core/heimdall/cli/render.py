@@ -30,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from heimdall.cli.api_client import Json, ProgressCallback
+from heimdall.cli.api_common import Json, ProgressCallback
 
 out_console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from heimdall.cli.api_client import DEFAULT_API_URL, Json
+from heimdall.cli.api_common import Json
+from heimdall.cli.api_session import DEFAULT_API_URL
 from heimdall.cli.options import AllPages, ApiUrl, AsJson, Cursor, Limit, Token, collect_pages, connect
 from heimdall.cli.render import details_table, out_console, print_json, show_listing, status_text, when_text
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE
