@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from heimdall.bundle._structural_worker import _check, _check_integrity, _default_opset, _read_capped
+from heimdall.bundle._structural_worker import check_integrity, check_model, default_opset, read_capped
 from heimdall.bundle._worker_protocol import WorkerState, serve, trim_message
 from heimdall.errors import ConfigurationError, HeimdallError
 
@@ -49,15 +49,15 @@ def check_serving(request: dict[str, Any]) -> dict[str, Any]:
     limits = request["limits"]
     WorkerState.stage = "reading the model file"
     with open(str(request["path"]), "rb") as handle:
-        data, sha256 = _read_capped(handle, int(limits["max_onnx_bytes"]))
-    _check_integrity(data, sha256, request.get("expected_sha256"), None)
+        data, sha256 = read_capped(handle, int(limits["max_onnx_bytes"]))
+    check_integrity(data, sha256, request.get("expected_sha256"), None)
 
     WorkerState.stage = "importing onnx and onnxruntime"
     onnx, ort = _import_runtimes()
 
     WorkerState.stage = "parsing the model"
     model = onnx.load_model_from_string(data)
-    from_opset = _default_opset(model)
+    from_opset = default_opset(model)
     target = int(request["target_opset"])
     report: dict[str, Any] = {"servable": True, "reason": None, "from_opset": from_opset, "upgrade": None}
     if not request.get("force"):
@@ -160,7 +160,7 @@ def _upgrade(
 
     # The file is what serving will check before its first session: check it the same way now.
     try:
-        _check({"path": str(out), "limits": request["limits"]})
+        check_model({"path": str(out), "limits": request["limits"]})
     except HeimdallError as exc:
         return failed(
             "convert_failed", f"the model converted to opset {target} fails the structural pass: {exc}"

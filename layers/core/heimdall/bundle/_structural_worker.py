@@ -69,21 +69,21 @@ _READ_CHUNK = 8 * 1024 * 1024
 
 def main() -> int:
     """Run one structural check as described in the module docstring; return the exit status."""
-    return serve(_check)
+    return serve(check_model)
 
 
 # --- the checks ----------------------------------------------------------------------------------
 
 
-def _check(request: dict[str, Any]) -> dict[str, Any]:
+def check_model(request: dict[str, Any]) -> dict[str, Any]:
     limits = request["limits"]
     max_bytes = int(limits["max_onnx_bytes"])
     path = str(request["path"])
 
     WorkerState.stage = "reading the model file"
     with open(path, "rb") as handle:
-        data, sha256 = _read_capped(handle, max_bytes)
-    _check_integrity(data, sha256, request.get("expected_sha256"), request.get("expected_size"))
+        data, sha256 = read_capped(handle, max_bytes)
+    check_integrity(data, sha256, request.get("expected_sha256"), request.get("expected_size"))
 
     WorkerState.stage = "importing onnx"
     try:
@@ -112,7 +112,7 @@ def _check(request: dict[str, Any]) -> dict[str, Any]:
         "onnx_sha256": sha256,
         "size_bytes": len(data),
         "ir_version": int(model.ir_version),
-        "opset": _default_opset(model),
+        "opset": default_opset(model),
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "node_count": walk.nodes,
         "subgraph_depth": walk.depth,
@@ -134,7 +134,7 @@ def _check(request: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def _read_capped(handle: BinaryIO, max_bytes: int) -> tuple[bytes, str]:
+def read_capped(handle: BinaryIO, max_bytes: int) -> tuple[bytes, str]:
     """Read the whole file if it is at most ``max_bytes`` (checked before reading) and hash it."""
     size = os.fstat(handle.fileno()).st_size
     if size > max_bytes:
@@ -155,7 +155,7 @@ def _read_capped(handle: BinaryIO, max_bytes: int) -> tuple[bytes, str]:
     return data, digest.hexdigest()
 
 
-def _check_integrity(data: bytes, sha256: str, expected_sha256: Any, expected_size: Any) -> None:
+def check_integrity(data: bytes, sha256: str, expected_sha256: Any, expected_size: Any) -> None:
     if expected_sha256 is not None and str(expected_sha256).lower() != sha256:
         raise ChecksumMismatch(
             f"the ONNX model's sha256 is {sha256} but {expected_sha256} was declared",
@@ -361,7 +361,7 @@ def _check_domains(model: ModelProto, walk: _Walk, allowed_domains: tuple[str, .
             )
 
 
-def _default_opset(model: ModelProto) -> int:
+def default_opset(model: ModelProto) -> int:
     """The default-domain opset the model imports, or 0 if it imports none."""
     versions = [int(o.version) for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
     return max(versions, default=0)

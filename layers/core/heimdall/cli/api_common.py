@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from heimdall.cli.api_errors import ApiError, ConnectionLost, WaitTimedOut, _loads
+from heimdall.cli.api_errors import ApiError, ConnectionLost, WaitTimedOut, loads_json
 from heimdall.settings import MIB
 
 #: A JSON object as the API sends it (a resource, a page, an answer).
@@ -28,9 +28,9 @@ ProgressCallback = Callable[[int, int | None], None]
 CHUNK_BYTES = MIB
 
 
-def _object(response: httpx.Response) -> Json:
+def json_object(response: httpx.Response) -> Json:
     """The JSON object an answer carries (anything else is an ``INVALID_RESPONSE``)."""
-    doc = _loads(response.content)
+    doc = loads_json(response.content)
     if not isinstance(doc, dict):
         request = response.request
         raise ApiError(
@@ -41,14 +41,14 @@ def _object(response: httpx.Response) -> Json:
     return doc
 
 
-def _member(doc: Json, key: str) -> Json:
+def member(doc: Json, key: str) -> Json:
     value = doc.get(key)
     if not isinstance(value, dict):
         raise ApiError("INVALID_RESPONSE", f"the API's answer has no {key!r} object", status=None)
     return value
 
 
-def _save(response: httpx.Response, part: Path, progress: ProgressCallback | None) -> tuple[int, str]:
+def save_stream(response: httpx.Response, part: Path, progress: ProgressCallback | None) -> tuple[int, str]:
     """Stream ``response``'s body into ``part``: (bytes written, their sha256)."""
     declared = response.headers.get("content-length")
     # With a content encoding the declared length is the encoded one: no total, no length check.
@@ -69,7 +69,7 @@ def _save(response: httpx.Response, part: Path, progress: ProgressCallback | Non
 
 
 @contextlib.contextmanager
-def _replacing(dest: Path) -> Iterator[Path]:
+def replacing(dest: Path) -> Iterator[Path]:
     """A fresh file beside ``dest`` that replaces it when the block succeeds, and is removed otherwise."""
     part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
     try:
@@ -79,7 +79,7 @@ def _replacing(dest: Path) -> Iterator[Path]:
         part.unlink(missing_ok=True)
 
 
-def _poll(
+def poll(
     fetch: Callable[[], Json],
     *,
     done: Callable[[Json], bool],

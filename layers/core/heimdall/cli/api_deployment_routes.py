@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from heimdall.cli.api_common import Json, ProgressCallback, _member, _object
+from heimdall.cli.api_common import Json, ProgressCallback, json_object, member
 from heimdall.cli.api_session import ApiSession, DownloadedFile
 
 
@@ -54,7 +54,7 @@ class DeploymentRoutes(ApiSession):
         if export_job_id is not None:
             body["export_job_id"] = export_job_id
         answer = self._json("POST", ("deployments",), json_body=body, ok=(200, 201))
-        _member(answer, "deployment")
+        member(answer, "deployment")
         return answer
 
     def get_deployment(self, deployment_id: str) -> Json:
@@ -119,7 +119,7 @@ class DeploymentRoutes(ApiSession):
         """
         response = self._call("POST", ("infer", deployment_id), json_body=body, key=key)
         return Inference(
-            answer=_object(response),
+            answer=json_object(response),
             rate_limit=_int_header(response, "x-ratelimit-limit"),
             rate_remaining=_int_header(response, "x-ratelimit-remaining"),
         )

@@ -114,7 +114,7 @@ def error_from_response(
     retry_after = response.headers.get("retry-after")
     fallback = code or _STATUS_CODES.get(status, f"HTTP_{status}")
     body = response.content
-    doc = _loads(body)
+    doc = loads_json(body)
     if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
         error = doc["error"]
         details = error.get("details")
@@ -148,7 +148,7 @@ def _retry_hint(status: int, retry_after: str | None) -> str:
     return f" (retry after {value} s)" if value.isdigit() else f" (retry after {value})"
 
 
-def _loads(body: bytes) -> Any:
+def loads_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except ValueError:

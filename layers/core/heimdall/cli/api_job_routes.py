@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from heimdall.cli.api_common import Json, ProgressCallback, _poll
+from heimdall.cli.api_common import Json, ProgressCallback, poll
 from heimdall.cli.api_errors import JobCancelled, JobFailed
 from heimdall.cli.api_session import ApiSession, DownloadedFile
 from heimdall.domain.job_states import TERMINAL
@@ -95,7 +95,7 @@ class ExportJobRoutes(ApiSession):
             last[:] = [job.get("status")]
             return job
 
-        return _poll(
+        return poll(
             fetch,
             done=lambda j: j.get("status") in TERMINAL,
             timeout_s=timeout_s,

@@ -18,7 +18,7 @@ import httpx
 
 from heimdall.bundle.reader import ReadResult, read_bundle
 from heimdall.bundle.source import GZIP_MAGIC
-from heimdall.cli.api_common import Json, ProgressCallback, _member, _poll, _replacing, _save
+from heimdall.cli.api_common import Json, ProgressCallback, member, poll, replacing, save_stream
 from heimdall.cli.api_errors import ApiError, error_from_response
 from heimdall.cli.api_session import ApiSession
 from heimdall.domain.records import IMPORT_TERMINAL, ImportStatus
@@ -111,8 +111,8 @@ class ModelRoutes(ApiSession):
         with self._fetch(self._url("models", model_id, "export"), params=params) as fetched:
             declared = fetched.first.headers.get("x-heimdall-onnx-sha256")
             suggested = _suggested_name(fetched.response)
-            with _replacing(dest) as part:
-                size, _ = _save(fetched.response, part, progress)
+            with replacing(dest) as part:
+                size, _ = save_stream(fetched.response, part, progress)
                 read = read_bundle(part)
                 if declared and declared.strip().lower() != read.onnx_sha256:
                     raise ChecksumMismatch(
@@ -173,7 +173,7 @@ class ModelRoutes(ApiSession):
             headers={"Content-Type": content_type},
             ok=(200, 201),
         )
-        record = _member(answer, "import")
+        record = member(answer, "import")
         return ImportOutcome(
             mode="inline", record=record, model=self._imported_model(record, answer.get("model"))
         )
@@ -189,7 +189,7 @@ class ModelRoutes(ApiSession):
             json_body={"size_bytes": size_bytes, **({"filename": filename[:255]} if filename else {})},
             ok=(200, 201, 202),
         )
-        return _member(answer, "import"), _member(answer, "upload")
+        return member(answer, "import"), member(answer, "upload")
 
     def upload_presigned(self, upload: Json, path: Path, *, progress: ProgressCallback | None = None) -> None:
         """POST the presigned form (``fields`` then ``file``) to storage, streaming the file from disk."""
@@ -219,7 +219,7 @@ class ModelRoutes(ApiSession):
 
     def wait_for_import(self, import_id: str, *, timeout_s: float = 600.0) -> Json:
         """Poll an import until INDEXED (returned) or REJECTED (raised, with the bundle's error code)."""
-        record = _poll(
+        record = poll(
             lambda: self.get_import(import_id),
             done=lambda r: r.get("status") in IMPORT_TERMINAL,
             timeout_s=timeout_s,

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from heimdall import __version__
-from heimdall.cli.api_common import Json, ProgressCallback, _object, _replacing, _save
+from heimdall.cli.api_common import Json, ProgressCallback, json_object, replacing, save_stream
 from heimdall.cli.api_errors import ApiError, ApiTimeout, ApiUnreachable, ConnectionLost, error_from_response
 from heimdall.errors import ChecksumMismatch, ConfigurationError
 
@@ -95,8 +95,8 @@ class ApiSession:
         url = link.get("url")
         if not isinstance(url, str):
             raise ApiError("INVALID_RESPONSE", "the API's download answer has no url", status=None)
-        with self._fetch(url) as fetched, _replacing(dest) as part:
-            size, sha256 = _save(fetched.response, part, progress)
+        with self._fetch(url) as fetched, replacing(dest) as part:
+            size, sha256 = save_stream(fetched.response, part, progress)
             expected_sha, expected_size = link.get("sha256"), link.get("size_bytes")
             if isinstance(expected_size, int) and expected_size != size:
                 raise ChecksumMismatch(
@@ -150,7 +150,7 @@ class ApiSession:
         return response
 
     def _json(self, method: str, path: tuple[str, ...], **kwargs: Any) -> Json:
-        return _object(self._call(method, path, **kwargs))
+        return json_object(self._call(method, path, **kwargs))
 
     def _error(self, response: httpx.Response, *, keyed: bool = False) -> ApiError:
         error = error_from_response(response)

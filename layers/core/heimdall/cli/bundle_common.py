@@ -29,10 +29,10 @@ from heimdall.bundle.writer import WriteResult
 from heimdall.errors import HeimdallError
 from heimdall.settings import MIB, BundleLimits, get_settings
 
-_out = Console(highlight=False)
+bundle_console = Console(highlight=False)
 
 
-def _limits(max_onnx_mb: float | None = None) -> BundleLimits:
+def bundle_limits(max_onnx_mb: float | None = None) -> BundleLimits:
     """The configured bundle limits, with the ONNX size cap overridden when asked."""
     limits = get_settings().bundle_limits()
     if max_onnx_mb is not None:
@@ -50,18 +50,18 @@ def _error_classes() -> dict[str, type[HeimdallError]]:
     return found
 
 
-def _error_for(code: str, message: str, field: str | None) -> HeimdallError:
+def error_for(code: str, message: str, field: str | None) -> HeimdallError:
     """The typed error a report's code names, to be raised (and printed) like any other."""
     cls = _error_classes().get(code, HeimdallError)
     return cls(message, field=field)
 
 
-def _print_json(value: Any) -> None:
+def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
     sys.stdout.flush()
 
 
-def _fmt_bytes(n: int) -> str:
+def fmt_bytes(n: int) -> str:
     if n >= MIB:
         return f"{n:,} bytes ({n / MIB:.1f} MiB)"
     if n >= 1024:
@@ -69,23 +69,23 @@ def _fmt_bytes(n: int) -> str:
     return f"{n:,} bytes"
 
 
-def _fmt_shape(shape: Any) -> str:
+def fmt_shape(shape: Any) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _fmt_spec(spec: TensorSpec) -> str:
-    shape = _fmt_shape(spec.shape) if spec.rank_known else "[rank unknown]"
+def fmt_spec(spec: TensorSpec) -> str:
+    shape = fmt_shape(spec.shape) if spec.rank_known else "[rank unknown]"
     return f"{spec.name}: {spec.elem_type}{shape}"
 
 
-def _key_value_table(title: str | None = None) -> Table:
+def key_value_table(title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", show_header=False, box=box.SIMPLE, pad_edge=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     return table
 
 
-def _row(table: Table, label: str, value: str, *, markup: bool = False) -> None:
+def table_row(table: Table, label: str, value: str, *, markup: bool = False) -> None:
     """Add a key/value row; the value is data (shown as is) unless ``markup``."""
     table.add_row(label, Text.from_markup(value) if markup else Text(value))
 
@@ -100,13 +100,13 @@ def _components_text(bundle: Bundle) -> str:
     return ", ".join(parts) or "none (model only)"
 
 
-def _check_output(path: Path, option: str = "--output") -> None:
+def check_output(path: Path, option: str = "--output") -> None:
     if path.is_dir():
         raise typer.BadParameter(f"{path} is a directory; give a file name", param_hint=option)
 
 
 @contextmanager
-def _decoded_model(source: Path, limits: BundleLimits) -> Iterator[tuple[ReadResult, Path]]:
+def decoded_model(source: Path, limits: BundleLimits) -> Iterator[tuple[ReadResult, Path]]:
     """Run the integrity pass on ``source``, streaming its model to a temporary file (removed after)."""
     with tempfile.TemporaryDirectory(prefix="heimdall-") as tmp:
         model = Path(tmp) / "model.onnx"
@@ -125,15 +125,17 @@ BundleFile = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
-def _render_written(title: str, output: Path, written: WriteResult) -> Table:
+def render_written(title: str, output: Path, written: WriteResult) -> Table:
     bundle = written.bundle
-    table = _key_value_table(title)
-    _row(table, "bundle id", bundle.bundle_metadata.bundle_id)
-    _row(table, "model", f"{bundle.model.model_name} {bundle.model.version} ({bundle.model.architecture})")
-    _row(table, "output", str(output) + (" (gzip)" if written.compressed else ""))
-    _row(table, "size", _fmt_bytes(written.bytes_written))
-    _row(table, "onnx sha256", written.onnx_sha256)
-    _row(table, "onnx size", _fmt_bytes(written.onnx_size_bytes))
-    _row(table, "components", _components_text(bundle))
-    _row(table, "signature", f"signed by {bundle.signature.key_id}" if bundle.signature else "unsigned")
+    table = key_value_table(title)
+    table_row(table, "bundle id", bundle.bundle_metadata.bundle_id)
+    table_row(
+        table, "model", f"{bundle.model.model_name} {bundle.model.version} ({bundle.model.architecture})"
+    )
+    table_row(table, "output", str(output) + (" (gzip)" if written.compressed else ""))
+    table_row(table, "size", fmt_bytes(written.bytes_written))
+    table_row(table, "onnx sha256", written.onnx_sha256)
+    table_row(table, "onnx size", fmt_bytes(written.onnx_size_bytes))
+    table_row(table, "components", _components_text(bundle))
+    table_row(table, "signature", f"signed by {bundle.signature.key_id}" if bundle.signature else "unsigned")
     return table

@@ -27,11 +27,11 @@ from heimdall.bundle.models import Component
 from heimdall.bundle.reader import read_bundle
 from heimdall.bundle.signing import load_trusted_key
 from heimdall.bundle.verify import VerificationReport, verify_bundle
-from heimdall.cli.bundle_common import _fmt_bytes, _limits, _out
-from heimdall.cli.bundle_diff import _render_diff, compare_metadata, diff_bundles
-from heimdall.cli.bundle_read import _render_inspect, _render_verify, describe_bundle, extract_model
+from heimdall.cli.bundle_common import bundle_console, bundle_limits, fmt_bytes
+from heimdall.cli.bundle_diff import compare_metadata, diff_bundles, render_diff
+from heimdall.cli.bundle_read import describe_bundle, extract_model, render_inspect, render_verify
 from heimdall.cli.bundle_sign import create_key_pair, sign_file
-from heimdall.cli.bundle_write import _render_pack, migrate_file, pack_bundle
+from heimdall.cli.bundle_write import migrate_file, pack_bundle, render_pack
 from heimdall.errors import HeimdallError
 
 #: Set (to anything but 0) to print the traceback of a step that raised something unexpected.
@@ -95,7 +95,7 @@ class BundleDemo:
     def __init__(self, out_dir: Path, console: Console) -> None:
         self.files = _DemoFiles(out_dir)
         self.console = console
-        self.limits = _limits()
+        self.limits = bundle_limits()
         self.outcomes: list[_StepOutcome] = []
         self._onnx = b""
         self._sha256 = ""
@@ -192,7 +192,7 @@ class BundleDemo:
         self.files.model.write_bytes(self._onnx)
         self._sha256 = hashlib.sha256(self._onnx).hexdigest()
         self.console.print(
-            f"{escape(str(self.files.model))}: {_fmt_bytes(len(self._onnx))}\nsha256 {self._sha256}"
+            f"{escape(str(self.files.model))}: {fmt_bytes(len(self._onnx))}\nsha256 {self._sha256}"
         )
         return f"{len(self._onnx):,} bytes, sha256 {self._sha256[:16]}…"
 
@@ -214,7 +214,7 @@ class BundleDemo:
 
     def pack(self) -> str:
         result = pack_bundle(self.files.model, self.files.metadata, self.files.packed, limits=self.limits)
-        _render_pack(result, self.console)
+        render_pack(result, self.console)
         bundle = result.written.bundle
         self._expect(
             result.written.onnx_sha256 == self._sha256, "the packed model's sha256 differs from the source"
@@ -222,7 +222,7 @@ class BundleDemo:
         self._expect(bundle.components() == [c.value for c in Component], f"components {bundle.components()}")
         self._expect(uuid.UUID(bundle.bundle_metadata.bundle_id).version == 4, "bundle_id is not a uuid4")
         self._expect(result.structure is not None, "the structural pass did not run")
-        return f"{_fmt_bytes(result.written.bytes_written)}, structural pass ok, sha256 matches"
+        return f"{fmt_bytes(result.written.bytes_written)}, structural pass ok, sha256 matches"
 
     def keygen(self) -> str:
         keys = self.files.keys
@@ -240,7 +240,7 @@ class BundleDemo:
         key = self.files.keys / f"{self.KEY_NAME}.key"
         result = sign_file(self.files.packed, self.files.signed, key, limits=self.limits)
         signature = result.written.bundle.signature
-        self.console.print(f"{escape(str(self.files.signed))}: {_fmt_bytes(result.written.bytes_written)}")
+        self.console.print(f"{escape(str(self.files.signed))}: {fmt_bytes(result.written.bytes_written)}")
         self._expect(
             signature is not None and signature.key_id == self._key_id, "no signature by the new key"
         )
@@ -253,7 +253,7 @@ class BundleDemo:
         )
         if not report.valid:
             raise DemoStepFailed(f"refused: {report.code}: {report.message}")
-        _render_verify(self.files.signed, report, self.console)
+        render_verify(self.files.signed, report, self.console)
         self._expect(report.signature_state == "verified", f"signature state {report.signature_state}")
         self._expect(report.structure is not None, "no structural report")
         return "valid: integrity, signature verified, structural pass"
@@ -261,7 +261,7 @@ class BundleDemo:
     def inspect(self) -> str:
         read = read_bundle(self.files.signed, limits=self.limits)
         summary = describe_bundle(self.files.signed, read)
-        _render_inspect(summary, self.console)
+        render_inspect(summary, self.console)
         self._expect(summary["dialect"] == "canonical", f"dialect {summary['dialect']}")
         self._expect(summary["signature_key_id"] == self._key_id, "not signed by the demo key")
         self._expect(len(summary["components"]) == len(Component), f"components {summary['components']}")
@@ -308,7 +308,7 @@ class BundleDemo:
 
     def diff(self) -> str:
         result = diff_bundles(self.files.signed, self.files.migrated, limits=self.limits)
-        _render_diff(result, self.files.signed.name, self.files.migrated.name, self.console)
+        render_diff(result, self.files.signed.name, self.files.migrated.name, self.console)
         self._expect(result.onnx_equal and result.graph_io_equal, "the models differ")
         self._expect(not result.identical and bool(result.counted), "no metadata difference found")
         same = compare_metadata(read_bundle(self.files.packed, limits=self.limits).bundle, result.a.bundle)[0]
@@ -358,5 +358,5 @@ def demo(
     (BAD_SIGNATURE) and a corrupted base64 character (INVALID_BASE64) being rejected. Exit 0 only
     when every step behaved as expected.
     """
-    if not BundleDemo(out, _out).run():
+    if not BundleDemo(out, bundle_console).run():
         raise typer.Exit(1)

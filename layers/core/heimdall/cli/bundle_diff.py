@@ -22,7 +22,14 @@ from rich.text import Text
 from heimdall.bundle.models import Bundle
 from heimdall.bundle.reader import ReadResult
 from heimdall.bundle.structural import StructuralReport, TensorSpec, check_structure
-from heimdall.cli.bundle_common import JsonFlag, _decoded_model, _fmt_spec, _limits, _out, _print_json
+from heimdall.cli.bundle_common import (
+    JsonFlag,
+    bundle_console,
+    bundle_limits,
+    decoded_model,
+    fmt_spec,
+    print_json,
+)
 from heimdall.settings import BundleLimits
 
 #: Metadata fields ``diff`` shows but does not count as a difference: the bundle's identity (a new
@@ -163,7 +170,7 @@ def diff_bundles(a: Path, b: Path, *, limits: BundleLimits) -> BundleDiff:
     Both models go through the structural pass (in parallel; once when their bytes are equal) to
     read their graph inputs and outputs.
     """
-    with _decoded_model(a, limits) as (read_a, model_a), _decoded_model(b, limits) as (read_b, model_b):
+    with decoded_model(a, limits) as (read_a, model_a), decoded_model(b, limits) as (read_b, model_b):
         if read_a.onnx_sha256 == read_b.onnx_sha256:
             graph_a = graph_b = check_structure(
                 model_a, None, limits=limits, expected_sha256=read_a.onnx_sha256
@@ -188,7 +195,7 @@ def _short(value: Any, present: bool, width: int = 60) -> str:
     return escape(text if len(text) <= width else text[: width - 1] + "…")
 
 
-def _render_diff(diff: BundleDiff, name_a: str, name_b: str, console: Console = _out) -> None:
+def render_diff(diff: BundleDiff, name_a: str, name_b: str, console: Console = bundle_console) -> None:
     console.print(Text(f"A: {name_a}\nB: {name_b}"))
     fields = Table(title="[bold]metadata[/]", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     fields.add_column("field", overflow="fold")
@@ -236,8 +243,8 @@ def _render_diff(diff: BundleDiff, name_a: str, name_b: str, console: Console = 
             same = spec_a == spec_b
             graph.add_row(
                 f"{kind} {index}",
-                escape(_fmt_spec(spec_a)) if spec_a else "[dim](none)[/]",
-                escape(_fmt_spec(spec_b)) if spec_b else "[dim](none)[/]",
+                escape(fmt_spec(spec_a)) if spec_a else "[dim](none)[/]",
+                escape(fmt_spec(spec_b)) if spec_b else "[dim](none)[/]",
                 "[green]same[/]" if same else "[yellow]differs[/]",
             )
     console.print(graph)
@@ -284,10 +291,10 @@ def diff(
     fields; 1 when anything else differs, or when a bundle is invalid (then with an error code on
     stderr); 2 on a usage error.
     """
-    result = diff_bundles(a, b, limits=_limits())
+    result = diff_bundles(a, b, limits=bundle_limits())
     if as_json:
-        _print_json({"a": str(a), "b": str(b), **result.to_dict()})
+        print_json({"a": str(a), "b": str(b), **result.to_dict()})
     else:
-        _render_diff(result, a.name, b.name)
+        render_diff(result, a.name, b.name)
     if not result.identical:
         raise typer.Exit(1)

@@ -23,16 +23,16 @@ from heimdall.bundle.verify import VerificationReport, verify_bundle
 from heimdall.cli.bundle_common import (
     BundleFile,
     JsonFlag,
-    _check_output,
-    _error_for,
-    _fmt_bytes,
-    _fmt_shape,
-    _fmt_spec,
-    _key_value_table,
-    _limits,
-    _out,
-    _print_json,
-    _row,
+    bundle_console,
+    bundle_limits,
+    check_output,
+    error_for,
+    fmt_bytes,
+    fmt_shape,
+    fmt_spec,
+    key_value_table,
+    print_json,
+    table_row,
 )
 from heimdall.settings import BundleLimits
 
@@ -84,25 +84,25 @@ def describe_bundle(path: Path, read: ReadResult) -> dict[str, Any]:
     }
 
 
-def _render_inspect(summary: dict[str, Any], console: Console = _out) -> None:
+def render_inspect(summary: dict[str, Any], console: Console = bundle_console) -> None:
     model = summary["model"]
-    table = _key_value_table(f"[bold]{escape(summary['file'])}[/]")
-    _row(table, "format version", f"{summary['format_version']} ({summary['dialect']} dialect)")
-    _row(table, "bundle id", summary["bundle_id"])
-    _row(table, "created", f"{summary['created_at']} by {summary['created_by']}")
+    table = key_value_table(f"[bold]{escape(summary['file'])}[/]")
+    table_row(table, "format version", f"{summary['format_version']} ({summary['dialect']} dialect)")
+    table_row(table, "bundle id", summary["bundle_id"])
+    table_row(table, "created", f"{summary['created_at']} by {summary['created_by']}")
     if summary["description"]:
-        _row(table, "description", summary["description"])
+        table_row(table, "description", summary["description"])
     if summary["heimdall_version"]:
-        _row(table, "written by", f"heimdall {summary['heimdall_version']}")
+        table_row(table, "written by", f"heimdall {summary['heimdall_version']}")
     table.add_section()
-    _row(table, "model", f"{model['model_name']} {model['version']}")
-    _row(table, "model id", model["model_id"])
-    _row(table, "architecture", f"{model['architecture']} ({model['framework']})")
-    _row(table, "opset", str(model["onnx_opset"]))
-    _row(table, "input shape", _fmt_shape(model["input_shape"]))
-    _row(table, "output shapes", ", ".join(_fmt_shape(s) for s in model["output_shape"]))
+    table_row(table, "model", f"{model['model_name']} {model['version']}")
+    table_row(table, "model id", model["model_id"])
+    table_row(table, "architecture", f"{model['architecture']} ({model['framework']})")
+    table_row(table, "opset", str(model["onnx_opset"]))
+    table_row(table, "input shape", fmt_shape(model["input_shape"]))
+    table_row(table, "output shapes", ", ".join(fmt_shape(s) for s in model["output_shape"]))
     if model["parameters_count"] is not None:
-        _row(table, "parameters", f"{model['parameters_count']:,}")
+        table_row(table, "parameters", f"{model['parameters_count']:,}")
     table.add_section()
     components = summary["components"]
     notes = {
@@ -110,26 +110,26 @@ def _render_inspect(summary: dict[str, Any], console: Console = _out) -> None:
         Component.NORMALIZATION_STATS: "" if summary["normalization_complete"] else " (partial: not usable)",
     }
     shown = [f"{c}{notes.get(c, '')}" for c in components]
-    _row(table, "components", ", ".join(shown) or "none (model only)")
+    table_row(table, "components", ", ".join(shown) or "none (model only)")
     if summary["extra_fields"]:
-        _row(table, "unknown fields", ", ".join(summary["extra_fields"]) + " (kept)")
+        table_row(table, "unknown fields", ", ".join(summary["extra_fields"]) + " (kept)")
     table.add_section()
-    _row(table, "onnx size", _fmt_bytes(summary["onnx_size_bytes"]))
-    _row(table, "onnx sha256", summary["onnx_sha256"])
-    _row(
+    table_row(table, "onnx size", fmt_bytes(summary["onnx_size_bytes"]))
+    table_row(table, "onnx sha256", summary["onnx_sha256"])
+    table_row(
         table,
         "integrity",
         "declared, matches the model" if summary["integrity_declared"] else "not declared (older writer)",
     )
-    _row(
+    table_row(
         table,
         "bundle size",
-        _fmt_bytes(summary["bundle_bytes"]) + (" (gzip)" if summary["compressed"] else ""),
+        fmt_bytes(summary["bundle_bytes"]) + (" (gzip)" if summary["compressed"] else ""),
     )
     if summary["compressed"]:
-        _row(table, "uncompressed", _fmt_bytes(summary["document_bytes"]))
+        table_row(table, "uncompressed", fmt_bytes(summary["document_bytes"]))
     key_id = summary["signature_key_id"]
-    _row(table, "signature", f"signed by {key_id} (not verified)" if key_id else "unsigned")
+    table_row(table, "signature", f"signed by {key_id} (not verified)" if key_id else "unsigned")
     console.print(table)
     console.print("[dim]integrity pass only; run `heimdall bundle verify` for the full check[/]")
 
@@ -140,12 +140,12 @@ def inspect(file: BundleFile, as_json: JsonFlag = False) -> None:
     Runs the integrity pass only (fast, streaming); `verify` adds the structural pass and signature
     checks. Exit 1 with the error code when the bundle is invalid.
     """
-    read = read_bundle(file, limits=_limits())
+    read = read_bundle(file, limits=bundle_limits())
     summary = describe_bundle(file, read)
     if as_json:
-        _print_json(summary)
+        print_json(summary)
     else:
-        _render_inspect(summary)
+        render_inspect(summary)
 
 
 # --- verify ----------------------------------------------------------------------------------------
@@ -172,37 +172,39 @@ def _trusted_key(spec: str) -> TrustedKey:
     return load_trusted_key(path, key_id or None)
 
 
-def _render_verify(path: Path, report: VerificationReport, console: Console = _out) -> None:
+def render_verify(path: Path, report: VerificationReport, console: Console = bundle_console) -> None:
     read = report.read
     if not report.valid or read is None:
         return
     bundle = read.bundle
-    table = _key_value_table(f"[bold green]valid[/] [bold]{escape(str(path))}[/]")
-    _row(table, "model", f"{bundle.model.model_name} {bundle.model.version} ({bundle.model.architecture})")
-    _row(
+    table = key_value_table(f"[bold green]valid[/] [bold]{escape(str(path))}[/]")
+    table_row(
+        table, "model", f"{bundle.model.model_name} {bundle.model.version} ({bundle.model.architecture})"
+    )
+    table_row(
         table,
         "format",
         f"{bundle.format_version} ({read.dialect} dialect){' gzip' if read.compressed else ''}",
     )
-    _row(table, "onnx sha256", read.onnx_sha256)
-    _row(table, "onnx size", _fmt_bytes(read.onnx_size_bytes))
-    _row(
+    table_row(table, "onnx sha256", read.onnx_sha256)
+    table_row(table, "onnx size", fmt_bytes(read.onnx_size_bytes))
+    table_row(
         table, "integrity", "declared, matches" if read.integrity_declared else "not declared (older writer)"
     )
-    _row(table, "signature", _signature_text(bundle, report.signature_state))
+    table_row(table, "signature", _signature_text(bundle, report.signature_state))
     structure = report.structure
     if structure is not None:
         table.add_section()
-        _row(
+        table_row(
             table,
             "graph",
             f"opset {structure.opset}, IR {structure.ir_version}, {structure.node_count} nodes",
         )
-        _row(table, "producer", structure.producer or "(none)")
+        table_row(table, "producer", structure.producer or "(none)")
         for spec in structure.inputs:
-            _row(table, "input", _fmt_spec(spec))
+            table_row(table, "input", fmt_spec(spec))
         for spec in structure.outputs:
-            _row(table, "output", _fmt_spec(spec))
+            table_row(table, "output", fmt_spec(spec))
     console.print(table)
 
 
@@ -240,14 +242,14 @@ def verify(
         raise typer.BadParameter(f"must be greater than 0, got {max_onnx_mb:g}", param_hint="--max-onnx-mb")
     keys = [_trusted_key(spec) for spec in trusted_key or []]
     report = verify_bundle(
-        file, limits=_limits(max_onnx_mb), trusted_keys=keys, require_signature=require_signature
+        file, limits=bundle_limits(max_onnx_mb), trusted_keys=keys, require_signature=require_signature
     )
     if as_json:
-        _print_json({"file": str(file), **report.to_dict()})
+        print_json({"file": str(file), **report.to_dict()})
     else:
-        _render_verify(file, report)
+        render_verify(file, report)
     if not report.valid:
-        raise _error_for(
+        raise error_for(
             report.code or "INVALID_BUNDLE", report.message or "the bundle is invalid", report.field
         )
 
@@ -287,11 +289,13 @@ def extract_onnx(
     ],
 ) -> None:
     """Write the embedded ONNX model, byte-identical, after checking its encoding and sha256."""
-    _check_output(output)
-    read = extract_model(file, output, _limits())
-    table = _key_value_table()
-    _row(table, "wrote", str(output))
-    _row(table, "size", _fmt_bytes(read.onnx_size_bytes))
-    _row(table, "sha256", read.onnx_sha256)
-    _row(table, "integrity", "matches the declared sha256" if read.integrity_declared else "not declared")
-    _out.print(table)
+    check_output(output)
+    read = extract_model(file, output, bundle_limits())
+    table = key_value_table()
+    table_row(table, "wrote", str(output))
+    table_row(table, "size", fmt_bytes(read.onnx_size_bytes))
+    table_row(table, "sha256", read.onnx_sha256)
+    table_row(
+        table, "integrity", "matches the declared sha256" if read.integrity_declared else "not declared"
+    )
+    bundle_console.print(table)

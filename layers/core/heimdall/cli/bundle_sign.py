@@ -18,13 +18,13 @@ from heimdall.bundle.signing import generate_key_pair, load_private_key
 from heimdall.bundle.writer import WriteResult, write_bundle
 from heimdall.cli.bundle_common import (
     BundleFile,
-    _check_output,
-    _decoded_model,
-    _key_value_table,
-    _limits,
-    _out,
-    _render_written,
-    _row,
+    bundle_console,
+    bundle_limits,
+    check_output,
+    decoded_model,
+    key_value_table,
+    render_written,
+    table_row,
 )
 from heimdall.settings import BundleLimits
 
@@ -48,7 +48,7 @@ def sign_file(
 ) -> SignResult:
     """Write ``source`` signed with ``key`` (canonical form, same compression, same ONNX bytes)."""
     private_key = load_private_key(key)
-    with _decoded_model(source, limits) as (read, model):
+    with decoded_model(source, limits) as (read, model):
         written = write_bundle(
             read.bundle, model, output, compress=read.compressed, signing_key=private_key, key_id=key_id
         )
@@ -73,12 +73,12 @@ def sign(
     ] = None,
 ) -> None:
     """Sign a bundle with an ed25519 key (over its ONNX sha256 and canonical metadata)."""
-    _check_output(output)
-    result = sign_file(file, output, key, limits=_limits(), key_id=key_id)
-    table = _render_written("[bold green]signed[/]", output, result.written)
+    check_output(output)
+    result = sign_file(file, output, key, limits=bundle_limits(), key_id=key_id)
+    table = render_written("[bold green]signed[/]", output, result.written)
     if result.replaced_key_id is not None:
-        _row(table, "replaced", f"the previous signature by {result.replaced_key_id}")
-    _out.print(table)
+        table_row(table, "replaced", f"the previous signature by {result.replaced_key_id}")
+    bundle_console.print(table)
 
 
 def create_key_pair(out_dir: Path, name: str) -> tuple[str, Path, Path]:
@@ -97,12 +97,12 @@ def keygen(
 ) -> None:
     """Generate an ed25519 key pair: NAME.key (private PEM, mode 0600) and NAME.pub (public PEM)."""
     key_id, private, public = create_key_pair(out_dir, name)
-    table = _key_value_table("[bold green]key pair created[/]")
-    _row(table, "key id", key_id)
-    _row(table, "private key", f"{private} (keep it secret)")
-    _row(table, "public key", str(public))
-    _out.print(table)
-    _out.print(
+    table = key_value_table("[bold green]key pair created[/]")
+    table_row(table, "key id", key_id)
+    table_row(table, "private key", f"{private} (keep it secret)")
+    table_row(table, "public key", str(public))
+    bundle_console.print(table)
+    bundle_console.print(
         f"[dim]sign: heimdall bundle sign FILE --key {escape(str(private))} -o OUT\n"
         f"verify: heimdall bundle verify FILE --trusted-key {escape(str(public))}[/]"
     )

@@ -32,15 +32,15 @@ from heimdall.bundle.writer import WriteResult, write_bundle
 from heimdall.cli.bundle_common import (
     BundleFile,
     JsonFlag,
-    _check_output,
-    _decoded_model,
-    _error_for,
-    _fmt_bytes,
-    _limits,
-    _out,
-    _print_json,
-    _render_written,
-    _row,
+    bundle_console,
+    bundle_limits,
+    check_output,
+    decoded_model,
+    error_for,
+    fmt_bytes,
+    print_json,
+    render_written,
+    table_row,
 )
 from heimdall.cli.options import Description, NoConfig, NoMetrics, NoNormalization, NoSamples, NumSamples
 from heimdall.errors import HeimdallError, InvalidBundle, TooLarge, UpgradeFailed
@@ -73,8 +73,7 @@ def load_metadata(
     size = path.stat().st_size
     if size > limits.max_metadata_bytes:
         raise TooLarge(
-            f"{path} is {_fmt_bytes(size)}, over the metadata limit of "
-            f"{_fmt_bytes(limits.max_metadata_bytes)}"
+            f"{path} is {fmt_bytes(size)}, over the metadata limit of {fmt_bytes(limits.max_metadata_bytes)}"
         )
     doc = parse_json(path.read_bytes(), limits)
     if not isinstance(doc, dict):
@@ -118,17 +117,17 @@ def pack_bundle(
     return PackResult(output, written, dialect, ignored, structure)
 
 
-def _render_pack(result: PackResult, console: Console = _out) -> None:
-    table = _render_written("[bold green]packed[/]", result.output, result.written)
+def render_pack(result: PackResult, console: Console = bundle_console) -> None:
+    table = render_written("[bold green]packed[/]", result.output, result.written)
     if result.structure is not None:
         s = result.structure
-        _row(table, "structural", f"passed (opset {s.opset}, {s.node_count} nodes, shapes agree)")
+        table_row(table, "structural", f"passed (opset {s.opset}, {s.node_count} nodes, shapes agree)")
     else:
-        _row(table, "structural", "[yellow]skipped (--no-check)[/]", markup=True)
+        table_row(table, "structural", "[yellow]skipped (--no-check)[/]", markup=True)
     if result.metadata_dialect != "canonical":
-        _row(table, "metadata", f"{result.metadata_dialect} dialect, written in canonical form")
+        table_row(table, "metadata", f"{result.metadata_dialect} dialect, written in canonical form")
     if result.ignored:
-        _row(
+        table_row(
             table, "ignored", ", ".join(result.ignored) + " from the metadata file (about other model bytes)"
         )
     console.print(table)
@@ -181,7 +180,7 @@ def pack(
     optional components. format_version defaults to 1.0.0, bundle_id to a new uuid4 and created_at to
     now (UTC); integrity is computed, and an integrity or signature block in META.json is ignored.
     """
-    _check_output(output)
+    check_output(output)
     if key_id is not None and sign_key is None:
         raise typer.BadParameter("--key-id needs --sign-key", param_hint="--key-id")
     if num_samples is not None and no_samples:
@@ -197,7 +196,7 @@ def pack(
         onnx,
         metadata,
         output,
-        limits=_limits(),
+        limits=bundle_limits(),
         selection=selection,
         compress=gzip,
         signing_key=sign_key,
@@ -205,7 +204,7 @@ def pack(
         description=description,
         check=check,
     )
-    _render_pack(result)
+    render_pack(result)
 
 
 # --- migrate ---------------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ def migrate_file(
     source: Path, output: Path, *, limits: BundleLimits, compress: bool = False
 ) -> MigrateResult:
     """Rewrite ``source`` in canonical form; the ONNX bytes pass through untouched (checked after)."""
-    with _decoded_model(source, limits) as (before, model):
+    with decoded_model(source, limits) as (before, model):
         written = write_bundle(before.bundle, model, output, compress=compress)
     after = read_bundle(output, limits=limits)
     if after.onnx_sha256 != before.onnx_sha256:  # the writer's contract; checked, not assumed
@@ -253,22 +252,22 @@ def migrate(
     A signature is kept when the canonical metadata it covers is unchanged, and dropped (reported)
     otherwise; re-sign with `heimdall bundle sign`.
     """
-    _check_output(output)
-    result = migrate_file(file, output, limits=_limits(), compress=gzip)
-    table = _render_written("[bold green]migrated[/]", output, result.written)
-    _row(table, "dialect", f"{result.before.dialect} -> {result.after.dialect}")
-    _row(table, "onnx", "unchanged (same sha256)")
+    check_output(output)
+    result = migrate_file(file, output, limits=bundle_limits(), compress=gzip)
+    table = render_written("[bold green]migrated[/]", output, result.written)
+    table_row(table, "dialect", f"{result.before.dialect} -> {result.after.dialect}")
+    table_row(table, "onnx", "unchanged (same sha256)")
     fate = result.signature
     if fate == "kept":
-        _row(table, "source signature", "kept (the signed metadata did not change)")
+        table_row(table, "source signature", "kept (the signed metadata did not change)")
     elif fate == "dropped":
-        _row(
+        table_row(
             table,
             "source signature",
             "[yellow]dropped: the canonical form changed what it covered; re-sign[/]",
             markup=True,
         )
-    _out.print(table)
+    bundle_console.print(table)
 
 
 # --- upgrade ---------------------------------------------------------------------------------------
@@ -293,9 +292,7 @@ def upgrade_file(source: Path, output: Path, *, opset: int, limits: BundleLimits
         model = Path(tmp) / "model.onnx"
         report = verify_bundle(source, limits=limits, onnx_out=model)
         if not report.valid or report.read is None or report.structure is None:
-            raise _error_for(
-                report.code or "INVALID_BUNDLE", report.message or "invalid bundle", report.field
-            )
+            raise error_for(report.code or "INVALID_BUNDLE", report.message or "invalid bundle", report.field)
         before, structure = report.read, report.structure
         if opset <= structure.opset:
             raise typer.BadParameter(
@@ -337,13 +334,13 @@ def upgrade(
     invalid or the upgrade failed (UPGRADE_FAILED, nothing written); 2 usage error (an opset not
     above the model's). A signature is dropped: the model bytes changed; re-sign the output.
     """
-    _check_output(output)
-    result = upgrade_file(file, output, opset=opset, limits=_limits())
+    check_output(output)
+    result = upgrade_file(file, output, opset=opset, limits=bundle_limits())
     upgrade_done = result.check.upgrade
     assert upgrade_done is not None  # upgrade_file raised otherwise
     dropped = result.before.bundle.signature is not None
     if as_json:
-        _print_json(
+        print_json(
             {
                 "output": str(output),
                 "onnx_sha256_before": result.before.onnx_sha256,
@@ -353,11 +350,13 @@ def upgrade(
             }
         )
         return
-    table = _render_written("[bold green]upgraded[/]", output, result.written)
-    _row(table, "opset", f"{upgrade_done.from_opset} -> {upgrade_done.to_opset} ({upgrade_done.converter})")
-    _row(table, "source onnx sha256", result.before.onnx_sha256)
+    table = render_written("[bold green]upgraded[/]", output, result.written)
+    table_row(
+        table, "opset", f"{upgrade_done.from_opset} -> {upgrade_done.to_opset} ({upgrade_done.converter})"
+    )
+    table_row(table, "source onnx sha256", result.before.onnx_sha256)
     checked = upgrade_done.samples_checked
-    _row(
+    table_row(
         table,
         "samples",
         f"{checked} checked, max abs error {upgrade_done.max_abs_error:.3g}"
@@ -365,11 +364,11 @@ def upgrade(
         else "none carry the model's inputs: loaded in ONNX Runtime only",
     )
     if dropped:
-        _row(
+        table_row(
             table,
             "source signature",
             "[yellow]dropped: the ONNX bytes changed, so it no longer holds; re-sign with "
             "`heimdall bundle sign`[/]",
             markup=True,
         )
-    _out.print(table)
+    bundle_console.print(table)
