@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 # OpsetUpgrade lives with the job contract: a bundle job's result.json records one too.
 from heimdall.contracts.jobs import ConversionResult, FormatStatus, JobSource, OpsetUpgrade
+from heimdall.errors import RecordNotFound
 from heimdall.types import ExportFormat, Shape
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "MetricsSummary",
     "ModelRecord",
     "Name",
+    "Owned",
     "Owner",
     "PendingUpload",
     "Reason",
@@ -45,6 +47,7 @@ __all__ = [
     "as_utc",
     "chronological_key",
     "imported_display_name",
+    "owned",
     "utcnow",
 ]
 
@@ -78,6 +81,27 @@ def chronological_key(created_at: datetime, record_id: str) -> str:
     Both registries order listings by it (newest first), so they agree on ties to the microsecond.
     """
     return f"{as_utc(created_at).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}#{record_id}"
+
+
+class Owned(Protocol):
+    """A record that belongs to someone: every read of one is scoped by its owner."""
+
+    @property
+    def owner(self) -> str: ...
+
+
+_O = TypeVar("_O", bound=Owned)
+
+
+def owned(record: _O | None, owner: str | None, *, what: str, record_id: str, field: str) -> _O:
+    """``record``, when there is one and ``owner`` (None: whoever) owns it; else RecordNotFound.
+
+    Another owner's record is reported exactly like a missing one: an id says nothing about records
+    its caller does not own. The one rule the stores (DynamoDB and the in-memory fakes) share.
+    """
+    if record is None or (owner is not None and record.owner != owner):
+        raise RecordNotFound(f"{what} {record_id} not found", field=field)
+    return record
 
 
 def imported_display_name(model_name: str) -> str:

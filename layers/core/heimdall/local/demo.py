@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heimdall.contracts.jobs import PACKAGE_FILE_NAME
+from heimdall.contracts.manifest import MANIFEST_FILE_NAME
 from heimdall.local.stack import LocalStack
 
 MANIFEST: dict[str, Any] = {
@@ -126,7 +128,7 @@ def write_checkpoint(folder: Path) -> tuple[Path, Path]:
     save_file(
         {k: v.contiguous() for k, v in resolve("localization_net")().state_dict().items()}, str(checkpoint)
     )
-    manifest = folder / "heimdall.json"
+    manifest = folder / MANIFEST_FILE_NAME
     manifest.write_text(json.dumps(MANIFEST, indent=2))
     return checkpoint, manifest
 
@@ -147,7 +149,7 @@ def run_demo(
     checkpoint, manifest = write_checkpoint(out / "input")
     prefix = f"checkpoints/{MANIFEST['model_name']}/{MANIFEST['version']}/"
     s3.put_object(Bucket=names.ingest_bucket, Key=prefix + "model.safetensors", Body=checkpoint.read_bytes())
-    s3.put_object(Bucket=names.ingest_bucket, Key=prefix + "heimdall.json", Body=manifest.read_bytes())
+    s3.put_object(Bucket=names.ingest_bucket, Key=prefix + MANIFEST_FILE_NAME, Body=manifest.read_bytes())
     on_step("dropped", f"s3://{names.ingest_bucket}/{prefix}model.safetensors and heimdall.json")
 
     def wait_for(what: str, check: Callable[[], Any]) -> Any:
@@ -194,7 +196,7 @@ def run_demo(
     local_bundle.write_bytes(bundle_bytes)
     if package_key:
         package = s3.get_object(Bucket=names.artifacts_bucket, Key=package_key)["Body"].read()
-        (out / "bundle" / "export-package.zip").write_bytes(package)
+        (out / "bundle" / PACKAGE_FILE_NAME).write_bytes(package)
 
     # Another instance's drop: the same bundle into this instance's ingest bucket.
     s3.put_object(Bucket=names.ingest_bucket, Key=f"bundles/partner/{local_bundle.name}", Body=bundle_bytes)

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from heimdall.bundle import read_bundle
 from heimdall.bundle.models import NormalizationStats
-from heimdall.contracts.jobs import FormatStatus
+from heimdall.contracts.jobs import PACKAGE_FILE_NAME, FormatStatus
 from heimdall.domain.api_keys import generate_api_key, hash_api_key
 from heimdall.domain.deployments import (
     ApiKeyRecord,
@@ -372,7 +372,7 @@ def _built_artifact(
 
     package_uri, _ = _job_file(job, "package")
     with tempfile.TemporaryDirectory(prefix="heimdall-deploy-", dir=deps.workdir) as tmp:
-        package = Path(tmp) / "export-package.zip"
+        package = Path(tmp) / PACKAGE_FILE_NAME
         deps.store.download(package_uri, package, max_bytes=reader.MAX_PACKAGE_BYTES)
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()

@@ -26,7 +26,7 @@ from heimdall.domain.deployments import (
 )
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page, paginate
 from heimdall.domain.rate_limits import RateDecision, admit_request, check_rate_limit, rate_moment
-from heimdall.domain.records import as_utc, chronological_key, utcnow
+from heimdall.domain.records import as_utc, chronological_key, owned, utcnow
 from heimdall.errors import ConflictError, RecordNotFound
 
 __all__ = ["InMemoryDeploymentStore"]
@@ -48,11 +48,14 @@ class InMemoryDeploymentStore:
         self._rate_logs: dict[str, tuple[int, ...]] = {}
         self._usage: dict[str, UsageSummary] = {}
 
-    def _owned(self, owner: str, deployment_id: str) -> Deployment:
-        deployment = self._deployments.get(deployment_id)
-        if deployment is None or deployment.owner != owner:
-            raise RecordNotFound(f"deployment {deployment_id} not found", field="deployment_id")
-        return deployment
+    def _owned(self, owner: str | None, deployment_id: str) -> Deployment:
+        return owned(
+            self._deployments.get(deployment_id),
+            owner,
+            what="deployment",
+            record_id=deployment_id,
+            field="deployment_id",
+        )
 
     def _record(self, event: DeploymentEvent) -> None:
         order = chronological_key(event.at, new_event_id())
@@ -90,10 +93,7 @@ class InMemoryDeploymentStore:
 
     def get_deployment_any_owner(self, deployment_id: str) -> Deployment:
         with self._lock:
-            deployment = self._deployments.get(deployment_id)
-            if deployment is None:
-                raise RecordNotFound(f"deployment {deployment_id} not found", field="deployment_id")
-            return deployment.model_copy(deep=True)
+            return self._owned(None, deployment_id).model_copy(deep=True)
 
     def list_deployments(
         self,

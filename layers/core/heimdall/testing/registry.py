@@ -27,6 +27,7 @@ from heimdall.domain.records import (
     PendingUpload,
     UploadStatus,
     chronological_key,
+    owned,
     utcnow,
 )
 from heimdall.domain.uploads import paired_with_job, plan_await, plan_pairing
@@ -40,9 +41,7 @@ _R = TypeVar("_R", ModelRecord, ExportJob, ImportRecord, PendingUpload)
 def _owned(records: Mapping[str, _R], record_id: str, owner: str | None, *, what: str, field: str) -> _R:
     """A copy of ``owner``'s record (``None``: whoever owns it); another owner's record is not found,
     like a missing one."""
-    record = records.get(record_id)
-    if record is None or (owner is not None and record.owner != owner):
-        raise RecordNotFound(f"{what} {record_id} not found", field=field)
+    record = owned(records.get(record_id), owner, what=what, record_id=record_id, field=field)
     return record.model_copy(deep=True)
 
 

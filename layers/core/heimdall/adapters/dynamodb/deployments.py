@@ -54,7 +54,7 @@ from heimdall.domain.deployments import (
     same_status_conflict,
 )
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
-from heimdall.domain.records import chronological_key, utcnow
+from heimdall.domain.records import chronological_key, owned, utcnow
 from heimdall.errors import ConflictError, RecordNotFound
 
 if TYPE_CHECKING:
@@ -185,17 +185,27 @@ class DynamoDeploymentStore(InferenceCounters):
 
     def get_deployment(self, owner: str, deployment_id: str) -> Deployment:
         """The deployment, if ``owner`` has it; else RecordNotFound."""
-        deployment = self.get_deployment_any_owner(deployment_id)
-        if deployment.owner != owner:
-            raise RecordNotFound(f"deployment {deployment_id} not found", field="deployment_id")
-        return deployment
+        return owned(
+            self._deployment(deployment_id),
+            owner,
+            what="deployment",
+            record_id=deployment_id,
+            field="deployment_id",
+        )
 
     def get_deployment_any_owner(self, deployment_id: str) -> Deployment:
         """The deployment whoever owns it (the inference path has only an API key)."""
+        return owned(
+            self._deployment(deployment_id),
+            None,
+            what="deployment",
+            record_id=deployment_id,
+            field="deployment_id",
+        )
+
+    def _deployment(self, deployment_id: str) -> Deployment | None:
         item = self.table.get(_deployment_key(deployment_id))
-        if item is None:
-            raise RecordNotFound(f"deployment {deployment_id} not found", field="deployment_id")
-        return decode(item, Deployment)
+        return None if item is None else decode(item, Deployment)
 
     def list_deployments(
         self,

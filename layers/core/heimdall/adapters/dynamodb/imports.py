@@ -19,7 +19,7 @@ from heimdall.adapters.dynamodb.table import (
     key_part,
     record_attributes,
 )
-from heimdall.domain.records import IMPORT_TERMINAL, ImportRecord, ImportStatus
+from heimdall.domain.records import IMPORT_TERMINAL, ImportRecord, ImportStatus, owned
 from heimdall.errors import ConflictError, RecordNotFound
 
 __all__ = ["ImportRecords"]
@@ -65,17 +65,15 @@ class ImportRecords:
 
     def get_import(self, owner: str, import_id: str) -> ImportRecord:
         """The import, if ``owner`` has it; else RecordNotFound."""
-        record = self.get_import_any_owner(import_id)
-        if record.owner != owner:
-            raise RecordNotFound(f"import {import_id} not found", field="import_id")
-        return record
+        return owned(self._import(import_id), owner, what="import", record_id=import_id, field="import_id")
 
     def get_import_any_owner(self, import_id: str) -> ImportRecord:
         """The import whoever owns it (the ingest function: S3 events carry no owner)."""
+        return owned(self._import(import_id), None, what="import", record_id=import_id, field="import_id")
+
+    def _import(self, import_id: str) -> ImportRecord | None:
         item = self.table.get(_import_key(import_id))
-        if item is None:
-            raise RecordNotFound(f"import {import_id} not found", field="import_id")
-        return decode(item, ImportRecord)
+        return None if item is None else decode(item, ImportRecord)
 
     def claim_import_upload(self, import_id: str, revision: str) -> ImportRecord | None:
         """The first revision claims the import (one conditional ``UpdateItem``); see the port."""

@@ -72,7 +72,7 @@ from heimdall.adapters.dynamodb.table import (
 from heimdall.adapters.dynamodb.uploads import UploadRounds
 from heimdall.domain.job_states import dump_job_field_json, plan_transition, sources_of, validate_job_updates
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page
-from heimdall.domain.records import ExportJob, JobStatus, ModelRecord, chronological_key, utcnow
+from heimdall.domain.records import ExportJob, JobStatus, ModelRecord, chronological_key, owned, utcnow
 from heimdall.errors import ConflictError, RecordNotFound, RegistryError
 
 if TYPE_CHECKING:
@@ -195,9 +195,7 @@ class DynamoRegistry(UploadRounds, ImportRecords, ClaimItems):
         """The model, if ``owner`` has it; else RecordNotFound."""
         item = self.table.get(_model_key(model_id))
         record = None if item is None else _decode_model(item)
-        if record is None or record.owner != owner:
-            raise RecordNotFound(f"model {model_id} not found", field="model_id")
-        return record
+        return owned(record, owner, what="model", record_id=model_id, field="model_id")
 
     def delete_model(self, owner: str, model_id: str) -> None:
         """Delete the model; RecordNotFound if ``owner`` has no such model."""
@@ -254,17 +252,15 @@ class DynamoRegistry(UploadRounds, ImportRecords, ClaimItems):
 
     def get_export_job(self, owner: str, job_id: str) -> ExportJob:
         """The job, if ``owner`` has it; else RecordNotFound."""
-        job = self.get_export_job_any_owner(job_id)
-        if job.owner != owner:
-            raise RecordNotFound(f"export job {job_id} not found", field="job_id")
-        return job
+        return owned(self._export_job(job_id), owner, what="export job", record_id=job_id, field="job_id")
 
     def get_export_job_any_owner(self, job_id: str) -> ExportJob:
         """The job whoever owns it (the job-state Lambda: Batch events carry no owner)."""
+        return owned(self._export_job(job_id), None, what="export job", record_id=job_id, field="job_id")
+
+    def _export_job(self, job_id: str) -> ExportJob | None:
         item = self.table.get(_job_key(job_id))
-        if item is None:
-            raise RecordNotFound(f"export job {job_id} not found", field="job_id")
-        return decode(item, ExportJob)
+        return None if item is None else decode(item, ExportJob)
 
     def list_export_jobs(
         self,

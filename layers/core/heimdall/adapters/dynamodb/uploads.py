@@ -36,9 +36,9 @@ from heimdall.adapters.dynamodb.table import (
     to_attribute,
 )
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE, Page, check_limit
-from heimdall.domain.records import PendingUpload, UploadStatus, chronological_key
+from heimdall.domain.records import PendingUpload, UploadStatus, chronological_key, owned
 from heimdall.domain.uploads import paired_with_job, plan_await, plan_pairing
-from heimdall.errors import ConflictError, RecordNotFound, RegistryUnavailable
+from heimdall.errors import ConflictError, RegistryUnavailable
 
 __all__ = ["UploadRounds"]
 
@@ -209,10 +209,9 @@ class UploadRounds:
 
     def get_upload(self, owner: str, upload_id: str) -> PendingUpload:
         """The round, if ``owner`` has it; else RecordNotFound."""
-        record = self._get_upload(upload_id)
-        if record is None or record.owner != owner:
-            raise RecordNotFound(f"upload {upload_id} not found", field="upload_id")
-        return record
+        return owned(
+            self._get_upload(upload_id), owner, what="upload", record_id=upload_id, field="upload_id"
+        )
 
     def list_uploads(
         self,
