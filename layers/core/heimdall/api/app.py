@@ -24,10 +24,10 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
 from heimdall.api.auth import authenticate
+from heimdall.api.documented import documented
 from heimdall.api.openapi import OPENAPI_PATH, build_document, render
 from heimdall.api.responses import JSON, H, error_response, handler_of, no_route_response
 from heimdall.api.routes import capabilities, deployments, export_jobs, imports, models, uploads
-from heimdall.api.schemas import documented
 from heimdall.errors import HeimdallError
 from heimdall.observability import logger
 

@@ -21,15 +21,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from heimdall import __version__
+from heimdall.api.documented import ERROR_RESPONSES, METHOD_NOT_ALLOWED_NOTE, method_not_allowed_response
 from heimdall.api.responses import JSON
-from heimdall.api.schemas import (
-    ERROR_RESPONSES,
-    METHOD_NOT_ALLOWED_NOTE,
-    REQUEST_MODELS,
-    SCHEMAS,
-    ErrorBody,
-    method_not_allowed_response,
-)
+from heimdall.api.schemas import REQUEST_MODELS, SCHEMAS, ErrorBody
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver

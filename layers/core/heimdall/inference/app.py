@@ -47,9 +47,9 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from heimdall.api.bodies import raw_body, require_media_type
+from heimdall.api.documented import METHOD_NOT_ALLOWED_NOTE, documented, json_request_body
 from heimdall.api.openapi import DocumentSpec, build_document, render
 from heimdall.api.responses import JSON, error_response, handler_of, no_route_response
-from heimdall.api.schemas import METHOD_NOT_ALLOWED_NOTE, documented, json_request_body
 from heimdall.domain.api_keys import authorize_request
 from heimdall.domain.deployments import RATE_LIMITS, Deployment, DeploymentStatus, DeploymentType, Tier
 from heimdall.errors import (

@@ -7,7 +7,7 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from heimdall.api.schemas import documented
+from heimdall.api.documented import documented
 from heimdall.logic.capabilities import FRAMEWORKS, Capabilities, capabilities
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ unannotated

@@ -12,6 +12,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from heimdall.api.auth import current_caller
 from heimdall.api.bodies import json_model, raw_body, require_media_type
 from heimdall.api.deps import api_deps
+from heimdall.api.documented import documented, json_request_body
 from heimdall.api.params import Cursor, Limit, path_id
 from heimdall.api.responses import JSON
 from heimdall.api.schemas import (
@@ -21,8 +22,6 @@ from heimdall.api.schemas import (
     DeploymentOut,
     DeploymentPage,
     RotatedKeyOut,
-    documented,
-    json_request_body,
 )
 from heimdall.domain.deployments import Deployment
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE

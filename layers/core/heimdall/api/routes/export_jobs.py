@@ -11,15 +11,10 @@ from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 from heimdall.api.auth import current_caller
 from heimdall.api.bodies import json_model, raw_body, require_media_type
 from heimdall.api.deps import api_deps
+from heimdall.api.documented import documented, json_request_body
 from heimdall.api.params import Cursor, Limit, path_id
 from heimdall.api.responses import JSON
-from heimdall.api.schemas import (
-    CreateExportJobRequest,
-    ExportJobOut,
-    ExportJobPage,
-    documented,
-    json_request_body,
-)
+from heimdall.api.schemas import CreateExportJobRequest, ExportJobOut, ExportJobPage
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE
 from heimdall.domain.storage import Download
 from heimdall.logic import export_jobs as logic

@@ -11,6 +11,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from heimdall.api.auth import current_caller
 from heimdall.api.bodies import MULTIPART, json_model, multipart_file, raw_body, require_media_type
 from heimdall.api.deps import api_deps
+from heimdall.api.documented import documented
 from heimdall.api.params import path_id
 from heimdall.api.responses import JSON
 from heimdall.api.schemas import (
@@ -22,7 +23,6 @@ from heimdall.api.schemas import (
     ModelOut,
     PresignedImportRequest,
     PresignedUploadOut,
-    documented,
 )
 from heimdall.bundle.models import Component
 from heimdall.errors import RequestInvalid

@@ -10,9 +10,10 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from heimdall.api.auth import current_caller
 from heimdall.api.deps import api_deps
+from heimdall.api.documented import documented
 from heimdall.api.params import Cursor, Limit, path_id
 from heimdall.api.responses import JSON
-from heimdall.api.schemas import ExportRedirectOut, ModelOut, ModelPage, documented
+from heimdall.api.schemas import ExportRedirectOut, ModelOut, ModelPage
 from heimdall.bundle.models import ComponentSelection
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE
 from heimdall.domain.storage import content_disposition

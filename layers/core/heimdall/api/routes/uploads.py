@@ -9,8 +9,9 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from heimdall.api.auth import current_caller
 from heimdall.api.deps import api_deps
+from heimdall.api.documented import documented
 from heimdall.api.params import Cursor, Limit, path_id
-from heimdall.api.schemas import UploadOut, UploadPage, documented
+from heimdall.api.schemas import UploadOut, UploadPage
 from heimdall.domain.paging import DEFAULT_PAGE_SIZE
 from heimdall.domain.records import PendingUpload, UploadStatus
 from heimdall.logic import uploads as logic
