@@ -40,7 +40,7 @@ from heimdall.errors import (
 from heimdall.events import DetailType
 from heimdall.local.stack import SubprocessJobRunner
 from heimdall.logic.api import ApiDeps
-from heimdall.logic.deployments import export_of_model
+from heimdall.logic.deployment_artifacts import export_of_model
 from heimdall.logic.export_jobs import (
     cancel_export_job,
     create_export_job,

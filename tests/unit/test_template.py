@@ -442,7 +442,7 @@ def test_the_inference_function_serves_sessions_and_may_only_read_models_and_cou
         "s3:GetObject",
     }
     from heimdall.logic.bundles import BUNDLE_ONNX_PREFIXES
-    from heimdall.logic.deployments import EXPORT_MODEL_PATTERN
+    from heimdall.logic.deployment_artifacts import EXPORT_MODEL_PATTERN
 
     reads = next(s for s in _policy_statements("InferFunction") if s["Action"] == "s3:GetObject")
     granted = {r["Fn::Sub"].removeprefix("${ArtifactsBucket.Arn}/") for r in _as_list(reads["Resource"])}
