@@ -1,7 +1,8 @@
 """The events Heimdall publishes on its EventBridge bus (DESIGN §6): contracts, envelope, sink port.
 
-Every state change downstream systems care about is one event on the bus ``heimdall`` with
-``source`` ``heimdall`` and one of the :class:`DetailType` values as ``detail-type``. Each detail type
+Every state change downstream systems care about is one event on the stack's bus
+(``heimdall-{stage}-events``) with ``source`` ``heimdall`` and one of the :class:`DetailType` values as
+``detail-type``. Each detail type
 has exactly one pydantic model here; the JSON Schemas in ``events/schemas/`` are generated from these
 models (``python -m heimdall.events --write-schemas events/schemas``) and a test keeps them in sync,
 so the models are the single source of truth for producers, consumers and documentation.
