@@ -11,8 +11,12 @@ skipped (:mod:`heimdall_batch.from_bundle`).
 
 The FP32 ONNX model is the product: if loading, building, exporting or its parity check fails, the
 job fails with the error's exit code (3 invalid input, 4 unsupported, 1 anything else). An optional
-format that fails is recorded as failed with its reason and the job goes on; one that cannot run
-here (TensorRT without a GPU) is recorded as skipped with the reason.
+format that fails is recorded as failed with its reason and the job goes on (the other formats, the
+package and the bundle are still written), but the job then ends ``FAILED`` with ``FORMAT_FAILED``,
+exit code 1: a format that was asked for and not delivered is a failed job. One that cannot run
+here (TensorRT without a GPU) is recorded as skipped with the reason, which is no failure.
+:func:`_verdict` is the one place that decides; ``result.json``'s ``status`` and ``exit_code``, the
+Batch container's and the CLI's exit status all follow it.
 """
 
 from __future__ import annotations
@@ -396,8 +400,30 @@ def _build_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutco
     raise ConversionError(f"unknown format {fmt}")
 
 
+#: ``result.json``'s error code of a job whose FP32 model was built but a requested format failed.
+FORMAT_FAILED = "FORMAT_FAILED"
+
+
+def _verdict(run: _Run, error: tuple[str, str, int] | None) -> tuple[str, str, int] | None:
+    """The job's error (code, message, exit code), or None when it succeeded: the one decision.
+
+    ``error`` is what stopped the job, if anything; a job that ran to its end fails still when a
+    requested format failed (skipped ones do not count). The exit code of a failure is never 0, so
+    ``status`` and ``exit_code`` cannot disagree.
+    """
+    if error is not None:
+        code, message, exit_code = error
+        return code, message, exit_code or 1
+    failed = [o for o in run.outcomes if o.status is FormatStatus.FAILED]
+    if not failed:
+        return None
+    listing = "; ".join(f"{o.format.value}: {o.reason or 'no reason recorded'}" for o in failed)
+    return FORMAT_FAILED, f"{len(failed)} requested format(s) failed: {listing}"[:4000], 1
+
+
 def _finish(run: _Run, out_dir: Path, *, error: tuple[str, str, int] | None) -> ConversionResult:
     manifest = run.manifest
+    error = _verdict(run, error)
     outputs = {
         path.name: file_record(path)
         for path in sorted(out_dir.iterdir())

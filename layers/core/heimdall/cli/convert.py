@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from heimdall.bundle.reader import looks_like_bundle
-from heimdall.contracts.jobs import RESULT_FILE_NAME, FormatStatus
+from heimdall.contracts.jobs import RESULT_FILE_NAME
 from heimdall.contracts.manifest import MANIFEST_FILE_NAME, ExportFormat
 
 if TYPE_CHECKING:
@@ -109,11 +109,9 @@ def convert(
         _out.print_json(json.dumps(result.model_dump(mode="json")))
     else:
         _render(result, output)
-    if result.status == "FAILED":
+    if result.exit_code:  # the pipeline's verdict, as in result.json: the CLI adds no rule of its own
         _err.print(f"[red]error {result.error_code}: {result.error_message}[/]", soft_wrap=True)
-        raise typer.Exit(result.exit_code or 1)
-    if any(o.status is FormatStatus.FAILED for o in result.formats):
-        raise typer.Exit(1)
+        raise typer.Exit(result.exit_code)
 
 
 def _render(result: ConversionResult, output: Path) -> None:
