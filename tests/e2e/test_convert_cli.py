@@ -136,3 +136,22 @@ def test_refusals_exit_with_the_design_codes(
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert (result["status"], result["error_code"], result["exit_code"]) == ("FAILED", code, exit_code)
     assert not (Path.cwd() / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_a_failed_format_fails_the_run_as_result_json_says(
+    tmp_path: Path, weights: dict[str, torch.Tensor]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    save_file(weights, str(folder / "model.safetensors"))
+    manifest = dict(MANIFEST, tolerances={"onnx_fp16": 1e-12})  # no FP16 model meets it
+    (folder / "heimdall.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    done = heimdall(
+        "convert", folder / "model.safetensors", "-o", out, "--formats", "onnx,onnx_fp16", "--no-benchmark"
+    )
+    result = json.loads((out / "result.json").read_text())
+    assert (result["status"], result["error_code"], result["exit_code"]) == ("FAILED", "FORMAT_FAILED", 1)
+    assert done.returncode == result["exit_code"], done.stderr[-2000:]
+    assert "FORMAT_FAILED" in done.stderr and "Traceback" not in done.stderr + done.stdout
+    assert (out / "model.onnx").is_file() and not (out / "model_fp16.onnx").exists()

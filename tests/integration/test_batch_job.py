@@ -105,6 +105,7 @@ def test_job_reads_s3_converts_and_writes_deterministic_keys(
         ("missing-checkpoint", 3, "INVALID_INPUT"),
         ("bad-manifest", 3, "INVALID_MANIFEST"),
         ("unknown-architecture", 4, "UNSUPPORTED_ARCHITECTURE"),
+        ("fp16-parity", 1, "FORMAT_FAILED"),
     ],
 )
 def test_failures_are_terminal_with_a_result(
@@ -117,6 +118,8 @@ def test_failures_are_terminal_with_a_result(
         manifest["input_shape"] = "big"
     if case == "unknown-architecture":
         manifest["architecture"] = "resnet9000"
+    if case == "fp16-parity":  # a requested format that fails (no FP16 model meets 1e-12) fails the job
+        manifest.update(formats=["onnx", "onnx_fp16"], tolerances={"onnx_fp16": 1e-12})
     if case != "missing-checkpoint":
         s3.put_object(Bucket=bucket, Key="c/model.safetensors", Body=checkpoint_bytes)
     s3.put_object(Bucket=bucket, Key="c/heimdall.json", Body=json.dumps(manifest).encode())
