@@ -368,7 +368,7 @@ def _optional_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOu
 
 
 def _build_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutcome:
-    # Each optional stage imports what it needs (onnxconverter-common, quantisation, TensorRT).
+    # Each optional stage imports what it needs (the float16 converter, quantisation, TensorRT).
     manifest, spec, out_dir = done.manifest, done.spec, done.out_dir
     if fmt is ExportFormat.ONNX_FP16:
         from heimdall_batch.fp16 import build_fp16  # noqa: PLC0415

@@ -1,6 +1,6 @@
 """The optional formats on a real (small) conv net: FP16 ONNX, INT8 ONNX (static and dynamic), TorchScript.
 
-Every conversion here is real: torch exports, onnxconverter-common converts, ONNX Runtime quantises
+Every conversion here is real: torch exports, ONNX Runtime converts to float16 and quantises
 and runs, TorchScript traces and reloads. Parity is measured against the PyTorch model.
 """
 
