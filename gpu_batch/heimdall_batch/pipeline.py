@@ -13,7 +13,8 @@ The FP32 ONNX model is the product: if loading, building, exporting or its parit
 job fails with the error's exit code (3 invalid input, 4 unsupported, 1 anything else). An optional
 format that fails is recorded as failed with its reason and the job goes on (the other formats, the
 package and the bundle are still written), but the job then ends ``FAILED`` with ``FORMAT_FAILED``,
-exit code 1: a format that was asked for and not delivered is a failed job. One that cannot run
+exit code 4 (terminal, as for an unfaithful FP32 export: a retry gives the same numbers): a
+format that was asked for and not delivered is a failed job. One that cannot run
 here (TensorRT without a GPU) is recorded as skipped with the reason, which is no failure.
 :func:`_verdict` is the one place that decides; ``result.json``'s ``status`` and ``exit_code``, the
 Batch container's and the CLI's exit status all follow it.
@@ -402,6 +403,8 @@ def _build_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutco
 
 #: ``result.json``'s error code of a job whose FP32 model was built but a requested format failed.
 FORMAT_FAILED = "FORMAT_FAILED"
+#: Its exit code: 4, terminal (Batch does not retry it): the format's check fails the same way again.
+FORMAT_FAILED_EXIT = 4
 
 
 def _verdict(run: _Run, error: tuple[str, str, int] | None) -> tuple[str, str, int] | None:
@@ -418,7 +421,7 @@ def _verdict(run: _Run, error: tuple[str, str, int] | None) -> tuple[str, str, i
     if not failed:
         return None
     listing = "; ".join(f"{o.format.value}: {o.reason or 'no reason recorded'}" for o in failed)
-    return FORMAT_FAILED, f"{len(failed)} requested format(s) failed: {listing}"[:4000], 1
+    return FORMAT_FAILED, f"{len(failed)} requested format(s) failed: {listing}"[:4000], FORMAT_FAILED_EXIT
 
 
 def _finish(run: _Run, out_dir: Path, *, error: tuple[str, str, int] | None) -> ConversionResult:

@@ -151,7 +151,7 @@ def test_a_failed_format_fails_the_run_as_result_json_says(
         "convert", folder / "model.safetensors", "-o", out, "--formats", "onnx,onnx_fp16", "--no-benchmark"
     )
     result = json.loads((out / "result.json").read_text())
-    assert (result["status"], result["error_code"], result["exit_code"]) == ("FAILED", "FORMAT_FAILED", 1)
+    assert (result["status"], result["error_code"], result["exit_code"]) == ("FAILED", "FORMAT_FAILED", 4)
     assert done.returncode == result["exit_code"], done.stderr[-2000:]
     assert "FORMAT_FAILED" in done.stderr and "Traceback" not in done.stderr + done.stdout
     assert (out / "model.onnx").is_file() and not (out / "model_fp16.onnx").exists()

@@ -105,7 +105,7 @@ def test_job_reads_s3_converts_and_writes_deterministic_keys(
         ("missing-checkpoint", 3, "INVALID_INPUT"),
         ("bad-manifest", 3, "INVALID_MANIFEST"),
         ("unknown-architecture", 4, "UNSUPPORTED_ARCHITECTURE"),
-        ("fp16-parity", 1, "FORMAT_FAILED"),
+        ("fp16-parity", 4, "FORMAT_FAILED"),
     ],
 )
 def test_failures_are_terminal_with_a_result(

@@ -25,7 +25,7 @@ from heimdall.contracts.jobs import RESULT_FILE_NAME, ConversionResult, FormatSt
 from heimdall.contracts.manifest import ExportFormat
 from heimdall_batch.architectures import resolve
 from heimdall_batch.fp16 import FP16_FILE_NAME
-from heimdall_batch.pipeline import FORMAT_FAILED, ConversionOptions, run_conversion
+from heimdall_batch.pipeline import FORMAT_FAILED, FORMAT_FAILED_EXIT, ConversionOptions, run_conversion
 
 MANIFEST: dict[str, Any] = {
     "model_name": "encoder",
@@ -92,9 +92,10 @@ def test_a_failed_fp16_fails_the_job_with_the_rest_still_written(checkpoint: Pat
     result = convert(checkpoint, tmp_path, tolerances={"onnx_fp16": 1e-12})  # no FP16 model meets it
     fp16 = result.outcome(ExportFormat.ONNX_FP16)
     assert fp16 is not None and fp16.status is FormatStatus.FAILED
-    assert (result.status, result.exit_code, result.error_code) == ("FAILED", 1, FORMAT_FAILED)
+    expected = ("FAILED", FORMAT_FAILED_EXIT, FORMAT_FAILED)
+    assert (result.status, result.exit_code, result.error_code) == expected
     assert result.error_message is not None and "onnx_fp16: PARITY_FAILED" in result.error_message
     written = ConversionResult.model_validate_json((tmp_path / RESULT_FILE_NAME).read_text())
-    assert (written.status, written.exit_code, written.error_code) == ("FAILED", 1, FORMAT_FAILED)
+    assert (written.status, written.exit_code, written.error_code) == expected
     assert "model.onnx" in written.outputs and result.package_file is not None
     assert not (tmp_path / FP16_FILE_NAME).exists()
