@@ -1,10 +1,11 @@
 """PyTorch zip checkpoints: inspected with :mod:`zipfile` before torch sees them, then loaded weights-only.
 
-Member names must be safe and unique, the declared sizes must fit the limit, TorchScript archives are
-refused, and only the members ``torch.save`` writes may be present (an extra pickle is refused even
-though ``torch.load`` would never read it). The globals of ``data.pkl`` are listed statically and any
-that is not allow-listed is refused; then ``torch.load(weights_only=True)`` is the authority. There is
-no fallback to unsafe loading, under any error.
+Member names must be safe and unique (the one top-level folder may be any plain path component:
+torch names it after the file), no member may be a link, the declared sizes must fit the limit,
+TorchScript archives are refused, and only the members ``torch.save`` writes may be present (an extra
+pickle is refused even though ``torch.load`` would never read it). The globals of ``data.pkl`` are
+listed statically and any that is not allow-listed is refused; then ``torch.load(weights_only=True)``
+is the authority. There is no fallback to unsafe loading, under any error.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ _ZIP_TEXT_MEMBERS: Final[Mapping[str, re.Pattern[bytes]]] = {
 }
 _ZIP_PICKLE_MEMBER: Final = "data.pkl"
 _ZIP_STORAGE_MEMBER: Final = re.compile(r"data/[0-9]{1,12}")
-_ZIP_PREFIX: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
+#: torch names the top-level folder after the file (``epoch=1-step=4.ckpt`` -> ``epoch=1-step=4``,
+#: ``model (1).pt`` -> ``model (1)``), so any plain path component is accepted: ``unsafe_member_name``
+#: has already refused empty parts, ``.``, ``..``, backslashes, NUL and unprintable characters.
+_ZIP_PREFIX_MAX_CHARS: Final = 255
+#: The file-type bits of a member's Unix mode (the high 16 bits of ``external_attr``).
+_S_IFMT: Final = 0o170000
+_S_IFLNK: Final = 0o120000
 #: Allowance for the non-storage members when capping the member count at ``max_tensors``.
 _ZIP_OTHER_MEMBERS: Final = 16
 _TORCHSCRIPT_HINT: Final = (
@@ -59,6 +66,8 @@ def check_torch_zip(handle: IO[bytes], max_bytes: int, max_tensors: int) -> None
             if name in seen:
                 raise InvalidCheckpoint(f"the zip archive has a duplicate member {quoted(name)}")
             seen.add(name)
+            if (member.external_attr >> 16) & _S_IFMT == _S_IFLNK:
+                raise InvalidCheckpoint(f"the zip member {quoted(name)} is a symbolic link")
             if member.flag_bits & 0x1:
                 raise InvalidCheckpoint(f"the zip member {quoted(name)} is encrypted")
             if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -78,8 +87,11 @@ def check_torch_zip(handle: IO[bytes], max_bytes: int, max_tensors: int) -> None
                 "the zip archive is not laid out like a torch.save checkpoint (one top-level folder)"
             )
         prefix = prefixes.pop()
-        if not _ZIP_PREFIX.fullmatch(prefix):
-            raise InvalidCheckpoint(f"the zip archive's top-level folder {quoted(prefix)} is not acceptable")
+        if len(prefix) > _ZIP_PREFIX_MAX_CHARS:
+            raise InvalidCheckpoint(
+                f"the zip archive's top-level folder {quoted(prefix)} is over {_ZIP_PREFIX_MAX_CHARS} "
+                "characters"
+            )
         if _ZIP_PICKLE_MEMBER not in rests:
             raise InvalidCheckpoint(
                 f"the zip archive has no {prefix}/{_ZIP_PICKLE_MEMBER}: not a torch.save checkpoint"
