@@ -293,6 +293,12 @@ def build_model(manifest: Manifest, state_dict: Mapping[str, torch.Tensor]) -> n
     different number of outputs than ``manifest.output_names``; and
     :class:`~heimdall.errors.StateDictMismatch` when keys, shapes or dtype kinds differ.
     """
+    return fit_model(manifest, instantiate(manifest), state_dict)
+
+
+def instantiate(manifest: Manifest) -> nn.Module:
+    """The manifest's architecture built with its ``architecture_kwargs``, weights as initialised: its
+    ``state_dict()`` keys are what a checkpoint's weights must match (:mod:`heimdall_batch.weights`)."""
     name = manifest.architecture
     builder = resolve(name)
     kwargs = manifest.architecture_kwargs
@@ -317,6 +323,12 @@ def build_model(manifest: Manifest, state_dict: Mapping[str, torch.Tensor]) -> n
             f"architecture {_shown(name)} built a {type(model).__name__}, not a torch.nn.Module",
             field="architecture",
         )
+    return model
+
+
+def fit_model(manifest: Manifest, model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load ``state_dict`` into ``model`` (from :func:`instantiate`) exactly and check it runs."""
+    name = manifest.architecture
     check_state_dict(name, model.state_dict(), state_dict)
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -449,6 +461,8 @@ __all__ = [
     "build_model",
     "build_transformer_encoder",
     "check_state_dict",
+    "fit_model",
+    "instantiate",
     "parameter_count",
     "resolve",
 ]

@@ -10,6 +10,7 @@ is the authority. There is no fallback to unsafe loading, under any error.
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import re
 import zipfile
@@ -31,6 +32,11 @@ _ZIP_TEXT_MEMBERS: Final[Mapping[str, re.Pattern[bytes]]] = {
     ".data/serialization_id": re.compile(rb"[0-9]{1,64}\n?"),
     "byteorder": re.compile(rb"(little|big)\n?"),
 }
+#: Non-torch globals a checkpoint may hold beyond what ``weights_only`` allows by itself: Lightning
+#: stores ``save_hyperparameters()`` of an argparse parser as a ``Namespace`` under ``hyper_parameters``.
+#: Unpickling one only sets attributes on a plain object (it has no ``__setstate__``), so it runs no code.
+EXTRA_SAFE_GLOBALS: Final = (argparse.Namespace,)
+_EXTRA_SAFE_NAMES: Final = frozenset(f"{g.__module__}.{g.__qualname__}" for g in EXTRA_SAFE_GLOBALS)
 _ZIP_PICKLE_MEMBER: Final = "data.pkl"
 _ZIP_STORAGE_MEMBER: Final = re.compile(r"data/[0-9]{1,12}")
 #: torch names the top-level folder after the file (``epoch=1-step=4.ckpt`` -> ``epoch=1-step=4``,
@@ -145,6 +151,7 @@ def check_pickle_globals(handle: IO[bytes]) -> None:
         raise
     except Exception:  # read-only scan of untrusted bytes: a failure leaves the decision to torch.load
         return
+    unsafe = [name for name in unsafe if name not in _EXTRA_SAFE_NAMES]
     if unsafe:
         raise _unsafe_globals(sorted(unsafe))
 
@@ -164,7 +171,10 @@ def torch_load(handle: IO[bytes]) -> Any:
     # A file object, not the path: torch.load hands any path ending in ".safetensors" to the
     # safetensors library, and the format has already been decided by content.
     try:
-        return torch.load(handle, map_location="cpu", weights_only=True, mmap=False)
+        # The context widens the allow-list for this call only; refuse_unsafe_environment checks the
+        # process-wide one before any load.
+        with torch.serialization.safe_globals(list(EXTRA_SAFE_GLOBALS)):
+            return torch.load(handle, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
         found = re.findall(r"GLOBAL (\S+)", str(exc))
         if found:
@@ -192,4 +202,4 @@ def _weights_only_reason(message: str) -> str:
     return clip(lines[0] if lines else "unsupported pickle content")
 
 
-__all__ = ["check_pickle_globals", "check_torch_zip", "torch_load"]
+__all__ = ["EXTRA_SAFE_GLOBALS", "check_pickle_globals", "check_torch_zip", "torch_load"]

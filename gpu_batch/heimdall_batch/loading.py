@@ -15,13 +15,17 @@ The format is detected from the file's first bytes, never from its name:
 - Everything else (the legacy pickle or tar format of ``torch.save``, raw pickles, empty or
   unrecognised files) is refused.
 
-The loaded object must be a state_dict: a dict of name -> tensor, or a dict holding one under
-``state_dict``, ``model_state_dict`` or ``model`` (other top-level entries such as ``epoch`` or
-``optimizer`` are ignored: they were loaded by the weights-only unpickler, so they are plain data).
-Either form may carry the manifest under ``heimdall``; a safetensors file carries it as a JSON
-string in ``__metadata__["heimdall"]``. Each format's checks are in its own module
-(:mod:`heimdall_batch.checkpoint_safetensors`, :mod:`heimdall_batch.checkpoint_zip`), what the loaded
-object must hold in :mod:`heimdall_batch.state_dicts`.
+The loaded object must be a state_dict: a dict of name -> tensor, or a dict holding one or more
+under the keys training loops and Lightning use (``state_dict``, ``model_state_dict``, ``model``,
+``ema``, ``model_ema``, nested ``module``; :mod:`heimdall_batch.state_dicts`). Other top-level entries
+such as ``epoch``, ``optimizer`` or Lightning's ``hyper_parameters`` are ignored: they were loaded by
+the weights-only unpickler, so they are plain data (an ``argparse.Namespace`` is the one non-torch
+object allowed). Which candidate the model takes, and which name prefix is removed, is decided
+against the architecture's keys (:mod:`heimdall_batch.weights`). Either form may carry the manifest
+under ``heimdall``; a safetensors file carries it as a JSON string in ``__metadata__["heimdall"]``.
+Each format's checks are in its own module (:mod:`heimdall_batch.checkpoint_safetensors`,
+:mod:`heimdall_batch.checkpoint_zip`), what the loaded object must hold in
+:mod:`heimdall_batch.state_dicts`.
 
 Every refusal is an :class:`~heimdall.errors.InvalidCheckpoint` (exit code 3), or its subclass
 :class:`~heimdall.errors.UnsafeCheckpoint` when loading would need code or non-allow-listed
@@ -34,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, Literal
@@ -69,15 +74,30 @@ _CHUNK: Final = 1024 * 1024
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
-    """A checkpoint loaded safely: its tensors, format, embedded manifest (if any) and identity."""
+    """A checkpoint loaded safely: its candidate state_dicts, format, embedded manifest (if any) and
+    identity."""
 
-    state_dict: dict[str, torch.Tensor]
+    #: Every state_dict found, by dotted key path (``""``: the file's top-level dict); see
+    #: :func:`heimdall_batch.state_dicts.unwrap`.
+    candidates: Mapping[str, dict[str, torch.Tensor]]
+    #: What the file holds, as loaded (a manifest's ``state_dict_key`` may name any dict in it).
+    content: Any
     format: CheckpointFormat
     #: The dict under ``heimdall`` of a dict checkpoint, or safetensors ``__metadata__["heimdall"]``
     #: parsed; not yet validated (``heimdall.contracts.manifest.parse_manifest`` does that).
     embedded_manifest: dict[str, Any] | None
     size_bytes: int
     sha256: str
+
+    @property
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The one candidate state_dict; :class:`~heimdall.errors.InvalidCheckpoint` when there are
+        several (choosing needs the architecture: :func:`heimdall_batch.weights.choose_weights`)."""
+        if len(self.candidates) != 1:
+            raise InvalidCheckpoint(
+                f"the checkpoint has more than one candidate state_dict ({listing(list(self.candidates))})"
+            )
+        return next(iter(self.candidates.values()))
 
 
 def refuse_unsafe_environment() -> None:
@@ -109,12 +129,17 @@ def refuse_unsafe_environment() -> None:
 
 
 def load_checkpoint(
-    path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_tensors: int = DEFAULT_MAX_TENSORS
+    path: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_tensors: int = DEFAULT_MAX_TENSORS,
+    state_dict_key: str | None = None,
 ) -> LoadedCheckpoint:
     """Load the checkpoint at ``path`` safely, whatever its name says it is (see the module doc).
 
     ``max_bytes`` caps the file size and a zip's declared uncompressed size; ``max_tensors`` caps
-    the number of tensors (and of a zip's storage members).
+    the number of tensors (and of a zip's storage members). ``state_dict_key`` (a sidecar manifest's)
+    makes the dict at that key path of a dict checkpoint the only candidate.
     """
     refuse_unsafe_environment()
     try:
@@ -144,16 +169,22 @@ def load_checkpoint(
             metadata = check_safetensors_header(handle, size, max_tensors)
             raw = load_safetensors(path)
             embedded = manifest_from_metadata(metadata)
-            state_dict = checked_state_dict(raw, max_tensors)
+            content: Any = checked_state_dict(raw, max_tensors)
+            candidates = {"": content}
         else:
             check_torch_zip(handle, max_bytes, max_tensors)
             handle.seek(0)
             check_pickle_globals(handle)
             handle.seek(0)
-            obj = torch_load(handle)
-            state_dict, embedded = unwrap(obj, max_tensors)
+            content = torch_load(handle)
+            candidates, embedded = unwrap(content, max_tensors, state_dict_key=state_dict_key)
     return LoadedCheckpoint(
-        state_dict=state_dict, format=kind, embedded_manifest=embedded, size_bytes=size, sha256=sha256
+        candidates=candidates,
+        content=content,
+        format=kind,
+        embedded_manifest=embedded,
+        size_bytes=size,
+        sha256=sha256,
     )
 
 

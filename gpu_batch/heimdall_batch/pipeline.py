@@ -44,6 +44,7 @@ from heimdall.contracts.jobs import (
     OpsetUpgrade,
     ParityCheck,
     StageRecord,
+    WeightsChoice,
 )
 from heimdall.contracts.manifest import (
     EMBEDDED_MANIFEST_KEY,
@@ -61,12 +62,13 @@ from heimdall.errors import (
     InvalidOnnx,
     ParityError,
 )
-from heimdall_batch import architectures, bundling, from_bundle, loading
+from heimdall_batch import bundling, from_bundle, loading
 from heimdall_batch.benchmark import benchmark
 from heimdall_batch.export_onnx import OnnxExport, export_onnx
 from heimdall_batch.outputs import file_record
 from heimdall_batch.parity import FP32_ONNX_REFERENCE, Runner, check_parity, onnx_runner, torch_runner
 from heimdall_batch.specs import IOSpec, io_spec
+from heimdall_batch.weights import build_from_checkpoint
 
 #: ``progress(stage, state)`` with state "start", "ok", "failed" or "skipped".
 Progress = Callable[[str, str], None]
@@ -103,6 +105,8 @@ class _Run:
     #: A bundle job: its model's sha256, and the opset upgrade that made the FP32 model, if any.
     bundle_onnx_sha256: str | None = None
     opset_upgrade: OpsetUpgrade | None = None
+    #: A checkpoint job: which of the checkpoint's weights the model took.
+    weights: WeightsChoice | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[_StageMark]:
@@ -197,14 +201,15 @@ def _convert(checkpoint: Path, out_dir: Path, run: _Run, sidecar: Manifest | byt
     with run.stage("load"):
         if isinstance(sidecar, bytes):
             sidecar = read_manifest(sidecar)
-        loaded = loading.load_checkpoint(checkpoint)
+        key = sidecar.state_dict_key if sidecar is not None else None
+        loaded = loading.load_checkpoint(checkpoint, state_dict_key=key)
         manifest = sidecar or _embedded_manifest(loaded.embedded_manifest)
         if run.options.formats is not None:
             requested = [f.value for f in run.options.formats]
             manifest = parse_manifest({**manifest.model_dump(mode="json"), "formats": requested})
         run.manifest = manifest
     with run.stage("build_model"):
-        model = architectures.build_model(manifest, loaded.state_dict)
+        model, run.weights = build_from_checkpoint(manifest, loaded)
         spec = io_spec(manifest, model)
     with run.stage("export_onnx"):
         exported = export_onnx(model, manifest, spec, out_dir)
@@ -450,6 +455,7 @@ def _finish(run: _Run, out_dir: Path, *, error: tuple[str, str, int] | None) -> 
         package_file=PACKAGE_FILE_NAME if PACKAGE_FILE_NAME in outputs else None,
         bundle_onnx_sha256=run.bundle_onnx_sha256,
         opset_upgrade=run.opset_upgrade,
+        weights=run.weights,
         started_at=run.started_at,
         finished_at=datetime.now(UTC),
     )

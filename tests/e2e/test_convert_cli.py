@@ -155,3 +155,52 @@ def test_a_failed_format_fails_the_run_as_result_json_says(
     assert done.returncode == result["exit_code"], done.stderr[-2000:]
     assert "FORMAT_FAILED" in done.stderr and "Traceback" not in done.stderr + done.stdout
     assert (out / "model.onnx").is_file() and not (out / "model_fp16.onnx").exists()
+
+
+def test_a_lightning_checkpoint_under_its_own_name_converts(
+    tmp_path: Path, weights: dict[str, torch.Tensor]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    checkpoint = folder / "epoch=1-step=4.ckpt"  # Lightning's name; torch names the zip's folder after it
+    torch.save(
+        {
+            "epoch": 1,
+            "global_step": 4,
+            "pytorch-lightning_version": "2.4.0",
+            "state_dict": {f"model.{k}": v for k, v in weights.items()},
+            "hyper_parameters": {"lr": 0.001, "channels": [16, 32, 64, 128]},
+            "optimizer_states": [],
+            "lr_schedulers": [],
+        },
+        checkpoint,
+    )
+    (folder / "heimdall.json").write_text(json.dumps(MANIFEST))
+    out = tmp_path / "out"
+    done = heimdall("convert", checkpoint, "-o", out, "--no-benchmark", "--formats", "onnx", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "weights: 'state_dict', prefix 'model.' removed" in done.stdout
+    result = ConversionResult.model_validate_json((out / "result.json").read_text())
+    assert result.weights is not None
+    assert (result.weights.key_path, result.weights.stripped_prefix) == ("state_dict", "model.")
+
+
+def test_model_and_model_ema_are_refused_until_the_manifest_names_one(
+    tmp_path: Path, weights: dict[str, torch.Tensor]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    checkpoint = folder / "model (1).pt"
+    torch.save({"model": weights, "model_ema": weights, "epoch": 9}, checkpoint)
+    (folder / "heimdall.json").write_text(json.dumps(MANIFEST))
+    done = heimdall("convert", checkpoint, "-o", tmp_path / "out", "--no-benchmark", "--formats", "onnx")
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "AMBIGUOUS_WEIGHTS" in done.stderr and "model_ema" in done.stderr
+    (folder / "heimdall.json").write_text(json.dumps({**MANIFEST, "state_dict_key": "model_ema"}))
+    done = heimdall(
+        "convert", checkpoint, "-o", tmp_path / "out", "--no-benchmark", "--formats", "onnx", "--json"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["weights"] == {
+        "key_path": "model_ema", "stripped_prefix": "", "ema": True, "chosen_by": "manifest"
+    }

@@ -153,6 +153,14 @@ class UnsafeCheckpoint(InvalidCheckpoint):
     code = "UNSAFE_CHECKPOINT"
 
 
+class AmbiguousWeights(InvalidCheckpoint):
+    """More than one state_dict in the checkpoint (or more than one prefix) fits the architecture;
+    the manifest's ``state_dict_key`` / ``strip_prefix`` must say which. ``details["candidates"]``
+    lists the readings."""
+
+    code = "AMBIGUOUS_WEIGHTS"
+
+
 class InvalidManifest(ConversionError):
     """The manifest is missing, not JSON, or does not validate."""
 

@@ -131,6 +131,8 @@ def _render(result: ConversionResult, output: Path) -> None:
             f"{o.latency_ms['1']:.3f}" if "1" in o.latency_ms else "",
             o.reason or "",
         )
+    if result.weights is not None:  # which of the checkpoint's state_dicts, and the prefix removed
+        _out.print(f"weights: {result.weights.describe()}", soft_wrap=True)
     _out.print(table)
     bench = result.benchmark
     if bench is not None:

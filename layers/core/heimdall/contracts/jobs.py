@@ -118,6 +118,29 @@ class OpsetUpgrade(BaseModel):
     message: str | None = Field(default=None, max_length=1024)
 
 
+class WeightsChoice(BaseModel):
+    """Which weights of a checkpoint the model took: where they were and what was removed from names."""
+
+    #: Dotted key path of the state_dict in the checkpoint (``state_dict``, ``model_ema``);
+    #: ``""`` when the file's top-level dict is the state_dict.
+    key_path: str
+    #: The prefix removed from every weight name (``model.``, ``module._orig_mod.``); ``""`` for none.
+    stripped_prefix: str = ""
+    #: Whether the weights are an exponential moving average (an ``ema``/``model_ema`` container).
+    ema: bool = False
+    #: ``manifest`` when the manifest's ``state_dict_key``/``strip_prefix`` decided, else ``detected``.
+    chosen_by: Literal["detected", "manifest"] = "detected"
+
+    def describe(self) -> str:
+        """One line for people: ``'state_dict', prefix 'model.' removed``, with EMA and manifest notes."""
+        where = repr(self.key_path) if self.key_path else "the top-level dict"
+        text = f"{where}, prefix {self.stripped_prefix!r} removed" if self.stripped_prefix else where
+        notes = ["EMA"] if self.ema else []
+        if self.chosen_by == "manifest":
+            notes.append("as the manifest says")
+        return text + (f" ({', '.join(notes)})" if notes else "")
+
+
 class ConversionResult(BaseModel):
     """``result.json``: the job's outcome, written last."""
 
@@ -137,6 +160,8 @@ class ConversionResult(BaseModel):
     stages: list[StageRecord] = Field(default_factory=list)
     #: Every file the job wrote (relative name → hash and size), result.json excepted.
     outputs: dict[str, OutputFile] = Field(default_factory=dict)
+    #: A checkpoint job: which of the checkpoint's weights were converted.
+    weights: WeightsChoice | None = None
     bundle_file: str | None = None
     package_file: str | None = None
     #: A bundle job: the sha256 of the bundle's own ONNX model (what the registry holds for it).

@@ -93,6 +93,12 @@ class Tolerances(BaseModel):
         return float(getattr(self, fmt.value))
 
 
+#: A dotted path into a dict checkpoint (``state_dict``, ``model_ema``, ``ema.module``).
+StateDictKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^.\x00-\x1f]+(\.[^.\x00-\x1f]+)*$")
+]
+
+
 class Manifest(BaseModel):
     """What the conversion job needs besides the weights (DESIGN §4)."""
 
@@ -105,6 +111,13 @@ class Manifest(BaseModel):
     ]
     architecture: Name
     architecture_kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: Shape of the (first) input including the batch dimension, e.g. ``[1, 3, 128, 32]``.
+    #: Where the weights are in a dict checkpoint, when the job should not find them itself (several
+    #: readings fit, e.g. ``model`` and ``model_ema``): a dotted path of keys.
+    state_dict_key: StateDictKey | None = None
+    #: A prefix every weight name carries that the architecture's names lack (``model.``, ``module.``),
+    #: to remove instead of the one the job would find; ``""`` removes nothing.
+    strip_prefix: Annotated[str, StringConstraints(max_length=256)] | None = None
     #: Shape of the (first) input including the batch dimension, e.g. ``[1, 3, 128, 32]``.
     input_shape: Annotated[list[Annotated[int, Field(ge=1, le=1_000_000)]], Field(min_length=1, max_length=8)]
     input_names: Annotated[list[TensorName], Field(min_length=1, max_length=16)] = ["input"]
