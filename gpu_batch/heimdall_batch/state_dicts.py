@@ -62,9 +62,9 @@ def unwrap(
         found = [("", inner)]
     candidates: dict[str, dict[str, torch.Tensor]] = {}
     first_error: InvalidCheckpoint | None = None
-    for path, inner in found:
+    for path, container in found:
         try:
-            candidates[path] = checked_state_dict(inner, max_tensors, where=path)
+            candidates[path] = checked_state_dict(container, max_tensors, where=path)
         except InvalidCheckpoint as exc:
             first_error = first_error or exc
     if not candidates:
