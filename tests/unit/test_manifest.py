@@ -67,9 +67,20 @@ def test_onnx_is_always_built_first_and_formats_are_unique() -> None:
     assert manifest.formats == [ExportFormat.ONNX, ExportFormat.ONNX_INT8, ExportFormat.TORCHSCRIPT]
 
 
-def test_unknown_fields_are_kept() -> None:
-    manifest = parse_manifest(manifest_doc(x_team="vision"))
-    assert manifest.model_extra == {"x_team": "vision"}
+def test_unknown_fields_are_refused_by_name() -> None:
+    with pytest.raises(InvalidManifest) as info:
+        parse_manifest(manifest_doc(input_dtype="int64", x_team="vision"))
+    assert info.value.code == "INVALID_MANIFEST" and info.value.field == "input_dtype"
+    assert "unknown fields 'input_dtype', 'x_team'" in info.value.message
+    with pytest.raises(InvalidManifest, match="unknown field 'inputdtype'"):
+        read_manifest(json.dumps(manifest_doc(inputdtype="int64")).encode())
+
+
+def test_every_documented_field_is_accepted() -> None:
+    manifest = parse_manifest(
+        manifest_doc(state_dict_key="state_dict", strip_prefix="model.", description="d", created_by="me")
+    )
+    assert (manifest.state_dict_key, manifest.strip_prefix) == ("state_dict", "model.")
 
 
 @pytest.mark.parametrize(

@@ -100,9 +100,13 @@ StateDictKey = Annotated[
 
 
 class Manifest(BaseModel):
-    """What the conversion job needs besides the weights (DESIGN §4)."""
+    """What the conversion job needs besides the weights (DESIGN §4).
 
-    model_config = ConfigDict(extra="allow")
+    Unknown fields are refused: a misspelt or unsupported one (``"input_dtype": "int64"``) would
+    otherwise be ignored without a word, and the model converted as something the user did not ask for.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     model_name: Name
     version: Annotated[
@@ -180,6 +184,15 @@ def parse_manifest(data: Any, *, source: str = "manifest") -> Manifest:
     """Validate a manifest document; any problem is an :class:`InvalidManifest` naming the field."""
     if not isinstance(data, dict):
         raise InvalidManifest(f"{source} must be a JSON object")
+    unknown = sorted(str(key) for key in data if key not in Manifest.model_fields)
+    if unknown:
+        shown = ", ".join(repr(key[:64]) for key in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise InvalidManifest(
+            f"{source} has unknown field{'s' if len(unknown) > 1 else ''} {shown}{more}: a field the "
+            "manifest does not define would be ignored, so it is refused (see docs/manifest.md)",
+            field=unknown[0][:64],
+        )
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
