@@ -53,45 +53,43 @@ def test_any_file_name_loads(tmp_path: Path, name: str, folder: str) -> None:
     assert set(loaded.state_dict) == {"fc.weight", "fc.bias"}
 
 
-def _copy_with_prefix(source: Path, target: Path, prefix: str) -> Path:
+def _rewritten(
+    tmp_path: Path, name: str, change: Callable[[int, zipfile.ZipInfo], zipfile.ZipInfo | str]
+) -> Path:
+    """A ``torch.save`` file named ``name``, copied member by member with ``change`` applied to each
+    (given its index and entry; it returns the entry to write, or a new member name)."""
+    source = tmp_path / name
+    torch.save(weights(), source)
+    target = tmp_path / "hostile.pt"
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
-        for info in src.infolist():
-            dst.writestr(prefix + "/" + info.filename.partition("/")[2], src.read(info))
+        for index, info in enumerate(src.infolist()):
+            dst.writestr(change(index, info), src.read(info))
     return target
 
 
 @pytest.mark.parametrize("prefix", ["..", ".", "", "a\\b", "C:", "x" * 256])
 def test_unsafe_top_level_folders_are_still_refused(tmp_path: Path, prefix: str) -> None:
-    source = tmp_path / "model.pt"
-    torch.save(weights(), source)
-    hostile = _copy_with_prefix(source, tmp_path / "hostile.pt", prefix)
+    hostile = _rewritten(tmp_path, "model.pt", lambda _, info: prefix + "/" + info.filename.partition("/")[2])
     with pytest.raises(InvalidCheckpoint):
         load_checkpoint(hostile)
 
 
 def test_a_link_member_is_refused(tmp_path: Path) -> None:
-    source = tmp_path / "model (1).pt"
-    torch.save(weights(), source)
-    hostile = tmp_path / "link.pt"
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(hostile, "w") as dst:
-        for info in src.infolist():
-            if info.filename.endswith("/version"):
-                info.external_attr = (0o120777 << 16)
-            dst.writestr(info, src.read(info))
+    def link(_: int, info: zipfile.ZipInfo) -> zipfile.ZipInfo:
+        if info.filename.endswith("/version"):
+            info.external_attr = 0o120777 << 16
+        return info
+
     with pytest.raises(InvalidCheckpoint, match="symbolic link"):
-        load_checkpoint(hostile)
+        load_checkpoint(_rewritten(tmp_path, "model (1).pt", link))
 
 
 def test_two_top_level_folders_are_refused(tmp_path: Path) -> None:
-    source = tmp_path / "model=1.pt"
-    torch.save(weights(), source)
-    hostile = tmp_path / "two.pt"
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(hostile, "w") as dst:
-        for index, info in enumerate(src.infolist()):
-            folder = "model=1" if index % 2 else "other"
-            dst.writestr(folder + "/" + info.filename.partition("/")[2], src.read(info))
+    def split(index: int, info: zipfile.ZipInfo) -> str:
+        return ("model=1" if index % 2 else "other") + "/" + info.filename.partition("/")[2]
+
     with pytest.raises(InvalidCheckpoint, match="one top-level folder"):
-        load_checkpoint(hostile)
+        load_checkpoint(_rewritten(tmp_path, "model=1.pt", split))
 
 
 # --- B: training-loop and Lightning containers, wrapper prefixes ----------------------------------
