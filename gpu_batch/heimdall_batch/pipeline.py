@@ -11,8 +11,9 @@ skipped (:mod:`heimdall_batch.from_bundle`).
 
 The FP32 ONNX model is the product: if loading, building, exporting or its parity check fails, the
 job fails with the error's exit code (3 invalid input, 4 unsupported, 1 anything else). An optional
-format that fails is recorded as failed with its reason and the job goes on (the other formats, the
-package and the bundle are still written), but the job then ends ``FAILED`` with ``FORMAT_FAILED``,
+format that fails is recorded as failed with its reason and the job goes on (the other formats and the
+package are still written, for inspection; the bundle is not, so no model of a failed job is indexed),
+but the job then ends ``FAILED`` with ``FORMAT_FAILED``,
 exit code 4 (terminal, as for an unfaithful FP32 export: a retry gives the same numbers): a
 format that was asked for and not delivered is a failed job. One that cannot run
 here (TensorRT without a GPU) is recorded as skipped with the reason, which is no failure.
@@ -227,6 +228,10 @@ def _convert(checkpoint: Path, out_dir: Path, run: _Run, sidecar: Manifest | byt
     done = _Converted(model, manifest, spec, exported, reference, fp32, out_dir)
     _record_fp32(run, done, parity=checks)
     _optional_formats_and_package(run, done)
+    if _verdict(run, None) is not None:
+        # The job will end FAILED: a bundle in its output would be indexed as a model of a failed job.
+        run.skipped("bundle", NO_BUNDLE_AFTER_FAILED_FORMAT)
+        return
     with run.stage("bundle"):
         bundle = bundling.build_bundle_metadata(
             manifest, spec, model, job_id=run.options.job_id, opset=exported.opset, benchmark=run.benchmark
@@ -410,6 +415,8 @@ def _build_format(fmt: ExportFormat, run: _Run, done: _Converted) -> FormatOutco
 FORMAT_FAILED = "FORMAT_FAILED"
 #: Its exit code: 4, terminal (Batch does not retry it): the format's check fails the same way again.
 FORMAT_FAILED_EXIT = 4
+#: Why a job whose requested format failed writes no bundle (its stage record's error).
+NO_BUNDLE_AFTER_FAILED_FORMAT = "a requested format failed: no bundle, so no model of a failed job is indexed"
 
 
 def _verdict(run: _Run, error: tuple[str, str, int] | None) -> tuple[str, str, int] | None:

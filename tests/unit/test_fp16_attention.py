@@ -25,7 +25,13 @@ from heimdall.contracts.jobs import RESULT_FILE_NAME, ConversionResult, FormatSt
 from heimdall.contracts.manifest import ExportFormat
 from heimdall_batch.architectures import resolve
 from heimdall_batch.fp16 import FP16_FILE_NAME
-from heimdall_batch.pipeline import FORMAT_FAILED, FORMAT_FAILED_EXIT, ConversionOptions, run_conversion
+from heimdall_batch.pipeline import (
+    FORMAT_FAILED,
+    FORMAT_FAILED_EXIT,
+    NO_BUNDLE_AFTER_FAILED_FORMAT,
+    ConversionOptions,
+    run_conversion,
+)
 
 MANIFEST: dict[str, Any] = {
     "model_name": "encoder",
@@ -88,7 +94,7 @@ def test_transformer_encoder_fp16_is_built_valid_and_within_its_tolerance(
     assert got.dtype == np.float32 and 0 < error <= tolerance  # 0 would mean nothing ran in float16
 
 
-def test_a_failed_fp16_fails_the_job_with_the_rest_still_written(checkpoint: Path, tmp_path: Path) -> None:
+def test_a_failed_fp16_fails_the_job_writes_the_rest_but_no_bundle(checkpoint: Path, tmp_path: Path) -> None:
     result = convert(checkpoint, tmp_path, tolerances={"onnx_fp16": 1e-12})  # no FP16 model meets it
     fp16 = result.outcome(ExportFormat.ONNX_FP16)
     assert fp16 is not None and fp16.status is FormatStatus.FAILED
@@ -99,3 +105,6 @@ def test_a_failed_fp16_fails_the_job_with_the_rest_still_written(checkpoint: Pat
     assert (written.status, written.exit_code, written.error_code) == expected
     assert "model.onnx" in written.outputs and result.package_file is not None
     assert not (tmp_path / FP16_FILE_NAME).exists()
+    # No bundle: the ingest function would index it as a model of this failed job.
+    assert result.bundle_file is None and not list(tmp_path.glob("*.heimdall"))
+    assert [s.error for s in result.stages if s.name == "bundle"] == [NO_BUNDLE_AFTER_FAILED_FORMAT]
