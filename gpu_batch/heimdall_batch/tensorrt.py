@@ -479,10 +479,13 @@ def _attach_timing_cache(config: Any, data: bytes | None) -> bool:
 
 
 def _fp16_model(onnx_path: Path, out_path: Path) -> Path:
+    """The FP16 ONNX model TensorRT builds from, by the conversion ``onnx_fp16`` uses
+    (:func:`heimdall_batch.fp16.to_fp16`)."""
     import onnx  # noqa: PLC0415
-    from onnxconverter_common import float16  # noqa: PLC0415
 
-    onnx.save(float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True), str(out_path))
+    from heimdall_batch.fp16 import to_fp16  # noqa: PLC0415 - onnxruntime.transformers is heavy
+
+    onnx.save(to_fp16(onnx.load(str(onnx_path))), str(out_path))
     return out_path
 
 
