@@ -236,3 +236,16 @@ def test_nothing_fits_reports_the_mismatch(tmp_path: Path) -> None:
     torch.save({"state_dict": {"model.other.weight": torch.ones(2)}}, path)
     with pytest.raises(StateDictMismatch, match="unexpected key"):
         choose(path)
+
+
+def test_timm_state_dict_ema_beside_state_dict_is_ambiguous(tmp_path: Path) -> None:
+    # timm's train.py saves {"state_dict": ..., "state_dict_ema": ...}: both fit, the job does not guess.
+    trained, averaged = mlp_weights(0), mlp_weights(1)
+    path = tmp_path / "checkpoint-9.pth.tar"
+    torch.save({"state_dict": trained, "state_dict_ema": averaged, "epoch": 9}, path)
+    with pytest.raises(AmbiguousWeights) as info:
+        choose(path)
+    assert [c["key_path"] for c in info.value.details["candidates"]] == ["state_dict", "state_dict_ema"]
+    model, choice = choose(path, state_dict_key="state_dict_ema")
+    same_weights(model, averaged)
+    assert (choice.key_path, choice.ema, choice.chosen_by) == ("state_dict_ema", True, "manifest")
